@@ -1,0 +1,288 @@
+"""The one interface every backend implements, and the pieces they share.
+
+A backend turns a ModelSpec into a LoadedModel. A LoadedModel streams text for a chat (messages) or a raw
+prompt, knows its stop tokens, and says which kernels really run (`kernel_report()`).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import UsageError
+
+
+@dataclass
+class ModelSpec:
+    """What to load. `path` is a model directory or a .gguf file; `format` is gptq, awq or gguf."""
+
+    path: Path
+    format: str
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    kernel: str | None = None  # force one kernel (gptq/awq: marlin, exllama_v2, torch, ...)
+    n_ctx: int | None = None  # context window to allocate; None = model's own (capped)
+    allow_pickle: bool = False  # load *.bin / *.pt weights (arbitrary code on load): opt-in only
+    trust_remote_code: bool = False
+    name: str | None = None  # display name (pulled name or file name)
+    gguf_file: str | None = None  # GGUF: which file in a directory
+    engine: str = "auto"  # auto | hf | fast (GPTQ/AWQ decode loop)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.path.name
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+
+    def validate(self) -> "GenerationParams":
+        if self.max_tokens is None or int(self.max_tokens) <= 0:
+            raise UsageError(f"max_tokens must be a positive integer, got {self.max_tokens}")
+        if self.temperature is None or self.temperature < 0:
+            raise UsageError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is None or not (0 < self.top_p <= 1):
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None  # time to first token
+    elapsed_s: float = 0.0  # from start of the call to the last token
+    decode_s: float = 0.0  # from the first to the last token
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = self.completion_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+class Generation:
+    """An iterator of text pieces; after it ends, `finish_reason` and `usage` are set.
+
+    `finish_reason` is "stop" (an end-of-turn token or a stop string) or "length" (max_tokens reached).
+    Closing it early (break / .close()) stops the backend's work.
+    """
+
+    def __init__(self, tokens: Iterator[tuple[int, str]], *, prompt_tokens: int, params: GenerationParams,
+                 eog_ids: set[int]):
+        self._tokens = tokens
+        self._params = params
+        self._eog = set() if params.ignore_eos else set(eog_ids)
+        self.finish_reason: str | None = None
+        self.usage = Usage(prompt_tokens=prompt_tokens)
+        self.text = ""
+        self._t0 = time.perf_counter()
+        self._it = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._it
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+    def _run(self) -> Iterator[str]:
+        stops = [s for s in (self._params.stop or ()) if s]
+        hold = max((len(s) for s in stops), default=1) - 1
+        pending = ""  # text not yet emitted because it could be the start of a stop string
+        first = None
+        try:
+            for tok, piece in self._tokens:
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                    self.usage.ttft_s = now - self._t0
+                self.usage.elapsed_s = now - self._t0
+                self.usage.decode_s = now - first
+                if tok in self._eog:
+                    self.finish_reason = "stop"
+                    break
+                self.usage.completion_tokens += 1
+                pending += piece
+                if stops:
+                    cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                    if cut >= 0:
+                        out, pending = pending[:cut], ""
+                        if out:
+                            self.text += out
+                            yield out
+                        self.finish_reason = "stop"
+                        break
+                    safe = len(pending) - hold
+                    if safe <= 0:
+                        continue
+                    out, pending = pending[:safe], pending[safe:]
+                else:
+                    out, pending = pending, ""
+                if out:
+                    self.text += out
+                    yield out
+                if self.usage.completion_tokens >= self._params.max_tokens:
+                    self.finish_reason = "length"
+                    break
+            else:  # the backend ran out (context full) before max_tokens or a stop
+                self.finish_reason = "length"
+            if pending:  # held back as a possible stop-string prefix that never completed
+                self.text += pending
+                yield pending
+        finally:
+            close = getattr(self._tokens, "close", None)
+            if close:
+                close()
+
+
+class LoadedModel(abc.ABC):
+    """A model ready to generate. Backends subclass it and implement the abstract methods."""
+
+    format: str = ""
+    backend: str = ""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.load_time_s: float = 0.0
+
+    # --- what a backend implements -------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Where the weights live: "cpu", "cuda:0"."""
+
+    @property
+    @abc.abstractmethod
+    def context_length(self) -> int:
+        """Tokens the loaded context window holds."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        """Token ids; special-token text (<bos>, <start_of_turn>) maps to its id. add_bos=False for text
+        rendered by a chat template, which already starts with the BOS token."""
+
+    @abc.abstractmethod
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+        """Yield (token_id, text_piece) for each new token; text pieces concatenate to the reply."""
+
+    @abc.abstractmethod
+    def chat_template_info(self) -> "TemplateSource":
+        """The model's own chat template (or None) and what the fallback needs (architecture, special tokens)."""
+
+    @abc.abstractmethod
+    def eog_token_ids(self) -> set[int]:
+        """Every end-of-generation / end-of-turn token id the model declares."""
+
+    @abc.abstractmethod
+    def kernel_report(self) -> dict[str, Any]:
+        """What really runs: {"backend", "device", "kernel", "layers": {layer_type: class}, "gpu": bool, ...}."""
+
+    def close(self) -> None:  # free memory; backends override when they hold native handles
+        pass
+
+    # --- shared behaviour ----------------------------------------------------------------------
+    def stop_tokens(self) -> list[str]:
+        return sorted({self.token_text(t) for t in self.eog_token_ids()} - {""})
+
+    def token_text(self, token_id: int) -> str:
+        return ""
+
+    def count_tokens(self, text: str, *, add_bos: bool = False) -> int:
+        return len(self.tokenize(text, add_bos=add_bos))
+
+    def generate(self, prompt: str | list[int], params: GenerationParams | None = None, *, add_bos: bool = True
+                 ) -> Generation:
+        """Stream a continuation of a raw prompt (text or token ids), no chat template."""
+        params = (params or GenerationParams()).validate()
+        ids = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=add_bos)
+        self._check_fits(len(ids), params)
+        return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params,
+                          eog_ids=self.eog_token_ids())
+
+    def chat(self, messages: list[dict[str, str]], params: GenerationParams | None = None, *,
+             template: str | None = None) -> Generation:
+        """Stream the assistant's reply to a conversation, rendered with the model's chat template."""
+        from ..chat.templates import render_chat
+
+        prompt = render_chat(self, messages, template=template)
+        params = (params or GenerationParams()).validate()
+        ids = self.tokenize(prompt, add_bos=False)
+        self._check_fits(len(ids), params)
+        # A model that opens a new turn has ended its own: stop there too (base models often do).
+        eog = self.eog_token_ids() | self.turn_start_ids()
+        return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params, eog_ids=eog)
+
+    def turn_start_ids(self) -> set[int]:
+        from ..chat.templates import TURN_START_TOKENS
+
+        out = set()
+        for t in TURN_START_TOKENS:
+            ids = self.tokenize(t, add_bos=False)
+            if len(ids) == 1 and self.token_text(ids[0]) == t:
+                out.add(ids[0])
+        return out
+
+    def render_chat(self, messages: list[dict[str, str]], *, template: str | None = None) -> str:
+        from ..chat.templates import render_chat
+
+        return render_chat(self, messages, template=template)
+
+    def _check_fits(self, n_prompt: int, params: GenerationParams) -> None:
+        if n_prompt >= self.context_length:
+            raise UsageError(f"the prompt has {n_prompt} tokens but the context window holds {self.context_length}; "
+                             "shorten it or load with a larger context (--ctx)")
+
+    def describe(self) -> dict[str, Any]:
+        rep = self.kernel_report()
+        return {"name": self.spec.display_name, "format": self.format, "backend": self.backend,
+                "device": self.device, "kernel": rep.get("kernel"), "context_length": self.context_length}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class TemplateSource:
+    template: str | None  # the model's own Jinja chat template, if any
+    architecture: str  # e.g. "gemma3", "llama", "qwen2"
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+class Backend(abc.ABC):
+    """A loader for one or more formats. Register it under the `quantdeploy.backends` entry point group."""
+
+    name: str = ""
+    formats: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    @abc.abstractmethod
+    def check_environment(self) -> tuple[bool, str]:
+        """(True, "") when the dependencies import; else (False, what to install)."""
+
+    def can_load(self, spec: ModelSpec) -> tuple[bool, str]:
+        if spec.format not in self.formats:
+            return False, f"{self.name} loads {', '.join(self.formats)}, not {spec.format}"
+        return self.check_environment()
+
+    @abc.abstractmethod
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        """Load weights and return a ready model; raise QuantDeployError with a fix on failure."""
+
+    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
+        return []

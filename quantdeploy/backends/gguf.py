@@ -1,0 +1,191 @@
+"""GGUF through llama-cpp-python: every layer on the GPU when the build can offload, loudly on the CPU otherwise."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import BackendUnavailable, InvalidModel, UsageError
+from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
+from .gguf_check import validate_gguf
+from .hw import cuda_device_count
+
+log = logging.getLogger("quantdeploy.gguf")
+DEFAULT_CTX = 8192  # allocated when the model's own context is larger (KV cache memory); --ctx overrides
+INSTALL_HINT = ('build it with: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+                "pip install llama-cpp-python diskcache (or run ./install.sh)")
+
+
+def _llama_cpp():
+    import llama_cpp
+
+    return llama_cpp
+
+
+def gpu_offload_supported() -> bool:
+    try:
+        return bool(_llama_cpp().llama_supports_gpu_offload())
+    except Exception:
+        return False
+
+
+class GGUFBackend(Backend):
+    name = "llama.cpp"
+    formats = ("gguf",)
+    install_hint = INSTALL_HINT
+
+    def check_environment(self) -> tuple[bool, str]:
+        try:
+            import diskcache  # noqa: F401  llama_cpp imports it for its cache
+            import llama_cpp  # noqa: F401
+        except ImportError as e:
+            return False, f"llama-cpp-python is not installed ({e.name}); {INSTALL_HINT}"
+        return True, ""
+
+    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
+        return ["llama.cpp-cuda", "llama.cpp-cpu"] if gpu_offload_supported() else ["llama.cpp-cpu"]
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        path = gguf_main_file(spec)
+        info = validate_gguf(path)  # never hand llama.cpp a truncated or garbage file
+        return GGUFModel(spec, path, info)
+
+
+def gguf_main_file(spec: ModelSpec) -> Path:
+    p = spec.path
+    if p.is_file():
+        return p
+    files = sorted(p.glob("*.gguf"))
+    if spec.gguf_file:
+        f = p / spec.gguf_file
+        if not f.is_file():
+            raise InvalidModel(f"{f} does not exist; files here: {', '.join(x.name for x in files) or 'none'}")
+        return f
+    firsts = [f for f in files if "-of-" not in f.name or "-00001-of-" in f.name]
+    if len(firsts) == 1:
+        return firsts[0]
+    if not firsts:
+        raise InvalidModel(f"{p} holds no .gguf file")
+    raise UsageError(f"{p} holds several GGUF models ({', '.join(f.name for f in firsts)}); pass one file as MODEL")
+
+
+class GGUFModel(LoadedModel):
+    format = "gguf"
+    backend = "llama.cpp"
+
+    def __init__(self, spec: ModelSpec, path: Path, info: dict[str, Any]):
+        super().__init__(spec)
+        llama_cpp = _llama_cpp()
+        self.path = path
+        self.info = info
+        want_gpu = spec.device != "cpu"
+        gpus = cuda_device_count()
+        self.gpu_build = gpu_offload_supported()
+        self.warning = None
+        if spec.device.startswith("cuda") and not self.gpu_build:
+            raise BackendUnavailable("--device cuda asked, but this llama-cpp-python build cannot offload to a GPU; "
+                                     'rebuild it: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
+                                     "--no-cache-dir llama-cpp-python (or ./install.sh)")
+        if gpus and not self.gpu_build and want_gpu:
+            self.warning = (f"{gpus} GPU(s) present but llama-cpp-python was built without GPU offload: "
+                            "GGUF runs on the CPU. Fix: ./install.sh (CUDA build) or "
+                            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python')
+            log.warning(self.warning)
+        self.n_gpu_layers = -1 if (want_gpu and self.gpu_build and (gpus or spec.device.startswith("cuda"))) else 0
+        if "n_gpu_layers" in spec.extra:
+            self.n_gpu_layers = int(spec.extra["n_gpu_layers"])
+        train_ctx = int(info.get("context_length") or 2048)
+        n_ctx = spec.n_ctx or min(train_ctx, DEFAULT_CTX)
+        threads = spec.extra.get("n_threads") or max(1, os.cpu_count() or 1)
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(path), n_gpu_layers=self.n_gpu_layers, n_ctx=n_ctx,
+                                       n_threads=threads, n_batch=min(512, n_ctx), verbose=False,
+                                       flash_attn=bool(self.n_gpu_layers), seed=spec.extra.get("seed", 0xFFFFFFFF))
+        except (ValueError, RuntimeError) as e:
+            raise InvalidModel(f"llama.cpp could not load {path.name}: {e}") from None
+        self._n_ctx = self.llm.n_ctx()
+        self._eog = self._find_eog()
+
+    # --- LoadedModel -------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return "cuda:0" if self.n_gpu_layers != 0 else "cpu"
+
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_text(self, token_id: int) -> str:
+        return self.llm.detokenize([token_id], special=True).decode("utf-8", "replace")
+
+    def eog_token_ids(self) -> set[int]:
+        return set(self._eog)
+
+    def _find_eog(self) -> set[int]:
+        llama_cpp = _llama_cpp()
+        ids = {self.llm.token_eos()}
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        n_vocab = self.llm.n_vocab()
+        for name in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+            v = self.info.get(name)
+            if isinstance(v, int) and 0 <= v < n_vocab:
+                ids.add(v)
+        for text in ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "<|end_of_text|>"):
+            toks = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(toks) == 1 and llama_cpp.llama_vocab_is_eog(vocab, toks[0]):
+                ids.add(toks[0])
+            elif len(toks) == 1 and text in ("<end_of_turn>", "<|eot_id|>", "<|im_end|>"):
+                ids.add(toks[0])
+        return {i for i in ids if i is not None and i >= 0}
+
+    def chat_template_info(self) -> TemplateSource:
+        md = self.llm.metadata or {}
+        bos = self.token_text(self.llm.token_bos()) if self.llm.token_bos() >= 0 else ""
+        eos = self.token_text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
+        return TemplateSource(template=md.get("tokenizer.chat_template"), architecture=self.info.get("architecture", ""),
+                              bos_token=bos, eos_token=eos)
+
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+        room = self._n_ctx - len(prompt_ids)
+        if params.seed is not None:
+            self.llm.set_seed(int(params.seed))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        gen = self.llm.generate(prompt_ids, temp=float(params.temperature), top_p=float(params.top_p),
+                                top_k=int(params.top_k or 0), min_p=0.0, repeat_penalty=1.0, reset=True)
+        try:
+            for i, tok in enumerate(gen):
+                if i >= room:
+                    return  # context full
+                if tok in self._eog and not params.ignore_eos:
+                    yield tok, ""
+                    return
+                piece = decoder.decode(self.llm.detokenize([tok], special=False))
+                yield tok, piece
+        finally:
+            gen.close()
+
+    def kernel_report(self) -> dict[str, Any]:
+        n_layers = int(self.info.get("block_count") or 0)
+        offloaded = (n_layers + 1 if self.n_gpu_layers < 0 else min(self.n_gpu_layers, n_layers + 1)) \
+            if self.n_gpu_layers else 0
+        return {
+            "backend": "llama.cpp", "format": "gguf", "device": self.device,
+            "kernel": "llama.cpp-cuda" if offloaded else "llama.cpp-cpu",
+            "gpu_build": self.gpu_build, "gpu": bool(offloaded),
+            "layers_total": n_layers + 1, "layers_offloaded": offloaded,
+            "quant": self.info.get("file_type_name"),
+            "layers": {"all": "ggml " + ("CUDA" if offloaded else "CPU")},
+            "warning": self.warning,
+        }
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None

@@ -1,0 +1,244 @@
+"""Shared loader for HF-format quantized checkpoints (GPTQ and AWQ): transformers + gptqmodel.
+
+The kernel is chosen by backends/kernels.py and passed to transformers explicitly; the report reads back the
+QuantLinear class gptqmodel really installed in each layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UsageError
+from ..settings import get_settings, prepare_process_env
+from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
+from .hw import pick_torch_device
+from .kernels import Kernel, choose_kernel, kernel_names
+
+log = logging.getLogger("quantdeploy.hf")
+DEFAULT_CTX = 8192
+_GPU_CLASSES = ("Marlin", "ExllamaV2", "Exllama", "Triton", "Machete", "Gemm", "Gemv", "BitBLAS", "Cuda")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise InvalidModel(f"{path} has no config.json; re-download the model")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidModel(f"{cfg_path} is not valid JSON ({e}); re-download the model") from None
+    if not isinstance(cfg, dict):
+        raise InvalidModel(f"{cfg_path} is not a JSON object")
+    return cfg
+
+
+def quant_config(path: Path) -> dict[str, Any]:
+    """quantization_config from config.json, or the legacy AutoGPTQ / AutoAWQ files."""
+    cfg = read_config(path) if (path / "config.json").is_file() else {}
+    qc = cfg.get("quantization_config")
+    for legacy in ("quantize_config.json", "quant_config.json"):
+        if qc is None and (path / legacy).is_file():
+            qc = json.loads((path / legacy).read_text(encoding="utf-8"))
+    return dict(qc or {})
+
+
+def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+    st = sorted(path.glob("*.safetensors"))
+    if st:
+        return st
+    pickles = sorted(list(path.glob("*.bin")) + list(path.glob("*.pt")) + list(path.glob("*.pth")))
+    if pickles and not allow_pickle:
+        raise InvalidModel(f"{path} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
+                           "pass --allow-pickle if you trust the source")
+    if not pickles:
+        raise InvalidModel(f"{path} has no weights (*.safetensors); the download may be incomplete")
+    return pickles
+
+
+class HFQuantBackend(Backend):
+    """Base for gptq.py and awq.py: they set name, formats and _config_class."""
+
+    install_hint = "pip install 'gptqmodel==7.7.0' 'transformers>=5' optimum"
+    _needs = ("torch", "transformers", "gptqmodel")
+
+    def check_environment(self) -> tuple[bool, str]:
+        import importlib.util
+
+        missing = [m for m in self._needs if importlib.util.find_spec(m) is None]
+        if missing:
+            return False, f"missing {', '.join(missing)}: {self.install_hint}"
+        return True, ""
+
+    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
+        return kernel_names(self.formats[0])
+
+    def _config_class(self):
+        raise NotImplementedError
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        prepare_process_env()
+        return HFQuantModel(spec, self)
+
+
+def _capability(device: str) -> tuple[int, int] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_capability(torch.device(device))
+
+
+class HFQuantModel(LoadedModel):
+    def __init__(self, spec: ModelSpec, backend: HFQuantBackend):
+        super().__init__(spec)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.format = spec.format
+        self.backend = "transformers+gptqmodel"
+        path = spec.path
+        if not path.is_dir():
+            raise InvalidModel(f"{path}: a {spec.format.upper()} model is a directory with config.json and weights")
+        cfg = read_config(path)
+        qc = quant_config(path)
+        weight_files(path, spec.allow_pickle)
+        bits = int(qc.get("bits", qc.get("w_bit", 4)))
+        group = int(qc.get("group_size", qc.get("q_group_size", 128)))
+        self.quant = {"method": spec.format, "bits": bits, "group_size": group,
+                      "desc_act": qc.get("desc_act"), "sym": qc.get("sym"), "zero_point": qc.get("zero_point"),
+                      "version": qc.get("version") or qc.get("format")}
+        self._device = pick_torch_device(spec.device)
+        settings = get_settings()
+        self.kernel, self.kernel_why = choose_kernel(spec.format, self._device, _capability(self._device),
+                                                     spec.kernel or settings.kernel, settings.disabled_kernels)
+        log.info("kernel %s (%s)", self.kernel.name, self.kernel_why)
+        dtype = self._pick_dtype(cfg, spec, torch)
+        qcfg = backend._config_class()(bits=bits, group_size=group, backend=self.kernel.backend_value)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(path), quantization_config=qcfg, device_map=self._device, dtype=dtype,
+                use_safetensors=not spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+        except QuantDeployError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as e:
+            raise _explain_load_error(e, path, self.kernel) from None
+        self.model.eval()
+        self.dtype = str(dtype).replace("torch.", "")
+        self.config = self.model.config
+        model_ctx = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+        self._ctx = min(model_ctx, spec.n_ctx or DEFAULT_CTX)
+        self._eog = self._find_eog()
+
+    @staticmethod
+    def _pick_dtype(cfg: dict, spec: ModelSpec, torch):
+        want = spec.extra.get("dtype")
+        if want:
+            return getattr(torch, want)
+        # Gemma activations overflow fp16; CPU kernels run bf16 best; GPU kernels default to fp16.
+        if not spec.device.startswith("cuda") and spec.device != "auto":
+            return torch.bfloat16
+        if str(cfg.get("model_type", "")).startswith("gemma") or cfg.get("torch_dtype") == "bfloat16":
+            return torch.bfloat16
+        from .hw import cuda_device_count
+
+        return torch.float16 if cuda_device_count() else torch.bfloat16
+
+    # --- LoadedModel -------------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def context_length(self) -> int:
+        return self._ctx
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id) or ""
+
+    def eog_token_ids(self) -> set[int]:
+        return set(self._eog)
+
+    def _find_eog(self) -> set[int]:
+        from ..chat.templates import END_OF_TURN_TOKENS
+
+        ids: set[int] = set()
+        for src in (getattr(self.model, "generation_config", None), self.config):
+            v = getattr(src, "eos_token_id", None) if src is not None else None
+            ids.update(v if isinstance(v, (list, tuple)) else [v] if v is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        for t in END_OF_TURN_TOKENS:
+            if t in vocab and t in (self.tokenizer.all_special_tokens + list(self.tokenizer.get_added_vocab())):
+                ids.add(vocab[t])
+        return {int(i) for i in ids}
+
+    def chat_template_info(self) -> TemplateSource:
+        t = self.tokenizer
+        return TemplateSource(template=getattr(t, "chat_template", None),
+                              architecture=str(getattr(self.config, "model_type", "")),
+                              bos_token=t.bos_token or "", eos_token=t.eos_token or "")
+
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+        from ..engine.hf_loop import stream_tokens
+
+        return stream_tokens(self.model, self.tokenizer, prompt_ids, params, self._eog, self._ctx)
+
+    def layer_classes(self) -> dict[str, str]:
+        """Linear layer type (q_proj, ...) -> class that runs it."""
+        seen: dict[str, set[str]] = {}
+        for name, mod in self.model.named_modules():
+            cls = type(mod)
+            if "gptqmodel" in cls.__module__ or "QuantLinear" in cls.__name__ or cls.__name__.endswith("Linear") \
+                    and name.endswith(("proj", "lm_head", "fc1", "fc2", "dense")):
+                seen.setdefault(name.split(".")[-1], set()).add(cls.__name__)
+        return {k: ", ".join(sorted(v)) for k, v in sorted(seen.items())}
+
+    def kernel_report(self) -> dict[str, Any]:
+        layers = self.layer_classes()
+        quant_classes = sorted({c for k, c in layers.items() if k != "lm_head"})
+        on_gpu = self._device.startswith("cuda")
+        gpu_kernel = on_gpu and any(any(g in c for g in _GPU_CLASSES) for c in quant_classes) \
+            and not any(c.startswith("Torch") for c in quant_classes)
+        return {"backend": self.backend, "format": self.format, "device": self._device,
+                "kernel": self.kernel.name, "kernel_reason": self.kernel_why, "requested_backend":
+                self.kernel.backend_value, "quant_linear_classes": quant_classes, "layers": layers,
+                "gpu": gpu_kernel, "dtype": self.dtype, "quant": self.quant}
+
+    def close(self) -> None:
+        self.model = None
+        try:
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+def _explain_load_error(e: Exception, path: Path, kernel: Kernel) -> QuantDeployError:
+    msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    if isinstance(e, ImportError):
+        return BackendUnavailable(f"loading {path.name} needs a missing package ({msg}); "
+                                  "pip install 'gptqmodel==7.7.0' optimum")
+    if "CUTLASS" in msg or "urlopen" in msg.lower() or "URLError" in msg:
+        return BackendUnavailable(f"kernel {kernel.name} tried to download code and this machine is offline; "
+                                  "pass --kernel marlin")
+    if isinstance(e, (KeyError, ValueError, TypeError)) or "size mismatch" in msg or "safetensor" in msg.lower():
+        return InvalidModel(f"{path.name} could not be loaded ({type(e).__name__}: {msg}); "
+                            "the files may be corrupt or not match config.json — re-download the model")
+    return InvalidModel(f"{path.name} could not be loaded with kernel {kernel.name}: {msg}")

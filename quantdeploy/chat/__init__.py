@@ -1,0 +1,1 @@
+"""Chat: templates and stop tokens, conversation state, the terminal REPL."""

@@ -1,0 +1,114 @@
+"""Chat templates: the model's own (rendered in transformers' sandboxed Jinja), else a fallback by architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..backends.base import LoadedModel
+
+GEMMA = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+LLAMA3 = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
+)
+CHATML = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+)
+MISTRAL = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set sys = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set sys = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ '[INST] ' + (sys if loop.first else '') + message['content'] | trim + ' [/INST]' }}"
+    "{%- else -%}{{ ' ' + message['content'] | trim + eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+FALLBACKS = {"gemma": GEMMA, "llama3": LLAMA3, "chatml": CHATML, "mistral": MISTRAL}
+# architecture name (HF model_type or GGUF general.architecture) -> fallback
+_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma", "llama": "llama3",
+         "qwen2": "chatml", "qwen3": "chatml", "qwen2_moe": "chatml", "qwen3_moe": "chatml", "mistral": "mistral",
+         "mixtral": "mistral", "phi3": "chatml"}
+# Turn openers: in a chat, a model that emits one has finished its reply.
+TURN_START_TOKENS = ("<start_of_turn>", "<|im_start|>", "<|start_header_id|>")
+# End-of-turn markers that some templates use beyond the tokenizer's eos.
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>",
+                      "<|end_of_text|>")
+
+
+def fallback_name(architecture: str) -> str:
+    return _ARCH.get((architecture or "").lower(), "chatml")
+
+
+def resolve_template(model: "LoadedModel", template: str | None = None) -> tuple[str, str]:
+    """(jinja source, where it came from). `template` is a fallback name or a file path, overriding the model's."""
+    if template:
+        if template in FALLBACKS:
+            return FALLBACKS[template], f"built-in '{template}' template (--template)"
+        p = Path(template).expanduser()
+        if p.is_file():
+            return p.read_text(encoding="utf-8"), f"template file {p}"
+        raise UsageError(f"unknown template '{template}'; pass a file or one of: {', '.join(FALLBACKS)}")
+    info = model.chat_template_info()
+    if info.template:
+        return info.template, "the model's chat template"
+    name = fallback_name(info.architecture)
+    return FALLBACKS[name], f"built-in '{name}' template (the model has none; chosen for {info.architecture or '?'})"
+
+
+def render_chat(model: "LoadedModel", messages: list[dict], *, template: str | None = None) -> str:
+    src, _ = resolve_template(model, template)
+    info = model.chat_template_info()
+    return render(src, messages, bos_token=info.bos_token, eos_token=info.eos_token)
+
+
+def render(source: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "") -> str:
+    """Render with transformers' sandboxed Jinja environment (the same machinery as apply_chat_template)."""
+    _validate(messages)
+    try:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        rendered, _ = render_jinja_template(conversations=[messages], chat_template=source,
+                                            add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
+        return rendered[0]
+    except ImportError:  # an older transformers: same sandbox, by hand
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(source).render(messages=messages, add_generation_prompt=True, bos_token=bos_token,
+                                              eos_token=eos_token)
+    except Exception as e:
+        raise UsageError(f"the chat template failed to render: {e}") from None
+
+
+def _validate(messages: list[dict]) -> None:
+    if not messages:
+        raise UsageError("messages must not be empty")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise UsageError("each message needs a role of system, user or assistant")
+        if not isinstance(m.get("content"), str):
+            raise UsageError("each message needs a string content")

