@@ -1,0 +1,56 @@
+"""`quantdeploy chat`: one-shot (--prompt), piped stdin, or the interactive REPL."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..backends.base import GenerationParams
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec,
+                     load_spec)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat", help="Chat with a model: interactive, one-shot with --prompt, or a prompt piped on stdin.")(
+        chat)
+
+
+def chat(
+    model: ModelArg = None,
+    fmt: FormatOpt = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help="Chat template: gemma, llama3, chatml, mistral, or a Jinja file.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="With --prompt: no chat template, plain completion.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print load time, kernel and speed.")] = False,
+    device: DeviceOpt = "auto",
+    kernel: KernelOpt = None,
+    ctx: CtxOpt = None,
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: RemoteOpt = False,
+    engine: EngineOpt = "auto",
+) -> None:
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed).validate()
+    spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, engine=engine)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            from ..errors import UsageError
+
+            raise UsageError("stdin was empty: pipe a prompt, or pass --prompt TEXT")
+    if prompt is not None:
+        from ..chat.oneshot import answer_once
+
+        answer_once(spec, prompt, params, system=system, template=template, raw=raw, verbose=verbose)
+        return
+    from ..chat.repl import run_repl
+
+    run_repl(spec, params, system=system, template=template, verbose=verbose)

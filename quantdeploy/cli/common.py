@@ -1,0 +1,88 @@
+"""Options shared by commands that load a model (chat, serve, bench), and their translation to a ModelSpec."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..backends.base import LoadedModel, ModelSpec
+from ..errors import UsageError
+
+ModelArg = Annotated[Optional[str], typer.Argument(
+    help="A model directory, a .gguf file, a pulled name or org/repo[:QUANT]. Default: the embedded Gemma-3-270M.",
+    show_default=False)]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="Expected format: gptq, awq or gguf.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+KernelOpt = Annotated[Optional[str], typer.Option(
+    "--kernel", help="GPTQ/AWQ kernel: marlin, exllama_v2, triton, gemm, cpu, torch (default: best that fits).")]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context window to allocate (tokens).", min=16)]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load *.bin/*.pt weights (can run code).")]
+RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the repo.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="GPTQ/AWQ decode loop: auto, hf or fast.")]
+
+
+def build_spec(model: str | None, fmt: str | None, *, device: str = "auto", kernel: str | None = None,
+               ctx: int | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+               engine: str = "auto") -> ModelSpec:
+    from ..models import resolve_model
+
+    if engine not in ("auto", "hf", "fast"):
+        raise UsageError(f"unknown engine '{engine}'; choose one of: auto, hf, fast")
+    return resolve_model(model, fmt=fmt, device=device, kernel=kernel, n_ctx=ctx, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code, engine=engine)
+
+
+def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
+    """Load through the registry, keeping third-party banners and progress bars off stdout."""
+    from ..models import load_model
+
+    with quiet_third_party(quiet):
+        model = load_model(spec)
+    warning = model.kernel_report().get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return model
+
+
+class quiet_third_party:
+    """Send stdout to stderr while libraries load (gptqmodel prints a banner), and silence their INFO logs."""
+
+    def __init__(self, quiet: bool = True):
+        self.quiet = quiet
+
+    def __enter__(self):
+        self._stdout = sys.stdout
+        sys.stdout = sys.stderr
+        if self.quiet:
+            for name in ("gptqmodel", "transformers", "optimum", "accelerate", "tokenicer", "logbar"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            _silence_gptqmodel()
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+
+
+def _silence_gptqmodel() -> None:
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("GPTQMODEL_LOG_LEVEL", "ERROR")
+    try:
+        from logbar import LogBar
+
+        LogBar.shared().setLevel("ERROR")
+    except Exception:
+        pass
+
+
+def existing_path(p: str) -> Path:
+    path = Path(p).expanduser()
+    if not path.exists():
+        raise UsageError(f"no such file or directory: {path}")
+    return path

@@ -1,0 +1,51 @@
+"""`quantdeploy backends` and `quantdeploy inspect`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import FormatOpt, ModelArg, build_spec
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backends", help="List the backends, the formats they load, and whether they can run here.")(backends)
+    app.command("inspect", help="Show a model's format, quantization, architecture, context and stop tokens.")(
+        inspect)
+
+
+def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    from ..registry import list_backends
+
+    rows = list_backends()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    t = Table("format", "backend", "available", "reason")
+    for r in rows:
+        t.add_row(r.format, r.backend, "yes" if r.available else "no", r.reason)
+    Console().print(t)
+
+
+def inspect(model: ModelArg = None, fmt: FormatOpt = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    from ..inspection import inspect_model
+
+    info = inspect_model(build_spec(model, fmt))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    t = Table(show_header=False, box=None)
+    for k, v in info.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v))
+        elif k == "size_bytes":
+            k, v = "size", f"{v / 1e6:.1f} MB"
+        t.add_row(f"[bold]{k}[/bold]", str(v))
+    Console().print(t)

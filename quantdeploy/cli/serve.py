@@ -1,0 +1,9 @@
+"""`quantdeploy serve` — not built yet (see the issue tracker)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
