@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from ..errors import BackendUnavailable, InvalidModel, UsageError
 from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
 from .gguf_check import validate_gguf
-from .hw import cuda_device_count
+from .hw import cuda_device_count, pick_torch_device
 
 log = logging.getLogger("quantdeploy.gguf")
 DEFAULT_CTX = 8192  # allocated when the model's own context is larger (KV cache memory); --ctx overrides
@@ -22,7 +22,26 @@ INSTALL_HINT = ('build it with: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DG
 def _llama_cpp():
     import llama_cpp
 
+    _quiet_llama_log(llama_cpp)
     return llama_cpp
+
+
+_log_callback = None
+
+
+def _quiet_llama_log(llama_cpp) -> None:
+    """Route llama.cpp's own log lines to our logger (DEBUG) instead of stderr: users see our messages only."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    @llama_cpp.llama_log_callback
+    def _cb(level, text, user_data):
+        log.debug("llama.cpp[%d]: %s", level, text.decode("utf-8", "replace").rstrip())
+
+    _log_callback = _cb
+    llama_cpp.llama_log_set(_cb, ctypes.c_void_p(0))
 
 
 def gpu_offload_supported() -> bool:
@@ -81,6 +100,7 @@ class GGUFModel(LoadedModel):
         llama_cpp = _llama_cpp()
         self.path = path
         self.info = info
+        pick_torch_device(spec.device)  # validates the name; cuda without a usable GPU is an error
         want_gpu = spec.device != "cpu"
         gpus = cuda_device_count()
         self.gpu_build = gpu_offload_supported()
