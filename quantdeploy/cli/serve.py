@@ -1,9 +1,52 @@
-"""`quantdeploy serve` — not built yet (see the issue tracker)."""
+"""`quantdeploy serve`: an OpenAI-compatible HTTP server for one model (GPTQ, AWQ or GGUF)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
+
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec,
+                     load_spec)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("serve", help="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, "
+                              "/v1/completions, /v1/models, /health, /metrics).")(serve)
+
+
+def serve(
+    model: ModelArg = None,
+    fmt: FormatOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind. Anything but loopback exposes the model: "
+                                                     "set an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0 = any free port).", min=0, max=65535)] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", help="Require 'Authorization: Bearer KEY' on /v1 (default: $QUANTDEPLOY_API_KEY; prefer the "
+                          "env var, a flag shows in the process list).", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="Model id clients send as 'model' (default: the model's name).", show_default=False)] = None,
+    max_concurrency: Annotated[int, typer.Option(
+        "--max-concurrency", min=1, help="Generations at once; each loads its own copy of the model.")] = 1,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=0, help="Requests waiting for a free slot; beyond this the server answers 429.")] = 32,
+    template: Annotated[Optional[str], typer.Option(
+        "--template", help="Chat template: gemma, llama3, chatml, mistral, or a Jinja file.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "info",
+    device: DeviceOpt = "auto",
+    kernel: KernelOpt = None,
+    ctx: CtxOpt = None,
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: RemoteOpt = False,
+    engine: EngineOpt = "auto",
+) -> None:
+    from ..server import ServerSettings
+    from ..server.run import serve as run_server
+    from ..settings import get_settings
+
+    spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, engine=engine)
+    settings = ServerSettings(model_name=name if name is not None else spec.display_name, spec=spec,
+                              api_key=api_key if api_key is not None else get_settings().api_key,
+                              max_concurrency=max_concurrency, max_queue=max_queue, template=template).validate()
+    run_server(settings, host, port, loader=lambda: load_spec(spec), log_level=log_level.lower())

@@ -1,0 +1,50 @@
+"""create_app(settings): a fresh FastAPI app per call; all state hangs off app.state.qd."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI
+
+from ..backends.base import LoadedModel
+from .config import ServerSettings
+from .errors import install_handlers
+from .metrics import Metrics
+from .middleware import BodyLimit, CountResponses
+from .routes import probes, v1
+from .state import Loader, ServerState
+
+
+def create_app(settings: ServerSettings, *, models: list[LoadedModel] | None = None, loader: Loader | None = None,
+               on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """Serve `models` (already loaded; the caller closes them) or load `settings.max_concurrency` copies with
+    `loader` (default: the registry, from settings.spec) in the background; /health is 503 until then."""
+    settings.validate()
+    if models is None and loader is None:
+        if settings.spec is None:
+            raise ValueError("create_app needs settings.spec, models or a loader")
+        from ..models import load_model
+
+        spec = settings.spec
+        loader = lambda: load_model(spec)  # noqa: E731
+    state = ServerState(settings, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if models is not None:
+            state.set_models(models, owned=False)
+        else:
+            state.start_loading(loader, on_load_error)
+        yield
+        await state.shutdown()
+
+    app = FastAPI(title="quantdeploy", summary="OpenAI-compatible server for GPTQ, AWQ and GGUF models",
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.qd = state
+    install_handlers(app)
+    app.include_router(v1)
+    app.include_router(probes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(CountResponses, metrics=state.metrics)
+    return app

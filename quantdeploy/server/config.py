@@ -1,0 +1,37 @@
+"""What a server instance is configured with. Built by the CLI (or a test) and handed to create_app()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backends.base import ModelSpec
+from ..errors import UsageError
+
+DEFAULT_MAX_QUEUE = 32
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """One served model. `spec` is what to load (None when the caller passes loaded models to create_app)."""
+
+    model_name: str
+    spec: ModelSpec | None = None
+    api_key: str | None = None  # every /v1 request needs `Authorization: Bearer KEY` when set
+    max_concurrency: int = 1  # generations at once; each needs its own copy of the model (a "slot")
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting for a slot; beyond: 429 + Retry-After
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    template: str | None = None  # chat template override (built-in name or Jinja file)
+
+    def validate(self) -> "ServerSettings":
+        if not self.model_name or not self.model_name.strip():
+            raise UsageError("the served model name must not be empty (--name)")
+        if self.max_concurrency < 1:
+            raise UsageError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_queue < 0:
+            raise UsageError(f"--max-queue must be 0 or more, got {self.max_queue}")
+        if self.max_body_bytes < 1024:
+            raise UsageError(f"the request body limit must be at least 1024 bytes, got {self.max_body_bytes}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise UsageError("the API key must not be empty (--api-key or QUANTDEPLOY_API_KEY)")
+        return self

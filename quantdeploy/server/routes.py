@@ -1,0 +1,71 @@
+"""Endpoints: the OpenAI-compatible /v1 routes (behind the API key) and the /health and /metrics probes."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from .auth import require_api_key
+from .errors import APIError
+from .metrics import CONTENT_TYPE
+from .respond import respond
+from .schemas import parse_chat, parse_completion
+from .state import ServerState
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+probes = APIRouter()
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.qd
+
+
+@v1.get("/models")
+async def list_models(request: Request) -> dict:
+    state = _state(request)
+    state.require_ready()
+    return {"object": "list", "data": [state.info]}
+
+
+@v1.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict:
+    state = _state(request)
+    state.require_ready()
+    if model_id != state.info["id"]:
+        raise APIError(404, f"the model '{model_id}' is not served here; this server serves '{state.info['id']}'",
+                       param="model", code="model_not_found")
+    return state.info
+
+
+@v1.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    arrived = time.perf_counter()
+    state = _state(request)
+    state.require_ready()
+    return await respond(request, state, parse_chat(await request.body()), arrived)
+
+
+@v1.post("/completions")
+async def completions(request: Request) -> Response:
+    arrived = time.perf_counter()
+    state = _state(request)
+    state.require_ready()
+    return await respond(request, state, parse_completion(await request.body()), arrived)
+
+
+@probes.get("/health")
+async def health(request: Request) -> JSONResponse:
+    state = _state(request)
+    if state.status == "ready":
+        return JSONResponse({"status": "ok", "model": state.info["id"]})
+    body = {"status": state.status}
+    if state.load_error:
+        body["error"] = state.load_error
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"} if state.status == "loading" else None)
+
+
+@probes.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,145 @@
+"""One generation, run on its slot's thread and read from the event loop.
+
+The thread prepares the generation (chat template, tokenize, context check), reports `ready` (or a 4xx), then
+pushes text pieces. The loop reads them in batches. Setting `cancelled` (the client went away) makes the thread
+stop at the next token and close the Generation, which stops the backend's decode loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+from typing import AsyncIterator
+
+from ..backends.base import Generation, LoadedModel, Usage
+from ..errors import QuantDeployError
+from .errors import APIError, bad_request, from_quantdeploy, internal
+from .schemas import Job
+
+
+class Running:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.cancelled = threading.Event()
+        self.ready: asyncio.Future = loop.create_future()  # -> prompt tokens, or raises APIError
+        self.finish_reason: str | None = None
+        self.usage = Usage()
+        self.error: APIError | None = None
+        self.text = ""
+        self.t_start: float | None = None  # perf_counter when the generation began (queue wait is over)
+        self.t_end: float | None = None
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self._ended = False
+        self._wake_pending = False
+        self._event = asyncio.Event()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # --- slot thread side -----------------------------------------------------------------------
+    def _call(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            self.cancelled.set()
+
+    def _resolve(self, result: int | None, error: APIError | None) -> None:
+        if self.ready.done():
+            return
+        if error is not None:
+            self.ready.set_exception(error)
+            self.ready.exception()  # mark retrieved: nobody may be waiting any more
+        else:
+            self.ready.set_result(result)
+
+    def set_ready(self, prompt_tokens: int) -> None:
+        self._call(self._resolve, prompt_tokens, None)
+
+    def push(self, piece: str) -> None:
+        with self._lock:
+            self._pieces.append(piece)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._call(self._wake)
+
+    def end(self, gen: Generation | None, error: APIError | None) -> None:
+        with self._lock:
+            self.t_end = time.perf_counter()
+            if gen is not None:
+                self.finish_reason, self.usage, self.text = gen.finish_reason, gen.usage, gen.text
+            self.error = error
+            self._ended = True
+        self._call(self._resolve, None, error)
+        self._call(self._wake)
+
+    # --- event loop side ------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._event.set()
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Text pieces as they come, in batches (everything that arrived since the last wake-up)."""
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            with self._lock:
+                pieces, self._pieces = self._pieces, []
+                ended = self._ended
+            if pieces:
+                yield pieces
+            if ended:
+                return
+
+
+def run_job(model: LoadedModel, job: Job, running: Running, template: str | None) -> None:
+    """Runs on the slot thread, start to end: every model call of this request happens here."""
+    running.t_start = time.perf_counter()
+    try:
+        gen = start_generation(model, job, template)
+    except APIError as e:
+        return running.end(None, e)
+    except QuantDeployError as e:
+        return running.end(None, from_quantdeploy(e, "messages" if job.kind == "chat" else "prompt"))
+    except Exception as e:
+        return running.end(None, internal(e))
+    running.set_ready(gen.usage.prompt_tokens)
+    error = None
+    try:
+        for piece in gen:
+            if running.cancelled.is_set():
+                break
+            running.push(piece)
+    except Exception as e:
+        error = internal(e)
+    finally:
+        gen.close()
+    running.end(gen, error)
+
+
+def start_generation(model: LoadedModel, job: Job, template: str | None) -> Generation:
+    ctx = model.context_length
+    if job.kind == "chat":
+        ids = model.tokenize(model.render_chat(job.messages, template=template), add_bos=False)
+        what = "messages"
+    else:
+        ids = model.tokenize(job.prompt, add_bos=True)
+        what = "prompt"
+    n = len(ids)
+    if n >= ctx:
+        raise bad_request(f"the {what} take {n} tokens but the context window holds {ctx}; shorten them",
+                          param=what, code="context_length_exceeded")
+    max_tokens = job.max_tokens if job.max_tokens is not None else ctx - n
+    if n + max_tokens > ctx:
+        raise bad_request(f"this model's context window holds {ctx} tokens; the {what} take {n} and max_tokens asks "
+                          f"for {max_tokens} more; lower max_tokens to at most {ctx - n}", param="max_tokens",
+                          code="context_length_exceeded")
+    params = replace(job.params, max_tokens=max_tokens)
+    if job.kind == "chat":
+        return model.chat(job.messages, params, template=template)
+    return model.generate(ids, params)
