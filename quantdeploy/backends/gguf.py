@@ -174,7 +174,10 @@ class GGUFModel(LoadedModel):
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
         room = self._n_ctx - len(prompt_ids)
         if params.seed is not None:
+            # Reusing a cached prefix evaluates the last prompt token alone, whose logits differ in the last bits
+            # from a batched prefill: a seeded run must not depend on what ran before it.
             self.llm.set_seed(int(params.seed))
+            self.llm.reset()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         gen = self.llm.generate(prompt_ids, temp=float(params.temperature), top_p=float(params.top_p),
                                 top_k=int(params.top_k or 0), min_p=0.0, repeat_penalty=1.0, reset=True)
@@ -203,6 +206,23 @@ class GGUFModel(LoadedModel):
             "layers": {"all": "ggml " + ("CUDA" if offloaded else "CPU")},
             "warning": self.warning,
         }
+
+    def logits(self, token_ids: list[int]) -> Any:
+        """Next-token logits after each position, from a second llama.cpp context with logits_all=True sized to
+        the input (one of the default size would hold n_ctx x vocab floats)."""
+        import numpy as np
+
+        n = len(token_ids)
+        if not 0 < n <= self._n_ctx:
+            raise UsageError(f"logits: need 1 to {self._n_ctx} tokens, got {n}")
+        llm = _llama_cpp().Llama(model_path=str(self.path), n_gpu_layers=self.n_gpu_layers, n_ctx=n,
+                                 n_batch=min(512, n), n_threads=self.llm.n_threads if self.llm else None,
+                                 logits_all=True, verbose=False)
+        try:
+            llm.eval(list(token_ids))
+            return np.array(llm.scores[:n], dtype=np.float32)
+        finally:
+            llm.close()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
