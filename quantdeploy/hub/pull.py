@@ -1,0 +1,196 @@
+"""`pull`: resolve a name on the hub, plan the files, fetch what is missing, verify, and write the manifest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from ..errors import DownloadError
+from .plan import Plan, plan_pull
+from .progress import Progress, make_progress
+from .remote import Hub, RemoteFile, public_endpoint
+from .safety import check_revision, inside
+from .store import MANIFEST, META, PENDING, Entry, Store, entry_at, parse_name, read_json, write_json
+from .units import human_bytes
+
+SPACE_MARGIN = 64 << 20  # keep this much free beyond the files themselves
+
+
+@dataclass
+class PullRequest:
+    name: str  # org/repo or org/repo:TAG
+    fmt: str | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    revision: str | None = None
+    endpoint: str | None = None  # default: HF_ENDPOINT, then huggingface.co
+    token: str | None = None  # default: HF_TOKEN, then huggingface_hub's saved login
+    local_dir: Path | None = None  # pull here instead of into the store
+
+
+@dataclass
+class PullResult:
+    name: str
+    root: Path
+    model_path: Path
+    manifest: dict
+    fetched_bytes: int = 0
+    up_to_date: bool = False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _result(entry: Entry, up_to_date: bool = True) -> PullResult:
+    return PullResult(entry.name, entry.root, entry.model_path, entry.manifest or {}, 0, up_to_date)
+
+
+def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
+    """Pull req.name into the store (or req.local_dir). Idempotent: what is verified is never fetched again."""
+    from ..settings import get_settings
+
+    settings = get_settings()
+    repo_id, tag = parse_name(req.name)
+    revision = check_revision(req.revision) if req.revision else None
+    store = Store(settings.home)
+    have = None if req.local_dir else store.lookup(req.name)
+    progress = progress or make_progress()
+    if settings.hf_offline:
+        if have is not None and not have.missing_files():
+            progress.say(f"HF_HUB_OFFLINE is set: using the pulled {have.name} without checking for updates")
+            return _result(have)
+        raise DownloadError(f"HF_HUB_OFFLINE is set and {req.name} is not pulled; unset HF_HUB_OFFLINE to pull it")
+    hub = Hub(req.endpoint or settings.hf_endpoint, req.token or settings.hf_token)
+    try:
+        repo = hub.repo(repo_id, revision)
+    except DownloadError as e:
+        if have is not None and "cannot reach" in str(e):
+            progress.say(f"warning: {e}; using the pulled {have.name}")
+            return _result(have)
+        raise
+    plan = plan_pull(hub, repo, tag=tag, revision=revision, fmt=req.fmt, include=req.include, exclude=req.exclude)
+    root = Path(req.local_dir).expanduser().resolve() if req.local_dir else store.variant_dir(plan.repo.repo_id,
+                                                                                             plan.variant)
+    return _Puller(hub, plan, root, progress).run()
+
+
+class _Puller:
+    def __init__(self, hub: Hub, plan: Plan, root: Path, progress: Progress):
+        self.hub, self.plan, self.root, self.progress = hub, plan, root, progress
+        self.meta = root / META
+        self.partial = self.meta / "partial"
+
+    # -- what is already here -----------------------------------------------------------------------------
+    def _verified(self) -> dict[str, dict]:
+        """Files a previous (complete or interrupted) pull verified, that are still there with the same size."""
+        out = {}
+        for source in (read_json(self.meta / MANIFEST), read_json(self.meta / PENDING)):
+            for f in (source or {}).get("files", []):
+                p = self.root / f["path"]
+                if p.is_file() and p.stat().st_size == f["size"]:
+                    out[f["path"]] = f
+        return out
+
+    @staticmethod
+    def _same(record: dict, f: RemoteFile) -> bool:
+        if record.get("size") != f.size:
+            return False
+        if f.lfs:
+            return record.get("sha256") == f.sha256
+        return bool(f.blob_id) and record.get("blob_id") == f.blob_id
+
+    def _part(self, f: RemoteFile) -> Path:
+        key = f.sha256 or f.blob_id or PurePosixPath(f.path).name
+        return self.partial / f"{key}.part"
+
+    # -- the pull -------------------------------------------------------------------------------------------
+    def run(self) -> PullResult:
+        plan = self.plan
+        for f in plan.files:
+            inside(self.root, PurePosixPath(f.path))  # nothing is written outside root
+        verified = self._verified()
+        todo = [f for f in plan.files if not (f.path in verified and self._same(verified[f.path], f))]
+        done = {f.path: verified[f.path] for f in plan.files if f not in todo}
+        manifest = read_json(self.meta / MANIFEST)
+        if not todo and manifest and manifest.get("commit") == plan.repo.commit:
+            entry = entry_at(self.root)
+            self.progress.say(f"{plan.name} is up to date ({human_bytes(plan.size)} at {self.root})")
+            return _result(entry)
+        on_disk = sum(self._part(f).stat().st_size for f in todo if self._part(f).exists())
+        need = sum(f.size for f in todo) - on_disk
+        self._check_space(need)
+        from huggingface_hub.utils import WeakFileLock
+
+        self.meta.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(self.meta / "lock"):
+            return self._fetch_all(todo, done, need)
+
+    def _check_space(self, need: int) -> None:
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if need + SPACE_MARGIN > free:
+            raise DownloadError(f"not enough disk space for {self.plan.name}: it needs {human_bytes(need)} more, "
+                                f"{human_bytes(free)} is free at {probe}; free some space, or pull elsewhere with "
+                                "--local-dir or QUANTDEPLOY_HOME")
+
+    def _pending(self, done: dict[str, dict]) -> dict:
+        plan = self.plan
+        return {
+            "schema": 1, "name": plan.name, "repo": plan.repo.repo_id, "tag": plan.tag,
+            "revision": plan.repo.revision, "commit": plan.repo.commit, "format": plan.format, "quant": plan.quant,
+            "model_file": plan.model_file, "source": public_endpoint(self.hub.endpoint),
+            "files": [done[f.path] for f in plan.files if f.path in done],
+        }
+
+    def _fetch_all(self, todo: list[RemoteFile], done: dict[str, dict], need: int) -> PullResult:
+        from .download import fetch
+
+        plan, progress = self.plan, self.progress
+        old = read_json(self.meta / MANIFEST)
+        old_paths = {f["path"] for f in (old or read_json(self.meta / PENDING) or {}).get("files", [])}
+        write_json(self.meta / PENDING, self._pending(done))
+        title = (f"pulling {plan.name} ({plan.format}) from {self.hub.where}: {len(todo)} of {len(plan.files)} "
+                 f"files, {human_bytes(need)} to fetch")
+        progress.start(title, total=plan.size, have=plan.size - need)
+        fetched = 0
+        try:
+            for f in todo:
+                part = self._part(f)
+                already = part.stat().st_size if part.exists() else 0
+                progress.begin_file(f, already)
+                got = fetch(self.hub, plan.repo, f, part, bar=progress.bar(f), on_retry=progress.retrying)
+                fetched += got.fetched
+                dest = inside(self.root, PurePosixPath(f.path))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if old is not None:  # an update replaces files: the entry is incomplete until it finishes
+                    (self.meta / MANIFEST).unlink(missing_ok=True)
+                    old = None
+                os.chmod(part, 0o644)
+                os.replace(part, dest)
+                done[f.path] = {"path": f.path, "size": f.size, "sha256": got.sha256, "blob_id": f.blob_id,
+                                "lfs": f.lfs}
+                write_json(self.meta / PENDING, self._pending(done))
+                progress.end_file(f, got.fetched, got.seconds)
+        finally:
+            progress.close()
+        return self._finish(done, fetched, old_paths)
+
+    def _finish(self, done: dict[str, dict], fetched: int, old_paths: set[str]) -> PullResult:
+        plan = self.plan
+        manifest = self._pending(done)
+        manifest["pulled_at"] = _now()
+        manifest["size_bytes"] = plan.size
+        write_json(self.meta / MANIFEST, manifest)
+        (self.meta / PENDING).unlink(missing_ok=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        keep = {f.path for f in plan.files}
+        for path in old_paths - keep:  # files an older commit had and this one dropped
+            inside(self.root, PurePosixPath(path)).unlink(missing_ok=True)
+        entry = Entry(self.root, manifest, None)
+        return PullResult(plan.name, self.root, entry.model_path, manifest, fetched, up_to_date=False)

@@ -1,0 +1,112 @@
+"""GGUF quant tags: read them from file names, group split parts, pick the one the user asked for."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from ..errors import ModelNotFound
+from .remote import RemoteFile
+
+DEFAULT_QUANT = "Q4_K_M"
+
+_QUANT = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:"
+    r"I?Q[1-8]_(?:K|[0-9])(?:_[0-9]_[0-9])?(?:_(?:XXS|XS|XL|S|M|L|NL))?"
+    r"|IQ[1-4]_(?:XXS|XS|NL|S|M|L)"
+    r"|TQ[12]_0|MXFP4(?:_MOE)?|BF16|FP16|F16|F32))(?![A-Za-z0-9])",
+    re.IGNORECASE)
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+_NOT_MODELS = ("mmproj", "imatrix")  # vision projectors and importance matrices are not the language model
+
+
+def quant_tag(path: str) -> str | None:
+    """The quant tag in a GGUF file name (or its folder), normalised: 'gemma-q4_k_m.gguf' -> 'Q4_K_M'."""
+    p = PurePosixPath(path)
+    stem = _SPLIT.sub("", p.name)
+    stem = stem[:-5] if stem.lower().endswith(".gguf") else stem
+    for text in (stem, p.parent.name):
+        found = _QUANT.findall(text)
+        if found:
+            tag = found[-1].upper()
+            return "F16" if tag == "FP16" else tag
+    return None
+
+
+def is_model_gguf(path: str) -> bool:
+    name = PurePosixPath(path).name.lower()
+    return name.endswith(".gguf") and not name.startswith(_NOT_MODELS)
+
+
+def _core(tag: str) -> str:
+    return tag[3:] if tag.startswith("UD-") else tag
+
+
+@dataclass(frozen=True)
+class GGUFQuant:
+    tag: str
+    files: tuple[RemoteFile, ...]
+    missing_parts: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def model_file(self) -> str:
+        """The file llama.cpp opens: the single file, or the first part of a split set."""
+        return self.files[0].path
+
+
+def _sort_key(f: RemoteFile) -> tuple:
+    m = _SPLIT.search(f.path)
+    return (_SPLIT.sub("", f.path), int(m.group(1)) if m else 0)
+
+
+def _missing_parts(files: list[RemoteFile]) -> tuple[str, ...]:
+    sets: dict[str, tuple[int, set[int]]] = {}
+    for f in files:
+        m = _SPLIT.search(f.path)
+        if m:
+            total, parts = sets.setdefault(_SPLIT.sub("", f.path), (int(m.group(2)), set()))
+            parts.add(int(m.group(1)))
+    return tuple(f"{base}-{i:05d}-of-{total:05d}.gguf" for base, (total, parts) in sets.items()
+                 for i in range(1, total + 1) if i not in parts)
+
+
+def gguf_quants(files: list[RemoteFile]) -> dict[str, GGUFQuant]:
+    """Quant tag -> its files, for every model GGUF in a repo listing (smallest quant first)."""
+    groups: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        if is_model_gguf(f.path):
+            tag = quant_tag(f.path) or _SPLIT.sub("", PurePosixPath(f.path).name)[:-5]
+            groups.setdefault(tag, []).append(f)
+    quants = {t: GGUFQuant(t, tuple(sorted(fs, key=_sort_key)), _missing_parts(fs)) for t, fs in groups.items()}
+    return dict(sorted(quants.items(), key=lambda kv: (kv[1].size, kv[0])))
+
+
+def describe(quants: dict[str, GGUFQuant]) -> str:
+    from .units import human_bytes
+
+    return ", ".join(f"{t} ({human_bytes(q.size)})" for t, q in quants.items())
+
+
+def select_quant(quants: dict[str, GGUFQuant], requested: str | None, repo_id: str) -> GGUFQuant:
+    """The quant for `repo:TAG` (case and `UD-` insensitive), or Q4_K_M when no tag was given."""
+    want = (requested or DEFAULT_QUANT).upper()
+    by_upper = {t.upper(): q for t, q in quants.items()}
+    hit = by_upper.get(want)
+    if hit is None:
+        cores = [q for t, q in quants.items() if _core(t.upper()) == _core(want)]
+        hit = min(cores, key=lambda q: q.tag.startswith("UD-")) if cores else None
+    if hit is None:
+        if not quants:
+            raise ModelNotFound(f"{repo_id} has no GGUF model files")
+        if requested is None:
+            raise ModelNotFound(f"{repo_id} has no {DEFAULT_QUANT}; name a quant, e.g. {repo_id}:"
+                                f"{next(iter(quants))}. Available: {describe(quants)}")
+        raise ModelNotFound(f"{repo_id} has no quant '{requested}'. Available: {describe(quants)}")
+    if hit.missing_parts:
+        raise ModelNotFound(f"{repo_id}:{hit.tag} is incomplete on the hub: missing {', '.join(hit.missing_parts)}")
+    return hit
