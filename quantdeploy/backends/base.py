@@ -192,6 +192,22 @@ class LoadedModel(abc.ABC):
     def close(self) -> None:  # free memory; backends override when they hold native handles
         pass
 
+    def logits(self, token_ids: list[int]) -> Any:
+        """Next-token logits after each position: float32 numpy array [len(token_ids), vocab] (bench --quality)."""
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"the {self.backend or type(self).__name__} backend cannot return logits")
+
+    def score(self, token_ids: list[int]) -> list[float]:
+        """Log-probability of each token given the ones before it; the first token (no context) gets 0.0."""
+        import numpy as np
+
+        lg = np.asarray(self.logits(token_ids)[:-1], dtype=np.float32)
+        top = lg.max(-1)
+        lse = np.log(np.exp(lg - top[:, None]).sum(-1, dtype=np.float64)) + top
+        picked = lg[np.arange(len(lg)), np.asarray(token_ids[1:], dtype=np.int64)]
+        return [0.0] + (picked - lse).tolist()
+
     # --- shared behaviour ----------------------------------------------------------------------
     def stop_tokens(self) -> list[str]:
         return sorted({self.token_text(t) for t in self.eog_token_ids()} - {""})

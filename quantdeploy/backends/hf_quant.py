@@ -216,6 +216,15 @@ class HFQuantModel(LoadedModel):
                 self.kernel.backend_value, "quant_linear_classes": quant_classes, "layers": layers,
                 "gpu": gpu_kernel, "dtype": self.dtype, "quant": self.quant}
 
+    def logits(self, token_ids: list[int]) -> Any:
+        """Next-token logits after each position (one forward over the whole input), float32 numpy."""
+        import torch
+
+        with torch.inference_mode():
+            ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self._device)
+            out = self.model(input_ids=ids, use_cache=False, logits_to_keep=0)
+        return out.logits[0].float().cpu().numpy()
+
     def close(self) -> None:
         self.model = None
         try:

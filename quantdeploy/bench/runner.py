@@ -1,0 +1,244 @@
+"""Timings for one model, and a whole report for several: load (cold / warm), TTFT, prefill and decode
+tokens/s over repeats (median and spread, warm-up apart), peak memory, bytes per token, achieved GB/s against
+the device's roofline, kernel evidence and (optionally) quality.
+
+Every run decodes exactly `new_tokens` tokens (EOS ignored, greedy, fresh context: seeded runs reset
+llama.cpp's prefix cache, so every run pays its full prefill). On CUDA the device is synchronized before and
+after each run; the HF decode loop syncs every token when it reads the sampled id, so wall time is GPU time.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ..backends.base import GenerationParams, LoadedModel, ModelSpec
+from ..errors import QuantDeployError, UsageError
+from .kernels import kernel_map, kernel_required, profile_decode, verify
+from .memory import PeakMemory
+from .text import text_ids
+from .weights import bytes_per_token
+
+SCHEMA = "quantdeploy.bench/1"
+
+
+class RequirementFailed(QuantDeployError):
+    """--require-gpu / --require-kernel not satisfied (the report is still written)."""
+
+    exit_code = 3
+
+
+@dataclass
+class BenchConfig:
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    repeat: int = 3
+    warmup_tokens: int = 16  # decode tokens of the warm-up run (same prompt)
+    warm_load: bool = True  # load a second time to report a warm load
+    profile_tokens: int = 16  # decode steps under torch.profiler (CUDA only)
+    quality: bool = False
+    quality_tokens: int = 256
+    reference: Path | None = None
+    refresh_roofline: bool = False
+
+    def validate(self) -> "BenchConfig":
+        for name in ("prompt_tokens", "new_tokens", "repeat", "quality_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if self.prompt_tokens < 2:
+            raise UsageError("--prompt-tokens must be at least 2")
+        if self.new_tokens < 2:
+            raise UsageError("--new-tokens must be at least 2 (decode speed needs two tokens)")
+        if self.quality_tokens < 2:
+            raise UsageError("--quality-tokens must be at least 2")
+        if self.reference is not None and not Path(self.reference).expanduser().is_dir():
+            raise UsageError(f"--reference {self.reference}: no such directory")
+        return self
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    vals = [float(v) for v in values]
+    return {"median": round(statistics.median(vals), 3), "min": round(min(vals), 3), "max": round(max(vals), 3),
+            "stdev": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0,
+            "values": [round(v, 3) for v in vals]}
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_once(model: LoadedModel, ids: list[int], new_tokens: int) -> dict[str, Any]:
+    params = GenerationParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, seed=0)
+    _sync(model.device)
+    gen = model.generate(list(ids), params)
+    for _ in gen:
+        pass
+    _sync(model.device)
+    u = gen.usage
+    ttft = u.ttft_s or 0.0
+    return {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(ids) / ttft if ttft > 0 else 0.0,
+            "decode_tok_s": u.decode_tok_s, "tokens": u.completion_tokens, "elapsed_s": u.elapsed_s}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _default_load(spec: ModelSpec) -> LoadedModel:
+    from ..models import load_model
+
+    return load_model(spec)
+
+
+def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec], LoadedModel] = _default_load,
+                reference=None, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Benchmark one model; the returned dict is one entry of report["results"]."""
+    from ..backends.hw import cuda_device_count
+
+    name = spec.display_name
+    mem = PeakMemory()
+    log(f"[{name}] loading ({spec.format})")
+    if not cfg.warm_load:
+        mem.start()
+    model = load(spec)
+    load_s = {"cold": round(model.load_time_s, 3), "warm": None}
+    if cfg.warm_load:
+        model.close()
+        del model
+        gc.collect()
+        mem.start()
+        model = load(spec)
+        load_s["warm"] = round(model.load_time_s, 3)
+    try:
+        mem.sample()
+        need = cfg.prompt_tokens + cfg.new_tokens
+        if need > model.context_length:
+            raise UsageError(f"{name}: --prompt-tokens {cfg.prompt_tokens} + --new-tokens {cfg.new_tokens} = {need} "
+                             f"do not fit the {model.context_length}-token context; lower them or pass --ctx {need}")
+        ids = text_ids(model, cfg.prompt_tokens)
+        log(f"[{name}] {model.device}, kernel {model.kernel_report().get('kernel')}: warm-up")
+        warm = run_once(model, ids, min(cfg.warmup_tokens, cfg.new_tokens) if cfg.warmup_tokens else 2)
+        runs = []
+        for i in range(cfg.repeat):
+            r = run_once(model, ids, cfg.new_tokens)
+            if r["tokens"] != cfg.new_tokens:
+                raise QuantDeployError(f"{name}: run {i + 1} generated {r['tokens']} of {cfg.new_tokens} tokens "
+                                       "although EOS was ignored; the backend stopped early")
+            mem.sample()
+            log(f"[{name}] run {i + 1}/{cfg.repeat}: TTFT {r['ttft_ms']:.0f} ms, "
+                f"decode {r['decode_tok_s']:.1f} tok/s")
+            runs.append(r)
+        report = model.kernel_report()
+        profile = profile_decode(model, ids[: min(len(ids), 32)], cfg.profile_tokens)
+        mem.sample()
+        gpus = cuda_device_count()
+        verdict = verify(report, device=model.device, gpus=gpus, profile=profile)
+        weights = bytes_per_token(model)
+        quality = None
+        if cfg.quality:
+            from .quality import measure_quality
+
+            log(f"[{name}] quality: {cfg.quality_tokens} tokens")
+            quality = measure_quality(model, cfg.quality_tokens, reference)
+        peak = mem.result(model.device, model.backend)
+        result = _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, quality, cfg)
+    finally:
+        model.close()
+        del model
+        gc.collect()
+    return result
+
+
+def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, quality, cfg
+            ) -> dict[str, Any]:
+    ttft, prefill, decode = (spread([r[k] for r in runs]) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s"))
+    kernels = {k: v for k, v in report.items() if k not in ("backend", "format", "device", "layers")}
+    kernels.update(map=kernel_map(report), layers=report.get("layers"), profile=profile)
+    return {
+        "model": spec.display_name,
+        "path": str(spec.path),
+        "format": model.format,
+        "backend": model.backend,
+        "device": model.device,
+        "kernel": report.get("kernel"),
+        "kernels": kernels,
+        "gpu_kernels_in_use": verdict["gpu_kernels_in_use"],
+        "gpu_kernels_reason": verdict["reason"],
+        "fallbacks": verdict["fallbacks"],
+        "prompt_tokens": cfg.prompt_tokens,
+        "new_tokens": cfg.new_tokens,
+        "repeat": cfg.repeat,
+        "load_s": load_s,
+        "ttft_ms": ttft["median"],
+        "prefill_tok_s": prefill["median"],
+        "decode_tok_s": decode["median"],
+        "spread": {"ttft_ms": ttft, "prefill_tok_s": prefill, "decode_tok_s": decode},
+        "warmup": {k: round(v, 3) for k, v in warm.items()},
+        "peak_memory_mb": peak,
+        "bytes_per_token": weights["bytes"],
+        "bytes_per_token_detail": weights,
+        "achieved_gbps": round(weights["bytes"] * decode["median"] / 1e9, 3),
+        "roofline_gbps": None,
+        "roofline_fraction": None,
+        "quality": quality,
+    }
+
+
+def requirement_failures(results: list[dict[str, Any]], require_gpu: bool, require_kernels: list[str]) -> list[str]:
+    out = []
+    for r in results:
+        if require_gpu and not r["gpu_kernels_in_use"]:
+            out.append(f"{r['model']} ({r['format']}): no GPU kernel in use: {r['gpu_kernels_reason']}")
+        for k in require_kernels:
+            if not kernel_required(k, r):
+                out.append(f"{r['model']} ({r['format']}): kernel '{k}' did not run (ran: {r['kernel']})")
+    return out
+
+
+def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", require_gpu: bool = False,
+              require_kernels: list[str] | None = None, load: Callable[[ModelSpec], LoadedModel] = _default_load,
+              log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Benchmark every spec in turn (one model in memory at a time) and build the report."""
+    from .environment import environment
+    from .roofline import roofline
+
+    cfg.validate()
+    reference = None
+    if cfg.quality and cfg.reference:
+        from .quality import load_reference
+
+        log(f"[reference] {cfg.reference}: {cfg.quality_tokens} tokens")
+        reference = load_reference(Path(cfg.reference), cfg.quality_tokens)
+    results = [bench_model(s, cfg, load=load, reference=reference, log=log) for s in specs]
+    reference = None
+    rooflines: dict[str, Any] = {}
+    for r in results:
+        dev = r["device"]
+        if dev not in rooflines:
+            log(f"[roofline] {dev}")
+            rooflines[dev] = roofline(dev, refresh=cfg.refresh_roofline)
+        gbps = rooflines[dev].get("gbps")
+        r["roofline_gbps"] = gbps
+        r["roofline_fraction"] = round(r["achieved_gbps"] / gbps, 4) if gbps else None
+    failures = requirement_failures(results, require_gpu, list(require_kernels or []))
+    conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "config": conf,
+        "environment": environment(),
+        "rooflines": rooflines,
+        "results": results,
+        "requirements": {"require_gpu": require_gpu, "require_kernel": list(require_kernels or []),
+                         "satisfied": not failures, "failures": failures},
+    }
