@@ -75,12 +75,13 @@ def _print_listing(name: str, *, revision, fmt, endpoint, token) -> None:
     listing = list_repo(Hub(endpoint or settings.hf_endpoint, token or settings.hf_token), name,
                         revision=revision, fmt=fmt)
     head = "quant" if listing.format == "gguf" else "file"
-    t = Table(head, "size", "files" if listing.format == "gguf" else "", box=None,
-              title=f"{listing.repo_id}@{listing.revision} ({listing.format}, commit {listing.commit[:10]})")
+    t = Table(head, "size", "files" if listing.format == "gguf" else "", box=None)
     for o in listing.offers:
         label = f"{o.label} (default)" if o.default else o.label
         t.add_row(label, human_bytes(o.size), ", ".join(o.files) if listing.format == "gguf" else "")
     console = Console(width=200)
+    console.print(f"{listing.repo_id}@{listing.revision}: {listing.format.upper()}, commit {listing.commit[:12]}",
+                  markup=False, highlight=False)
     console.print(t)
     if listing.branches:
         console.print(f"branches: {', '.join(listing.branches)} (pull one with --revision BRANCH)")

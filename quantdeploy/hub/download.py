@@ -1,27 +1,41 @@
 """Fetch one file into a partial file that survives a restart, then verify it against the hub's hashes.
 
-huggingface_hub does the HTTP: the HEAD that finds the CDN location (`get_hf_file_metadata`) and the streamed,
-Range-resuming GET with its in-process retries (`http_get`). What it lacks, added here: the partial file is ours
-and is kept on failure, Ctrl-C or kill, so the next run continues where this one stopped; 5xx answers and reset
-connections are retried with backoff; and the bytes are hashed as they arrive and checked against the LFS sha256
-(or the git blob id for small files) before anything calls them complete.
+huggingface_hub does the HTTP: the HEAD that finds the CDN location and the auth headers (`get_hf_file_metadata`,
+`build_hf_headers`), the shared session with backoff on 5xx / 429 / refused connections when a request opens
+(`http_stream_backoff`), and the error mapping (`hf_raise_for_status`). What it lacks, added here:
+
+* the partial file is ours and is kept on failure, Ctrl-C or kill (hf's `http_get` writes to a per-process temp
+  file that is deleted on error), so the next run continues where this one stopped, with a Range request;
+* a dropped or reset connection mid-body resumes from the bytes on disk, with backoff, and the retry budget is
+  refilled whenever a try made progress;
+* every byte is hashed as it arrives (on a helper thread) and checked against the LFS sha256, or the git blob id
+  for small files, before anything calls the file complete.
+
+The body loop reads the socket's chunks as they come (`iter_raw`) instead of `http_get`'s 10 MB re-chunking: that
+copy cost more CPU than the sha256 (benchmarks/bench_pull.py), and a dropped connection lost up to 10 MB that had
+arrived but was not yet written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import DownloadError
-from .remote import Hub, RemoteFile, RemoteRepo, explain, is_retryable, with_backoff
+from .remote import Hub, RemoteFile, RemoteRepo, explain, is_retryable
 
 _READ = 8 << 20
+ATTEMPTS = 5  # tries without progress before giving up; progress refills them
+BACKOFF = (1.0, 8.0)  # first wait, cap (doubling)
 
 
 class _Incomplete(Exception):
-    """The stream ended before the file was complete; the next attempt resumes from the partial file."""
+    """The stream ended before the file was complete; the next try resumes from the partial file."""
 
 
 @dataclass(frozen=True)
@@ -34,16 +48,36 @@ class Fetched:
 
 
 class _Digests:
-    """sha256 of the content, and the git blob id for files that are not in LFS."""
+    """sha256 of the content (on a helper thread for LFS files, so hashing overlaps the network), and the git blob
+    id for small files that are not in LFS."""
 
     def __init__(self, f: RemoteFile):
-        self.sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256()
         self.git = None if f.lfs else hashlib.sha1(b"blob %d\0" % f.size)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
 
-    def update(self, data) -> None:
-        self.sha256.update(data)
+    def update(self, data: bytes) -> None:
         if self.git is not None:
+            self._sha256.update(data)
             self.git.update(data)
+            return
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=512)
+            self._thread = threading.Thread(target=self._drain, name="quantdeploy-sha256", daemon=True)
+            self._thread.start()
+        self._queue.put(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._sha256.update(data)  # hashlib releases the GIL on large buffers
+
+    def sha256(self) -> str:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        return self._sha256.hexdigest()
 
     def update_from(self, path: Path, size: int) -> None:
         with open(path, "rb") as f:
@@ -56,69 +90,107 @@ class _Digests:
                 left -= len(chunk)
 
 
-class _HashingWriter:
-    """The file object handed to `http_get`: every byte written is hashed on the way to disk."""
-
-    def __init__(self, f, digests: _Digests):
-        self._f, self._digests, self.rewound = f, digests, False
-
-    def write(self, data) -> int:
-        n = self._f.write(data)
-        self._digests.update(data)
-        return n
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seek(self, *args) -> int:  # http_get rewinds when a server ignores Range: rehash from disk then
-        self.rewound = True
-        return self._f.seek(*args)
-
-    def truncate(self, *args) -> int:
-        self.rewound = True
-        return self._f.truncate(*args)
-
-    def flush(self) -> None:
-        self._f.flush()
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
-def _retry_if(e: BaseException) -> bool:
-    return isinstance(e, _Incomplete) or is_retryable(e)
+class _Transfer:
+    """One file's download state across tries: the partial file and the running digests of what it holds."""
 
+    def __init__(self, hub: Hub, repo: RemoteRepo, f: RemoteFile, part: Path,
+                 advance: Callable[[int | None, int], None] | None):
+        self.hub, self.repo, self.f, self.part = hub, repo, f, part
+        self.advance = advance or (lambda completed, step: None)
+        self.digests = _Digests(f)
+        have = _size(part)
+        if have > f.size:
+            part.unlink()
+            have = 0
+        if have:
+            self.digests.update_from(part, have)
+        self.resumed_from = have
 
-def fetch(hub: Hub, repo: RemoteRepo, f: RemoteFile, part: Path, *, bar=None, on_retry=None) -> Fetched:
-    """Download f to `part` (resuming what is there) and verify it. On a hash mismatch `part` is deleted."""
-    from huggingface_hub.file_download import http_get
+    def restart(self) -> None:
+        self.digests.sha256()  # stops its thread
+        self.digests = _Digests(self.f)
+        self.part.unlink(missing_ok=True)
+        self.advance(0, 0)
 
-    part.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.exists() else 0
-    if have > f.size:
-        part.unlink()
-        have = 0
-    digests = _Digests(f)
-    if have:
-        digests.update_from(part, have)
-    t0 = time.perf_counter()
+    def attempt(self) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
 
-    def attempt() -> None:
-        nonlocal digests
-        location, headers = hub.locate(repo, f.path)
-        with open(part, "ab") as out:
-            writer = _HashingWriter(out, digests)
+        have = _size(self.part)
+        if have >= self.f.size:
+            return
+        location, headers = self.hub.locate(self.repo, self.f.path)
+        headers = {**headers, "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        with http_stream_backoff("GET", location, headers=headers,
+                                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+            if r.status_code == 416 and have:  # the server disagrees about what we hold: start over
+                self.restart()
+                raise _Incomplete("range not satisfiable")
+            hf_raise_for_status(r)
+            if have and (r.status_code != 206 or not r.headers.get("Content-Range", "").startswith(f"bytes {have}-")):
+                self.restart()  # Range ignored: the body starts at byte 0
+            identity = r.headers.get("Content-Encoding", "identity").lower() == "identity"
+            with open(self.part, "ab") as out:
+                for chunk in (r.iter_raw() if identity else r.iter_bytes()):
+                    out.write(chunk)
+                    self.digests.update(chunk)
+                    self.advance(None, len(chunk))
+        if _size(self.part) < self.f.size:
+            raise _Incomplete(f"{self.f.path}: {_size(self.part)} of {self.f.size} bytes")
+
+    def run(self, on_retry) -> None:
+        left, delay = ATTEMPTS, BACKOFF[0]
+        while True:
+            before = _size(self.part)
             try:
-                http_get(location, writer, resume_size=out.tell(), headers=headers, expected_size=f.size,
-                         displayed_filename=f.path, tqdm_class=bar)
-            except OSError as e:
-                if "Consistency check failed" not in str(e):
+                return self.attempt()
+            except Exception as e:
+                if not (isinstance(e, _Incomplete) or is_retryable(e)):
                     raise
-        if writer.rewound:
-            digests = _Digests(f)
-            digests.update_from(part, part.stat().st_size)
-        if part.stat().st_size < f.size:
-            raise _Incomplete(f"{f.path}: {part.stat().st_size} of {f.size} bytes")
+                if _size(self.part) > before:  # it moved: a flaky link, not a dead one
+                    left, delay = ATTEMPTS, BACKOFF[0]
+                left -= 1
+                if left == 0:
+                    raise
+                if on_retry:
+                    on_retry(e, delay)
+                time.sleep(delay)
+                delay = min(BACKOFF[1], delay * 2)
 
+    def verify(self) -> str:
+        f, size = self.f, _size(self.part)
+        sha256 = self.digests.sha256()
+        problem = None
+        if size != f.size:
+            problem = f"size {size} instead of {f.size}"
+        elif f.sha256 and sha256 != f.sha256:
+            problem = f"sha256 {sha256[:16]}… instead of {f.sha256[:16]}…"
+        elif self.digests.git is not None and f.blob_id and self.digests.git.hexdigest() != f.blob_id:
+            problem = f"git blob id {self.digests.git.hexdigest()[:16]}… instead of {f.blob_id[:16]}…"
+        if problem:
+            self.part.unlink(missing_ok=True)
+            raise DownloadError(f"{f.path} is corrupted ({problem}); the bad copy was deleted and nothing was kept "
+                                "as good. Run the same pull again; if it fails again, the server or mirror is "
+                                "serving a bad file")
+        return sha256
+
+
+def fetch(hub: Hub, repo: RemoteRepo, f: RemoteFile, part: Path, *, advance=None, on_retry=None) -> Fetched:
+    """Download f to `part` (resuming what is there) and verify it. On a hash mismatch `part` is deleted.
+
+    advance(completed, step) is called as bytes arrive (completed=None: add step); on_retry(error, delay) before
+    each retry."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    t = _Transfer(hub, repo, f, part, advance)
+    t0 = time.perf_counter()
     try:
-        with_backoff(attempt, retry_if=_retry_if, on_retry=on_retry)
+        t.run(on_retry)
     except _Incomplete:
         raise DownloadError(f"{f.path}: the server kept closing the connection early; run the same pull again "
                             "to resume") from None
@@ -127,18 +199,6 @@ def fetch(hub: Hub, repo: RemoteRepo, f: RemoteFile, part: Path, *, bar=None, on
     except Exception as e:
         raise explain(e, repo_id=repo.repo_id, endpoint=hub.endpoint, revision=repo.revision, path=f.path) from None
     seconds = time.perf_counter() - t0
-    size = part.stat().st_size
-    sha256 = digests.sha256.hexdigest()
-    problem = None
-    if size != f.size:
-        problem = f"size {size} instead of {f.size}"
-    elif f.sha256 and sha256 != f.sha256:
-        problem = f"sha256 {sha256[:16]}… instead of {f.sha256[:16]}…"
-    elif digests.git is not None and f.blob_id and digests.git.hexdigest() != f.blob_id:
-        problem = f"git blob id {digests.git.hexdigest()[:16]}… instead of {f.blob_id[:16]}…"
-    if problem:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"{f.path} is corrupted ({problem}); the bad copy was deleted and nothing was kept as "
-                            "good. Run the same pull again; if it fails again, the server or mirror is serving a "
-                            "bad file")
-    return Fetched(sha256=sha256, size=size, resumed_from=have, fetched=size - have, seconds=seconds)
+    sha256 = t.verify()
+    return Fetched(sha256=sha256, size=f.size, resumed_from=t.resumed_from, fetched=f.size - t.resumed_from,
+                   seconds=seconds)

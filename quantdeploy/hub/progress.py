@@ -1,8 +1,4 @@
-"""Pull progress on stderr: rich bars (per file and overall, bytes/s, ETA) on a terminal, plain lines otherwise.
-
-`bar(file)` returns the class handed to huggingface_hub's `http_get` as `tqdm_class`, so the bytes it streams
-move our bars instead of printing tqdm's.
-"""
+"""Pull progress on stderr: rich bars (per file and overall, bytes/s, ETA) on a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
@@ -40,27 +36,6 @@ class Progress:
         status = getattr(getattr(error, "response", None), "status_code", None)
         why = f"HTTP {status}" if status else type(error).__name__
         self.say(f"  {why}; retrying in {delay:.0f}s")
-
-    def bar(self, f: RemoteFile):
-        progress = self
-
-        class _Bar:  # the slice of tqdm's interface that http_get uses
-            def __init__(self, *args, initial: int = 0, **kwargs):
-                progress.advance(f, completed=initial)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            def update(self, n: int | float | None = 1) -> None:
-                progress.advance(f, step=int(n or 0))
-
-            def close(self) -> None:
-                pass
-
-        return _Bar
 
     def close(self) -> None:
         pass

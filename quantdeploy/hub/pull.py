@@ -164,7 +164,8 @@ class _Puller:
                 part = self._part(f)
                 already = part.stat().st_size if part.exists() else 0
                 progress.begin_file(f, already)
-                got = fetch(self.hub, plan.repo, f, part, bar=progress.bar(f), on_retry=progress.retrying)
+                got = fetch(self.hub, plan.repo, f, part, on_retry=progress.retrying,
+                            advance=lambda completed, step, f=f: progress.advance(f, completed, step))
                 fetched += got.fetched
                 dest = inside(self.root, PurePosixPath(f.path))
                 dest.parent.mkdir(parents=True, exist_ok=True)

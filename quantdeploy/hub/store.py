@@ -43,15 +43,15 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomic: a reader sees the old file or the new one, never half of one."""
+    """Atomic: a reader sees the old file or the new one, never half of one. (No fsync: on ext4 it would flush
+    the whole download's dirty pages; after a power loss a truncated manifest reads as "incomplete" and the next
+    pull re-verifies.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
