@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from .errors import APIError
 from .runner import Running
 from .schemas import ChunkWriter, Job, full_response, new_id, usage_body
-from .state import ServerState
+from .state import ServerState, shutting_down
 
 CLIENT_GONE = 499  # nobody reads it; it is what the access log shows (nginx's "client closed request")
 
@@ -38,6 +38,8 @@ async def respond(request: Request, state: ServerState, job: Job, arrived: float
         return Response(status_code=CLIENT_GONE)
     if running.error is not None:
         raise running.error
+    if running.stopped_by_server:
+        raise shutting_down()
     usage = usage_body(running.usage.prompt_tokens, running.usage.completion_tokens)
     return JSONResponse(full_response(job, rid, name, running.text, running.finish_reason, usage))
 
@@ -59,8 +61,8 @@ async def sse_body(running: Running, writer: ChunkWriter) -> AsyncIterator[bytes
         yield first
     async for pieces in running.batches():
         yield writer.pieces(pieces)
-    if running.error is not None:
-        yield writer.error(running.error)
+    if running.error is not None or running.stopped_by_server:
+        yield writer.error(running.error or shutting_down())
         return
     yield writer.finish(running.finish_reason, usage_body(running.usage.prompt_tokens, running.usage.completion_tokens))
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
 import sys
+from types import FrameType
+from typing import Callable
+
+import uvicorn
 
 from ..errors import QuantDeployError, UsageError
 from .config import ServerSettings
@@ -18,8 +23,6 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *, loader: Loader,
           log_level: str = "info") -> None:
     """Run until Ctrl-C / SIGTERM. Raises QuantDeployError if the port is taken or the model fails to load."""
-    import uvicorn
-
     from .app import create_app
 
     settings.validate()
@@ -41,7 +44,7 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *
     app = create_app(settings, loader=loader, on_load_error=on_load_error)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="on", ws="none",
                             server_header=False)
-    server = uvicorn.Server(config)
+    server = _Server(config, on_exit=app.state.qd.stop_all)
     _log_to_stderr(log_level)
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving {settings.model_name} at http://{shown}:{bound_port}/v1 "
@@ -56,6 +59,24 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *
         if isinstance(e, QuantDeployError):
             raise e
         raise QuantDeployError(f"the model failed to load: {type(e).__name__}: {e}")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn waits for open responses before it shuts down: end the generations first, so it need not wait."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
+        super().__init__(config)
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_exit)  # signal-safe: the loop runs it next
+        super().handle_exit(sig, frame)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -23,6 +23,7 @@ class Running:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.cancelled = threading.Event()
+        self.stopped_by_server = False  # cancelled because the server is shutting down, not by the client
         self.ready: asyncio.Future = loop.create_future()  # -> prompt tokens, or raises APIError
         self.finish_reason: str | None = None
         self.usage = Usage()

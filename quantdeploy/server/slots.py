@@ -79,6 +79,12 @@ class SlotPool:
                 return
         self._free.append(slot)
 
+    def reject_waiters(self, error: Exception) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        self._waiters.clear()
+
     def shutdown(self) -> None:
         for fut in self._waiters:
             if not fut.done():

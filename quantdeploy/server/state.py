@@ -29,6 +29,7 @@ class ServerState:
         self.pool: SlotPool | None = None
         self.info: dict[str, Any] = {}
         self.started = int(time.time())
+        self.stopping = False
         self._owned: list[LoadedModel] = []
         self._active: set[Running] = set()
 
@@ -71,6 +72,8 @@ class ServerState:
                  self.info["device"], load_s)
 
     def require_ready(self) -> SlotPool:
+        if self.stopping:
+            raise shutting_down()
         if self.status == "ready" and self.pool is not None:
             return self.pool
         if self.status == "failed":
@@ -117,14 +120,27 @@ class ServerState:
             return
         self.metrics.generation(running, arrived)
 
-    async def shutdown(self) -> None:
+    def stop_all(self) -> None:
+        """The server is going down: end running generations at their next token, turn the queue away (503)."""
+        self.stopping = True
         for r in list(self._active):
+            r.stopped_by_server = True
             r.cancelled.set()
+        if self.pool is not None:
+            self.pool.reject_waiters(shutting_down())
+
+    async def shutdown(self) -> None:
+        self.stop_all()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.shutdown)
         for m in self._owned:
             m.close()
         self._owned = []
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "the server is shutting down; retry in a moment or on another instance", type="server_error",
+                    code="server_shutting_down")
 
 
 def warm_up(model: LoadedModel, template: str | None) -> None:
