@@ -477,6 +477,57 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
 
+# --- the repos the pull tests serve -----------------------------------------------------------------------
+
+GGUF_REPO = "test-org/gemma-3-270m-GGUF"
+GPTQ_REPO = "test-org/gemma-3-270m-GPTQ"
+AWQ_REPO = "test-org/gemma-3-270m-AWQ"
+GPTQ_BRANCH = "gptq-4bit-32g-actorder_True"
+_KB = 1024
+
+
+def gguf_repo(gguf: Path) -> dict[str, Path | bytes]:
+    """A GGUF repo like unsloth's or bartowski's. Q4_K_M is the embedded model and Q8_0 a real requantization of it
+    (both load); the other quants are small synthetic files for selection tests (never loaded)."""
+    files: dict[str, Path | bytes] = {
+        "README.md": b"# gemma-3-270m GGUF (quantdeploy test repo)\n",
+        "gemma-3-270m-Q4_K_M.gguf": gguf,
+        "gemma-3-270m-Q8_0.gguf": build_q8_0(gguf),
+        "gemma-3-270m-Q2_K.gguf": synthetic_gguf("Q2_K", 96 * _KB),
+        "gemma-3-270m-IQ4_XS.gguf": synthetic_gguf("IQ4_XS", 112 * _KB),
+        "gemma-3-270m-UD-Q4_K_XL.gguf": synthetic_gguf("UD-Q4_K_XL", 120 * _KB),
+        "gemma-3-270m-bf16.gguf": synthetic_gguf("BF16", 160 * _KB),
+        "mmproj-F16.gguf": synthetic_gguf("mmproj", 40 * _KB),
+    }
+    for i in (1, 2, 3):  # a split quant in its own folder, as large repos do
+        files[f"Q6_K/gemma-3-270m-Q6_K-{i:05d}-of-00003.gguf"] = synthetic_gguf(f"Q6_K-{i}", (50 + i) * _KB)
+    files["Q5_K_M/gemma-3-270m-Q5_K_M-00001-of-00002.gguf"] = synthetic_gguf("Q5_K_M-1", 64 * _KB)  # part 2 missing
+    return files
+
+
+def checkpoint_repo(model_dir: Path) -> dict[str, Path | bytes]:
+    """A GPTQ/AWQ repo from a real checkpoint directory, plus what a pull must leave behind by default."""
+    files: dict[str, Path | bytes] = {p.name: p for p in sorted(model_dir.iterdir()) if p.is_file()}
+    files["README.md"] = b"# quantized gemma-3-270m (quantdeploy test repo)\n"
+    files["pytorch_model.bin"] = b"PK\x03\x04 not loaded unless asked" * 64
+    files["original/params.json"] = b"{}"
+    return files
+
+
+def standard_hub(gguf: Path, gptq: Path | None = None, awq: Path | None = None) -> HubServer:
+    """The server the pull tests start: the GGUF repo, and the GPTQ (with a branch) / AWQ repos when given."""
+    hub = HubServer()
+    hub.add_repo(GGUF_REPO, gguf_repo(gguf))
+    if gptq is not None:
+        hub.add_repo(GPTQ_REPO, checkpoint_repo(gptq))
+        branch = {k: v for k, v in checkpoint_repo(gptq).items() if k != "pytorch_model.bin"}
+        branch["README.md"] = b"# the gptq-4bit-32g-actorder_True branch\n"
+        hub.add_repo(GPTQ_REPO, branch, revision=GPTQ_BRANCH)
+    if awq is not None:
+        hub.add_repo(AWQ_REPO, checkpoint_repo(awq))
+    return hub
+
+
 # --- standalone -----------------------------------------------------------------------------------------
 
 def _files_of(path: Path) -> dict[str, Path]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DownloadError
-from .remote import Hub, RemoteFile, RemoteRepo, explain, is_retryable
+from .remote import Hub, RemoteFile, RemoteRepo, explain
 
 _READ = 8 << 20
 ATTEMPTS = 5  # tries without progress before giving up; progress refills them
@@ -94,6 +94,16 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def _resumable(e: BaseException) -> bool:
+    """A stream that broke mid-body (dropped, reset, read timeout). Refused connections and HTTP 5xx/429 answers
+    are not retried here: http_stream_backoff already did, with backoff, when the request opened."""
+    import httpx2
+
+    if isinstance(e, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
+        return False
+    return isinstance(e, (_Incomplete, httpx2.TransportError))
+
+
 class _Transfer:
     """One file's download state across tries: the partial file and the running digests of what it holds."""
 
@@ -151,7 +161,7 @@ class _Transfer:
             try:
                 return self.attempt()
             except Exception as e:
-                if not (isinstance(e, _Incomplete) or is_retryable(e)):
+                if not _resumable(e):
                     raise
                 if _size(self.part) > before:  # it moved: a flaky link, not a dead one
                     left, delay = ATTEMPTS, BACKOFF[0]

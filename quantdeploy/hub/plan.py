@@ -80,8 +80,9 @@ def plan_pull(hub: Hub, repo: RemoteRepo, *, tag: str | None, revision: str | No
 def _plan_gguf(repo: RemoteRepo, quants, tag: str | None, include: list[str], exclude: list[str]) -> Plan:
     quant = select_quant(quants, tag, repo.repo_id)
     files = _apply_globs(repo, list(quant.files), include, exclude)
-    if quant.model_file not in {f.path for f in files}:
-        raise UsageError(f"--exclude removed {quant.model_file}, the model file of {repo.repo_id}:{quant.tag}")
+    dropped = [f.path for f in quant.files if f not in files]
+    if dropped:
+        raise UsageError(f"--exclude would drop {', '.join(dropped)}, needed to load {repo.repo_id}:{quant.tag}")
     return Plan(repo=repo, format="gguf", quant=quant.tag, tag=quant.tag, variant=quant.tag, files=files,
                 model_file=quant.model_file)
 
