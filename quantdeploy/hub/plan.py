@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from ..errors import ModelNotFound, QuantDeployError, UnsupportedFormat, UsageError
 from .quants import gguf_quants, select_quant
@@ -59,8 +61,11 @@ def _variant(revision: str) -> str:
     return revision.replace("/", "--")
 
 
+Local = Callable[[str, RemoteFile], "Path | None"]  # (variant, file) -> a verified local copy, if one exists
+
+
 def plan_pull(hub: Hub, repo: RemoteRepo, *, tag: str | None, revision: str | None, fmt: str | None,
-              include: list[str], exclude: list[str]) -> Plan:
+              include: list[str], exclude: list[str], local: Local | None = None) -> Plan:
     if fmt is not None and fmt.lower() not in FORMATS:
         raise UsageError(f"unknown format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     fmt = fmt.lower() if fmt else None
@@ -74,7 +79,7 @@ def plan_pull(hub: Hub, repo: RemoteRepo, *, tag: str | None, revision: str | No
             raise UsageError(f"{repo.repo_id}:{tag} and --revision {revision} disagree; pass one of them")
         if revision is None:
             repo = hub.repo(repo.repo_id, tag)  # GPTQ/AWQ: the tag names a branch, e.g. gptq-4bit-32g-actorder_True
-    return _plan_checkpoint(hub, repo, fmt, include, exclude)
+    return _plan_checkpoint(hub, repo, fmt, include, exclude, local or (lambda variant, f: None))
 
 
 def _plan_gguf(repo: RemoteRepo, quants, tag: str | None, include: list[str], exclude: list[str]) -> Plan:
@@ -87,13 +92,14 @@ def _plan_gguf(repo: RemoteRepo, quants, tag: str | None, include: list[str], ex
                 model_file=quant.model_file)
 
 
-def _plan_checkpoint(hub: Hub, repo: RemoteRepo, fmt: str | None, include: list[str], exclude: list[str]) -> Plan:
+def _plan_checkpoint(hub: Hub, repo: RemoteRepo, fmt: str | None, include: list[str], exclude: list[str],
+                     local: Local) -> Plan:
     root = [f for f in repo.files if "/" not in f.path]
     chosen = [f for f in root if f.path in LOAD_FILES or f.path.endswith(LOAD_SUFFIXES)]
     if not any(f.path in CONFIG_FILES for f in chosen):
         raise UnsupportedFormat(f"{repo.repo_id} has neither GGUF files nor a config.json: quantdeploy pulls GPTQ, "
                                 "AWQ and GGUF repos")
-    detected = detect_remote_format(hub, repo)
+    detected = detect_remote_format(hub, repo, lambda f: local(_variant(repo.revision), f))
     if fmt and fmt != detected:
         raise UsageError(f"--format {fmt} does not match {repo.repo_id}: it is a {detected.upper()} repo "
                          f"(drop --format or pass --format {detected})")
@@ -111,15 +117,21 @@ def _plan_checkpoint(hub: Hub, repo: RemoteRepo, fmt: str | None, include: list[
                 model_file=None)
 
 
-def detect_remote_format(hub: Hub, repo: RemoteRepo) -> str:
-    """GPTQ or AWQ, read from the repo's config files by the same detector that checks local models."""
+def detect_remote_format(hub: Hub, repo: RemoteRepo, local: Callable[[RemoteFile], Path | None]) -> str:
+    """GPTQ or AWQ, read from the repo's config files by the same detector that checks local models. Config files
+    an earlier pull already verified (same git blob id) are read from disk instead of fetched again."""
     from ..registry import detect_format
     from .download import fetch
 
     with tempfile.TemporaryDirectory(prefix="quantdeploy-config-") as tmp:
         for name in CONFIG_FILES:
             f = repo.file(name)
-            if f is not None:
+            if f is None:
+                continue
+            copy = local(f)
+            if copy is not None:
+                shutil.copyfile(copy, Path(tmp, name))
+            else:
                 part = Path(tmp, "partial", name)
                 fetch(hub, repo, f, part)
                 part.rename(Path(tmp, name))

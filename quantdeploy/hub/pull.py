@@ -72,10 +72,41 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
             progress.say(f"warning: {e}; using the pulled {have.name}")
             return _result(have)
         raise
-    plan = plan_pull(hub, repo, tag=tag, revision=revision, fmt=req.fmt, include=req.include, exclude=req.exclude)
-    root = Path(req.local_dir).expanduser().resolve() if req.local_dir else store.variant_dir(plan.repo.repo_id,
-                                                                                             plan.variant)
-    return _Puller(hub, plan, root, progress).run()
+    def root_for(variant: str) -> Path:
+        if req.local_dir:
+            return Path(req.local_dir).expanduser().resolve()
+        return store.variant_dir(repo.repo_id, variant)
+
+    def local(variant: str, f: RemoteFile) -> Path | None:
+        return verified_copy(root_for(variant), f)
+
+    plan = plan_pull(hub, repo, tag=tag, revision=revision, fmt=req.fmt, include=req.include, exclude=req.exclude,
+                     local=local)
+    return _Puller(hub, plan, root_for(plan.variant), progress).run()
+
+
+def _records(root: Path) -> dict[str, dict]:
+    """What earlier pulls into root verified (complete or not), for files still there with the same size."""
+    out = {}
+    for source in (read_json(root / META / MANIFEST), read_json(root / META / PENDING)):
+        for f in (source or {}).get("files", []):
+            p = root / f["path"]
+            if p.is_file() and p.stat().st_size == f["size"]:
+                out[f["path"]] = f
+    return out
+
+
+def same_content(record: dict, f: RemoteFile) -> bool:
+    if record.get("size") != f.size:
+        return False
+    if f.lfs:
+        return record.get("sha256") == f.sha256
+    return bool(f.blob_id) and record.get("blob_id") == f.blob_id
+
+
+def verified_copy(root: Path, f: RemoteFile) -> Path | None:
+    record = _records(root).get(f.path)
+    return inside(root, PurePosixPath(f.path)) if record and same_content(record, f) else None
 
 
 class _Puller:
@@ -83,25 +114,6 @@ class _Puller:
         self.hub, self.plan, self.root, self.progress = hub, plan, root, progress
         self.meta = root / META
         self.partial = self.meta / "partial"
-
-    # -- what is already here -----------------------------------------------------------------------------
-    def _verified(self) -> dict[str, dict]:
-        """Files a previous (complete or interrupted) pull verified, that are still there with the same size."""
-        out = {}
-        for source in (read_json(self.meta / MANIFEST), read_json(self.meta / PENDING)):
-            for f in (source or {}).get("files", []):
-                p = self.root / f["path"]
-                if p.is_file() and p.stat().st_size == f["size"]:
-                    out[f["path"]] = f
-        return out
-
-    @staticmethod
-    def _same(record: dict, f: RemoteFile) -> bool:
-        if record.get("size") != f.size:
-            return False
-        if f.lfs:
-            return record.get("sha256") == f.sha256
-        return bool(f.blob_id) and record.get("blob_id") == f.blob_id
 
     def _part(self, f: RemoteFile) -> Path:
         key = f.sha256 or f.blob_id or PurePosixPath(f.path).name
@@ -112,8 +124,8 @@ class _Puller:
         plan = self.plan
         for f in plan.files:
             inside(self.root, PurePosixPath(f.path))  # nothing is written outside root
-        verified = self._verified()
-        todo = [f for f in plan.files if not (f.path in verified and self._same(verified[f.path], f))]
+        verified = _records(self.root)
+        todo = [f for f in plan.files if not (f.path in verified and same_content(verified[f.path], f))]
         done = {f.path: verified[f.path] for f in plan.files if f not in todo}
         manifest = read_json(self.meta / MANIFEST)
         if not todo and manifest and manifest.get("commit") == plan.repo.commit:
