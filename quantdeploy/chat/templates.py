@@ -48,6 +48,9 @@ MISTRAL = (
     "{%- endfor -%}"
 )
 FALLBACKS = {"gemma": GEMMA, "llama3": LLAMA3, "chatml": CHATML, "mistral": MISTRAL}
+# other names users type for the same built-ins (--template gemma3, --template qwen2, ...)
+ALIASES = {"gemma3": "gemma", "gemma2": "gemma", "llama-3": "llama3", "llama3.1": "llama3", "qwen": "chatml",
+           "qwen2": "chatml", "qwen3": "chatml"}
 # architecture name (HF model_type or GGUF general.architecture) -> fallback
 _ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma", "llama": "llama3",
          "qwen2": "chatml", "qwen3": "chatml", "qwen2_moe": "chatml", "qwen3_moe": "chatml", "mistral": "mistral",
@@ -66,17 +69,40 @@ def fallback_name(architecture: str) -> str:
 def resolve_template(model: "LoadedModel", template: str | None = None) -> tuple[str, str]:
     """(jinja source, where it came from). `template` is a fallback name or a file path, overriding the model's."""
     if template:
-        if template in FALLBACKS:
-            return FALLBACKS[template], f"built-in '{template}' template (--template)"
-        p = Path(template).expanduser()
-        if p.is_file():
-            return p.read_text(encoding="utf-8"), f"template file {p}"
-        raise UsageError(f"unknown template '{template}'; pass a file or one of: {', '.join(FALLBACKS)}")
+        name = ALIASES.get(template.lower(), template.lower())
+        if name in FALLBACKS:
+            return FALLBACKS[name], f"built-in '{name}' template (--template)"
+        return _read_template_file(template), f"template file {Path(template).expanduser()}"
     info = model.chat_template_info()
     if info.template:
         return info.template, "the model's chat template"
     name = fallback_name(info.architecture)
     return FALLBACKS[name], f"built-in '{name}' template (the model has none; chosen for {info.architecture or '?'})"
+
+
+def _read_template_file(template: str) -> str:
+    p = Path(template).expanduser()
+    if not p.is_file():
+        raise UsageError(f"unknown template '{template}'; pass a Jinja file or one of: {', '.join(FALLBACKS)}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read template file {p} ({e}); pass a UTF-8 Jinja file") from None
+    if not text.strip():
+        raise UsageError(f"template file {p} is empty; pass a Jinja chat template")
+    return text
+
+
+def template_notice(model: "LoadedModel", template: str | None = None) -> str | None:
+    """One line for the user when a built-in fallback stands in for a template the model lacks; else None."""
+    if template:
+        return None
+    info = model.chat_template_info()
+    if info.template:
+        return None
+    name = fallback_name(info.architecture)
+    return (f"note: the model has no chat template; using the built-in '{name}' template (chosen for "
+            f"{info.architecture or 'an unknown architecture'}); --template NAME|FILE overrides")
 
 
 def render_chat(model: "LoadedModel", messages: list[dict], *, template: str | None = None) -> str:
