@@ -126,7 +126,8 @@ class GGUFModel(LoadedModel):
                                        flash_attn=bool(self.n_gpu_layers), seed=spec.extra.get("seed", 0xFFFFFFFF))
         except (ValueError, RuntimeError) as e:
             raise InvalidModel(f"llama.cpp could not load {path.name}: {e}") from None
-        self._n_ctx = self.llm.n_ctx()
+        # llama.cpp may round n_ctx up (128 -> 256) but llama-cpp-python sizes its token buffer by the request
+        self._n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self._eog = self._find_eog()
 
     # --- LoadedModel -------------------------------------------------------------------------------
