@@ -6,8 +6,8 @@ huggingface_hub does the HTTP: the HEAD that finds the CDN location and the auth
 
 * the partial file is ours and is kept on failure, Ctrl-C or kill (hf's `http_get` writes to a per-process temp
   file that is deleted on error), so the next run continues where this one stopped, with a Range request;
-* a dropped or reset connection mid-body resumes from the bytes on disk, with backoff, and the retry budget is
-  refilled whenever a try made progress;
+* a refused, dropped or reset connection is retried from the bytes on disk, with exponential backoff, and the
+  retry budget is refilled whenever a try made progress;
 * every byte is hashed as it arrives (on a helper thread) and checked against the LFS sha256, or the git blob id
   for small files, before anything calls the file complete.
 
@@ -95,13 +95,11 @@ def _size(path: Path) -> int:
 
 
 def _resumable(e: BaseException) -> bool:
-    """A stream that broke mid-body (dropped, reset, read timeout). Refused connections and HTTP 5xx/429 answers
-    are not retried here: http_stream_backoff already did, with backoff, when the request opened."""
+    """A connection refused, dropped, reset or timed out: try again (from the bytes on disk). HTTP 5xx/429 answers
+    are not retried here: http_stream_backoff already did, with backoff."""
     import httpx2
 
-    if isinstance(e, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
-        return False
-    return isinstance(e, (_Incomplete, httpx2.TransportError))
+    return isinstance(e, _Incomplete) or (isinstance(e, httpx2.TransportError) and not isinstance(e, httpx2.ProxyError))
 
 
 class _Transfer:
@@ -137,8 +135,10 @@ class _Transfer:
         headers = {**headers, "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
-        with http_stream_backoff("GET", location, headers=headers,
-                                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+        # retry_on_exceptions=(): a body that breaks mid-way must reach run() (which resumes from disk), not be
+        # retried from byte `have` inside the context manager; 5xx/429 answers are still retried there
+        with http_stream_backoff("GET", location, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                                 retry_on_exceptions=()) as r:
             if r.status_code == 416 and have:  # the server disagrees about what we hold: start over
                 self.restart()
                 raise _Incomplete("range not satisfiable")
