@@ -126,6 +126,9 @@ class Generation:
                         break
                     safe = len(pending) - hold
                     if safe <= 0:
+                        if self.usage.completion_tokens >= self._params.max_tokens:  # held text still counts
+                            self.finish_reason = "length"
+                            break
                         continue
                     out, pending = pending[:safe], pending[safe:]
                 else:
