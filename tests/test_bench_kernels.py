@@ -12,12 +12,12 @@ from quantdeploy.bench.kernels import (is_quant_gemm, kernel_map, kernel_require
 GGUF_CPU = {"backend": "llama.cpp", "format": "gguf", "device": "cpu", "kernel": "llama.cpp-cpu", "gpu_build": False,
             "gpu": False, "layers_total": 19, "layers_offloaded": 0, "quant": "Q4_K_M", "layers": {"all": "ggml CPU"}}
 GGUF_GPU = dict(GGUF_CPU, device="cuda:0", kernel="llama.cpp-cuda", gpu_build=True, gpu=True, layers_offloaded=19)
-HF_LAYERS = {p: "MarlinQuantLinear" for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+HF_LAYERS = {p: "MarlinLinear" for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj")} | {"lm_head": "Linear"}
 HF_MARLIN = {"backend": "transformers+gptqmodel", "format": "gptq", "device": "cuda:0", "kernel": "marlin",
-             "quant_linear_classes": ["MarlinQuantLinear"], "layers": HF_LAYERS, "gpu": True}
-HF_TORCH_GPU = dict(HF_MARLIN, kernel="torch", quant_linear_classes=["TorchQuantLinear"], gpu=False,
-                    layers={k: ("Linear" if k == "lm_head" else "TorchQuantLinear") for k in HF_LAYERS})
+             "quant_linear_classes": ["MarlinLinear"], "layers": HF_LAYERS, "gpu": True}
+HF_TORCH_GPU = dict(HF_MARLIN, kernel="torch", quant_linear_classes=["TorchLinear"], gpu=False,
+                    layers={k: ("Linear" if k == "lm_head" else "TorchLinear") for k in HF_LAYERS})
 HF_CPU = dict(HF_MARLIN, device="cpu", kernel="cpu", quant_linear_classes=["TorchCpuAvx512Linear"], gpu=False,
               layers={k: ("Linear" if k == "lm_head" else "TorchCpuAvx512Linear") for k in HF_LAYERS})
 HF_DEQUANTIZED = dict(HF_CPU, device="cuda:0", quant_linear_classes=[], gpu=False,
@@ -40,13 +40,18 @@ PROFILE_DEQUANT = summarize_profile([("dequantize_block_q4_K", 900.0, 64), ("sm9
     ("gguf, all offloaded", GGUF_GPU, "cuda:0", 1, None, True, None, "all 19 layers offloaded", None),
     ("gguf F16 file", dict(GGUF_GPU, quant="F16"), "cuda:0", 1, None, True, "gguf-not-quantized", "all 19",
      "Q4_K_M"),
-    ("gptq marlin on GPU", HF_MARLIN, "cuda:0", 1, None, True, None, "MarlinQuantLinear", None),
+    ("gptq marlin on GPU", HF_MARLIN, "cuda:0", 1, None, True, None, "MarlinLinear", None),
     ("gptq marlin with profiler proof", HF_MARLIN, "cuda:0", 1, PROFILE_MARLIN, True, None,
      "gptq_marlin_gemm", None),
     ("gptq marlin class but no quant kernel ran", HF_MARLIN, "cuda:0", 1, PROFILE_DEQUANT, False,
      "no-quant-kernel-in-profile", "no quantized GEMM kernel", "--kernel marlin"),
     ("torch dequant path on a GPU", HF_TORCH_GPU, "cuda:0", 1, None, False, "torch-dequant-on-gpu",
-     "TorchQuantLinear", "--kernel marlin"),
+     "TorchLinear", "--kernel marlin"),
+    ("awq torch path on a GPU", dict(HF_TORCH_GPU, format="awq", quant_linear_classes=["AwqTorchLinear"]), "cuda:0",
+     1, None, False, "torch-dequant-on-gpu", "AwqTorchLinear", "--kernel marlin"),
+    ("gptq triton on GPU (subclass of TorchLinear, not the fallback)",
+     dict(HF_MARLIN, kernel="triton", quant_linear_classes=["TritonV2Linear"]), "cuda:0", 1, None, True, None,
+     "TritonV2Linear", None),
     ("gptq on CPU, no GPU", HF_CPU, "cpu", 0, None, False, None, "no CUDA GPU here: TorchCpuAvx512Linear", None),
     ("gptq on CPU although a GPU is present", HF_CPU, "cpu", 2, None, False, "cpu-with-gpu-present",
      "2 GPU(s) present", "--device cuda"),
@@ -95,9 +100,9 @@ def test_gguf_kernel_map_follows_llama_offload_order():
 
 
 def test_require_kernel_matches_any_evidence_case_insensitively():
-    result = {"kernel": "marlin", "kernels": {"quant_linear_classes": ["MarlinQuantLinear"], "map": HF_LAYERS,
+    result = {"kernel": "marlin", "kernels": {"quant_linear_classes": ["MarlinLinear"], "map": HF_LAYERS,
                                              "profile": PROFILE_MARLIN}}
-    for name in ("marlin", "MARLIN", "gptq_marlin_gemm", "MarlinQuantLinear"):
+    for name in ("marlin", "MARLIN", "gptq_marlin_gemm", "MarlinLinear"):
         assert kernel_required(name, result), name
     for name in ("exllama", "machete", "llama.cpp-cuda"):
         assert not kernel_required(name, result), name

@@ -21,7 +21,9 @@ LLAMA_CUDA_FIX = ('rebuild llama-cpp-python with CUDA: CMAKE_ARGS="-DGGML_CUDA=o
                   "--no-cache-dir llama-cpp-python (or ./install.sh on the GPU machine)")
 GPU_KERNEL_FIX = ("use a GPU kernel: --kernel marlin (compute capability 8.0+) or --kernel exllama_v2; "
                   "`quantdeploy doctor` lists the kernels this GPU can run")
-_TORCH_CLASSES = ("Torch",)  # gptqmodel's dequantize-then-matmul classes: TorchQuantLinear, TorchFused..., ...
+# gptqmodel's dequantize-then-matmul classes (TorchLinear, AwqTorchLinear, TorchFusedLinear, TorchAtenLinear,
+# TorchCpuAvx512Linear): fine on a CPU, the slow fallback on a GPU. TritonV2Linear subclasses TorchLinear but is not.
+_TORCH_MARK = "Torch"
 
 
 def is_quant_gemm(name: str) -> bool:
@@ -153,7 +155,7 @@ def verify(report: dict[str, Any], *, device: str, gpus: int, profile: dict[str,
                                        "weights were dequantized to full precision (what transformers' gguf_file= "
                                        "loader does)", "load the .gguf with quantdeploy (llama.cpp backend) or use "
                                        "a GPTQ/AWQ checkpoint"))
-        torch_classes = [c for c in classes if c.startswith(_TORCH_CLASSES)]
+        torch_classes = [c for c in classes if _TORCH_MARK in c]
         if on_gpu and torch_classes:
             fallbacks.append(_fallback("torch-dequant-on-gpu", f"{', '.join(torch_classes)} on {device}: the torch "
                                        "path dequantizes the weights and runs a float matmul every step (slow)",

@@ -4,7 +4,7 @@ Host: Linux keeps the peak RSS in /proc/self/status (VmHWM) and resets it when "
 /proc/self/clear_refs, so each model gets its own peak. The peak is the whole process's (libraries, and what
 an earlier model or --quality's reference left behind), so the rise over the RSS at the start is reported too.
 Elsewhere the process-lifetime peak is reported.
-GPU: torch's allocator peak for transformers models; llama.cpp allocates outside torch, so for it the device's
+GPU (all visible GPUs together): torch's allocator peak for transformers models; llama.cpp allocates outside torch, so for it the device's
 used memory (cudaMemGetInfo) is sampled and its rise over the baseline reported.
 """
 
@@ -54,15 +54,20 @@ class PeakMemory:
         torch = _torch_cuda()
         if torch is not None:
             try:
-                torch.cuda.reset_peak_memory_stats()
+                for i in range(torch.cuda.device_count()):
+                    torch.cuda.reset_peak_memory_stats(i)
                 self.gpu_baseline = self._gpu_used(torch)
             except Exception:
                 self.gpu_baseline = None
 
     @staticmethod
     def _gpu_used(torch) -> float:
-        free, total = torch.cuda.mem_get_info()
-        return (total - free) / 2**20
+        """MiB in use on all GPUs together (llama.cpp splits a model over every visible GPU)."""
+        used = 0
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            used += total - free
+        return used / 2**20
 
     def sample(self) -> None:
         torch = _torch_cuda()
@@ -95,7 +100,8 @@ class PeakMemory:
                     out["gpu"] = round(self.gpu_used_peak - (self.gpu_baseline or 0.0), 1)
                     out["gpu_method"] = "device used memory over the baseline (cudaMemGetInfo, sampled)"
             else:
-                out["gpu"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+                out["gpu"] = round(peak / 2**20, 1)
                 out["gpu_method"] = "torch.cuda.max_memory_allocated"
         except Exception as e:  # a report without the number beats no report
             out["gpu_method"] = f"unavailable ({type(e).__name__})"
