@@ -294,6 +294,7 @@ def test_cli_errors_are_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert_clean_error(run_cli("serve", "--port", str(taken.getsockname()[1])), "cannot listen", "--port")
+    assert_clean_error(run_cli("serve", "--template", "nope", "--port", str(free_port())), "unknown template")
     proc = run_cli("serve", "--max-concurrency", "0")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
 

@@ -44,9 +44,21 @@ def serve(
     from ..server.run import serve as run_server
     from ..settings import get_settings
 
+    _check_template(template)
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
     settings = ServerSettings(model_name=name if name is not None else spec.display_name, spec=spec,
                               api_key=api_key if api_key is not None else get_settings().api_key,
                               max_concurrency=max_concurrency, max_queue=max_queue, template=template).validate()
     run_server(settings, host, port, loader=lambda: load_spec(spec), log_level=log_level.lower())
+
+
+def _check_template(template: str | None) -> None:
+    """Fail before binding the port, not after loading the model."""
+    from pathlib import Path
+
+    from ..chat.templates import FALLBACKS
+    from ..errors import UsageError
+
+    if template and template not in FALLBACKS and not Path(template).expanduser().is_file():
+        raise UsageError(f"unknown template '{template}'; pass a file or one of: {', '.join(FALLBACKS)}")
