@@ -1,13 +1,13 @@
 """Fetch one file into a partial file that survives a restart, then verify it against the hub's hashes.
 
 huggingface_hub does the HTTP: the HEAD that finds the CDN location and the auth headers (`get_hf_file_metadata`,
-`build_hf_headers`), the shared session with backoff on 5xx / 429 / refused connections when a request opens
-(`http_stream_backoff`), and the error mapping (`hf_raise_for_status`). What it lacks, added here:
+`build_hf_headers`), the shared session (`http_stream_backoff`), and the error mapping (`hf_raise_for_status`).
+What it lacks, added here:
 
 * the partial file is ours and is kept on failure, Ctrl-C or kill (hf's `http_get` writes to a per-process temp
   file that is deleted on error), so the next run continues where this one stopped, with a Range request;
-* a refused, dropped or reset connection is retried from the bytes on disk, with exponential backoff, and the
-  retry budget is refilled whenever a try made progress;
+* a refused, dropped or reset connection and a 5xx / 429 answer are retried from the bytes on disk, with
+  exponential backoff, and the retry budget is refilled whenever a try made progress;
 * every byte is hashed as it arrives (on a helper thread) and checked against the LFS sha256, or the git blob id
   for small files, before anything calls the file complete.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DownloadError
-from .remote import Hub, RemoteFile, RemoteRepo, explain
+from .remote import Hub, RemoteFile, RemoteRepo, explain, is_retryable
 
 _READ = 8 << 20
 ATTEMPTS = 5  # tries without progress before giving up; progress refills them
@@ -95,11 +95,10 @@ def _size(path: Path) -> int:
 
 
 def _resumable(e: BaseException) -> bool:
-    """A connection refused, dropped, reset or timed out: try again (from the bytes on disk). HTTP 5xx/429 answers
-    are not retried here: http_stream_backoff already did, with backoff."""
-    import httpx2
-
-    return isinstance(e, _Incomplete) or (isinstance(e, httpx2.TransportError) and not isinstance(e, httpx2.ProxyError))
+    """Worth another try from the bytes on disk: a connection refused, dropped, reset or timed out, or a 5xx / 429
+    answer. (Retried here rather than inside huggingface_hub so that every retry resumes, and says so in one line
+    without printing the signed CDN URL.)"""
+    return isinstance(e, _Incomplete) or is_retryable(e)
 
 
 class _Transfer:
@@ -135,10 +134,9 @@ class _Transfer:
         headers = {**headers, "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
-        # retry_on_exceptions=(): a body that breaks mid-way must reach run() (which resumes from disk), not be
-        # retried from byte `have` inside the context manager; 5xx/429 answers are still retried there
+        # no retries inside: a body that breaks mid-way must reach run(), which resumes from what is on disk
         with http_stream_backoff("GET", location, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
-                                 retry_on_exceptions=()) as r:
+                                 retry_on_exceptions=(), retry_on_status_codes=()) as r:
             if r.status_code == 416 and have:  # the server disagrees about what we hold: start over
                 self.restart()
                 raise _Incomplete("range not satisfiable")

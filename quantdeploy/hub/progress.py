@@ -34,7 +34,7 @@ class Progress:
 
     def retrying(self, error: BaseException, delay: float) -> None:
         status = getattr(getattr(error, "response", None), "status_code", None)
-        why = f"HTTP {status}" if status else type(error).__name__
+        why = f"the server answered HTTP {status}" if status else f"the connection failed ({type(error).__name__})"
         self.say(f"  {why}; retrying in {delay:.0f}s")
 
     def close(self) -> None:

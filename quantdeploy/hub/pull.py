@@ -66,7 +66,7 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
         raise DownloadError(f"HF_HUB_OFFLINE is set and {req.name} is not pulled; unset HF_HUB_OFFLINE to pull it")
     hub = Hub(req.endpoint or settings.hf_endpoint, req.token or settings.hf_token)
     try:
-        repo = hub.repo(repo_id, revision)
+        repo = hub.repo(repo_id, revision, on_retry=progress.retrying)
     except DownloadError as e:
         if have is not None and "cannot reach" in str(e):
             progress.say(f"warning: {e}; using the pulled {have.name}")
@@ -137,9 +137,25 @@ class _Puller:
         self._check_space(need)
         from huggingface_hub.utils import WeakFileLock
 
+        created = self.root if not self.root.exists() else (self.meta if not self.meta.exists() else None)
         self.meta.mkdir(parents=True, exist_ok=True)
-        with WeakFileLock(self.meta / "lock"):
-            return self._fetch_all(todo, done, need)
+        try:
+            with WeakFileLock(self.meta / "lock"):
+                return self._fetch_all(todo, done, need)
+        except BaseException:
+            self._forget_if_empty(created)
+            raise
+
+    def _forget_if_empty(self, created: Path | None) -> None:
+        """A pull that failed before keeping a single byte leaves nothing behind (not even an 'incomplete' entry)."""
+        if created is None or any(self.partial.glob("*.part")) or (read_json(self.meta / PENDING) or {}).get("files"):
+            return
+        shutil.rmtree(created, ignore_errors=True)
+        for parent in (created.parent, created.parent.parent):
+            try:
+                parent.rmdir()  # the store's org/ and repo/ folders, when now empty
+            except OSError:
+                break
 
     def _check_space(self, need: int) -> None:
         probe = self.root

@@ -127,10 +127,11 @@ class Hub:
     def where(self) -> str:
         return public_endpoint(self.endpoint)
 
-    def repo(self, repo_id: str, revision: str | None) -> RemoteRepo:
+    def repo(self, repo_id: str, revision: str | None, on_retry=None) -> RemoteRepo:
         """The file listing (sizes, git ids, LFS sha256) of repo_id at revision, pinned to its commit."""
         try:
-            info = with_backoff(lambda: self.api.model_info(repo_id, revision=revision, files_metadata=True))
+            info = with_backoff(lambda: self.api.model_info(repo_id, revision=revision, files_metadata=True),
+                                on_retry=on_retry)
         except Exception as e:
             raise explain(e, repo_id=repo_id, endpoint=self.endpoint, revision=revision) from None
         files = []
@@ -158,7 +159,7 @@ class Hub:
         from huggingface_hub.utils import build_hf_headers
 
         url = hf_hub_url(repo.repo_id, path, revision=repo.commit, endpoint=self.endpoint)
-        meta = get_hf_file_metadata(url, token=self._token, endpoint=self.endpoint, retry_on_errors=True)
+        meta = get_hf_file_metadata(url, token=self._token, endpoint=self.endpoint)  # the caller retries
         headers = build_hf_headers(token=self._token)
         location = meta.location or url
         if _origin(location) != _origin(url):
