@@ -154,3 +154,18 @@ def test_a_changed_file_is_fetched_again(hub, qd_home):
     hub.clear()
     assert_pulled_and_verified(hub, pull_cli(hub), qd_home)
     assert hub.bytes_sent(FILE) == SIZE
+
+
+def test_two_pulls_of_the_same_model_at_once(hub, qd_home):
+    hub.fault(FILE, "throttle", 16 << 20, times=None)
+    cmd = [sys.executable, "-m", "quantdeploy", "pull", BIG, "--endpoint", hub.url]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while partial_bytes(qd_home) == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    assert outs[0][0] == outs[1][0]  # same path
+    assert "up to date" in outs[1][1]  # the second waited for the first, then found it done
+    assert hub.bytes_sent(FILE) == SIZE

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from ..errors import DownloadError
+from ..errors import DownloadError, UsageError
 from .plan import Plan, plan_pull
 from .progress import Progress, make_progress
 from .remote import Hub, RemoteFile, public_endpoint
@@ -57,7 +57,10 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
     repo_id, tag = parse_name(req.name)
     revision = check_revision(req.revision) if req.revision else None
     store = Store(settings.home)
-    have = None if req.local_dir else store.lookup(req.name)
+    try:
+        have = None if req.local_dir else store.lookup(req.name)
+    except UsageError:  # several variants pulled and none named: the hub decides which one this pull means
+        have = None
     progress = progress or make_progress()
     if settings.hf_offline:
         if have is not None and not have.missing_files():
@@ -120,27 +123,37 @@ class _Puller:
         return self.partial / f"{key}.part"
 
     # -- the pull -------------------------------------------------------------------------------------------
-    def run(self) -> PullResult:
+    def _state(self) -> tuple[list[RemoteFile], dict[str, dict], int, bool]:
+        """(files to fetch, verified records of the others, bytes still to download, already complete?)"""
         plan = self.plan
-        for f in plan.files:
-            inside(self.root, PurePosixPath(f.path))  # nothing is written outside root
         verified = _records(self.root)
         todo = [f for f in plan.files if not (f.path in verified and same_content(verified[f.path], f))]
         done = {f.path: verified[f.path] for f in plan.files if f not in todo}
-        manifest = read_json(self.meta / MANIFEST)
-        if not todo and manifest and manifest.get("commit") == plan.repo.commit:
-            entry = entry_at(self.root)
-            self.progress.say(f"{plan.name} is up to date ({human_bytes(plan.size)} at {self.root})")
-            return _result(entry)
         on_disk = sum(self._part(f).stat().st_size for f in todo if self._part(f).exists())
-        need = sum(f.size for f in todo) - on_disk
-        self._check_space(need)
+        manifest = read_json(self.meta / MANIFEST)
+        complete = not todo and bool(manifest) and manifest.get("commit") == plan.repo.commit
+        return todo, done, sum(f.size for f in todo) - on_disk, complete
+
+    def _up_to_date(self) -> PullResult:
+        self.progress.say(f"{self.plan.name} is up to date ({human_bytes(self.plan.size)} at {self.root})")
+        return _result(entry_at(self.root))
+
+    def run(self) -> PullResult:
         from huggingface_hub.utils import WeakFileLock
 
+        for f in self.plan.files:
+            inside(self.root, PurePosixPath(f.path))  # nothing is written outside root
+        todo, done, need, complete = self._state()
+        if complete:
+            return self._up_to_date()
+        self._check_space(need)  # before creating anything
         created = self.root if not self.root.exists() else (self.meta if not self.meta.exists() else None)
         self.meta.mkdir(parents=True, exist_ok=True)
         try:
-            with WeakFileLock(self.meta / "lock"):
+            with WeakFileLock(self.meta / "lock"):  # a second pull of the same model waits, then finds it done
+                todo, done, need, complete = self._state()
+                if complete:
+                    return self._up_to_date()
                 return self._fetch_all(todo, done, need)
         except BaseException:
             self._forget_if_empty(created)
@@ -181,7 +194,8 @@ class _Puller:
 
         plan, progress = self.plan, self.progress
         old = read_json(self.meta / MANIFEST)
-        old_paths = {f["path"] for f in (old or read_json(self.meta / PENDING) or {}).get("files", [])}
+        before = old or read_json(self.meta / PENDING) or {}
+        old_paths = {f["path"] for f in before.get("files", [])} if before.get("repo") == plan.repo.repo_id else set()
         write_json(self.meta / PENDING, self._pending(done))
         title = (f"pulling {plan.name} ({plan.format}) from {self.hub.where}: {len(todo)} of {len(plan.files)} "
                  f"files, {human_bytes(need)} to fetch")
