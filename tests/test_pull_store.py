@@ -122,3 +122,27 @@ def test_progress_bars_on_a_terminal(hub, qd_home):
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)  # the terminal's escape codes (cursor, colours)
     last = [line for line in plain.replace("\r", "\n").splitlines() if line.strip()][-1]
     assert last.strip().endswith("s-Q8_0.gguf") and Path(last.strip()).is_file()
+
+
+def test_a_new_commit_fetches_only_what_changed(hub, qd_home):
+    before = pull_cli(hub, f"{SMALL}:Q2_K")
+    assert before.returncode == 0, before.stderr
+    old_commit = listing()[0]["commit"]
+    files = {p: f.data for p, f in hub.repos[SMALL].revisions["main"].files.items()}
+    try:
+        hub.add_repo(SMALL, {**files, "README.md": b"a new commit that does not touch the Q2_K file\n"})
+        hub.clear()
+        same = pull_cli(hub, f"{SMALL}:Q2_K")
+        assert same.returncode == 0 and hub.body_hits() == []
+        [entry] = listing()
+        assert entry["commit"] != old_commit and entry["commit"] == hub.repos[SMALL].revisions["main"].commit
+
+        new_bytes = synthetic_gguf("s2-v2", 8 << 20)
+        hub.add_repo(SMALL, {**files, "s-Q2_K.gguf": new_bytes})
+        hub.clear()
+        changed = pull_cli(hub, f"{SMALL}:Q2_K")
+        assert changed.returncode == 0, changed.stderr
+        assert [h.path for h in hub.body_hits()] == ["s-Q2_K.gguf"]
+        assert Path(changed.stdout.strip().splitlines()[-1]).read_bytes() == new_bytes
+    finally:
+        hub.add_repo(SMALL, files)

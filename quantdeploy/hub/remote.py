@@ -107,9 +107,6 @@ def explain(e: BaseException, *, repo_id: str, endpoint: str, revision: str | No
     if isinstance(e, httpx2.HTTPError):
         return DownloadError(f"the connection to {where} failed while fetching {path or repo_id} "
                              f"({type(e).__name__}); run the same pull again to resume")
-    if isinstance(e, OSError) and "Consistency check failed" in str(e):
-        return DownloadError(f"{path}: the server sent a different number of bytes than announced; "
-                             "run the same pull again to resume")
     raise e
 
 
@@ -137,6 +134,10 @@ class Hub:
         files = []
         for s in info.siblings or []:
             check_remote_path(s.rfilename, repo_id)
+            if s.size is None and s.lfs is None:
+                raise DownloadError(f"{self.where} listed {repo_id} without file sizes and hashes (model info with "
+                                    "blobs=true): it is not a fully Hub-compatible endpoint, so downloads could not "
+                                    "be verified; use another mirror")
             lfs = s.lfs
             files.append(RemoteFile(path=s.rfilename, size=int(lfs.size if lfs else (s.size or 0)), blob_id=s.blob_id,
                                     sha256=(lfs.sha256.lower() if lfs else None)))
