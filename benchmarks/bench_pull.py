@@ -142,8 +142,8 @@ def resume(gguf: Path) -> dict:
                               env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         sent = hub.bytes_sent("*.gguf")
-        out["dropped_connection"] = {"dropped_after_bytes": 100_000_000, "total_sent": sent,
-                                     "extra_bytes": sent - size, "extra_pct_of_file": round(100 * (sent - size) / size, 3)}
+        out["dropped_connection"] = {"dropped_after_bytes": 100_000_000, "total_sent": sent, "extra_bytes": sent - size,
+                                     "extra_pct_of_file": round(100 * (sent - size) / size, 3)}
         shutil.rmtree(home)
         # the same SIGKILL + rerun with plain hf_hub_download
         cache = Path(tempfile.mkdtemp(prefix="bench-hfkill-"))

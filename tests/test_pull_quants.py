@@ -89,7 +89,8 @@ def test_select_quant_errors_say_what_exists(names, requested, needles):
 def hub(gguf_path):
     with HubServer() as h:
         h.add_repo(GGUF_REPO, gguf_repo(gguf_path))
-        h.add_repo(TINY_REPO, {"tiny-Q8_0.gguf": synthetic_gguf("t8", 4096), "tiny-Q2_K.gguf": synthetic_gguf("t2", 2048)})
+        h.add_repo(TINY_REPO, {"tiny-Q8_0.gguf": synthetic_gguf("t8", 4096),
+                               "tiny-Q2_K.gguf": synthetic_gguf("t2", 2048)})
         yield h
 
 

@@ -88,7 +88,8 @@ def test_resolve_model_api(hub, qd_home, monkeypatch):
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     spec = quantdeploy.resolve_model(f"{SMALL}:Q2_K")
-    assert spec.format == "gguf" and spec.path == qd_home / "models" / "test-org" / "small-GGUF" / "Q2_K" / "s-Q2_K.gguf"
+    assert spec.format == "gguf"
+    assert spec.path == qd_home / "models" / "test-org" / "small-GGUF" / "Q2_K" / "s-Q2_K.gguf"
     from quantdeploy.errors import UsageError
 
     with pytest.raises(UsageError, match="--format gptq"):

@@ -40,7 +40,8 @@ def pull(
     local_dir: Annotated[Optional[Path], typer.Option(
         "--local-dir", help="Pull into this directory instead of the store.")] = None,
     list_only: Annotated[bool, typer.Option(
-        "--list", help="Show the quants (GGUF) or files and branches (GPTQ/AWQ) with sizes; download nothing.")] = False,
+        "--list", help="Show the quants (GGUF) or the files and branches (GPTQ/AWQ), with sizes; download nothing.",
+    )] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     from ..hub.progress import make_progress

@@ -50,7 +50,8 @@ def _matches(path: str, patterns: list[str]) -> bool:
     return any(fnmatch(path, p) or fnmatch(name, p) for p in patterns)
 
 
-def _apply_globs(repo: RemoteRepo, chosen: list[RemoteFile], include: list[str], exclude: list[str]) -> list[RemoteFile]:
+def _apply_globs(repo: RemoteRepo, chosen: list[RemoteFile], include: list[str],
+                 exclude: list[str]) -> list[RemoteFile]:
     """--include adds files (and wins over --exclude); --exclude drops files from the default selection."""
     keep = {f.path for f in chosen if not _matches(f.path, exclude)}
     keep |= {f.path for f in repo.files if include and _matches(f.path, include)}

@@ -75,6 +75,7 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
             progress.say(f"warning: {e}; using the pulled {have.name}")
             return _result(have)
         raise
+
     def root_for(variant: str) -> Path:
         if req.local_dir:
             return Path(req.local_dir).expanduser().resolve()
