@@ -189,3 +189,9 @@ def test_include_adds_and_exclude_cannot_break_the_quant(hub, qd_home):
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "README.md", "gemma-3-270m-Q2_K.gguf", "mmproj-F16.gguf"]
     assert_clean_error(pull_cli(hub, f"{GGUF_REPO}:Q6_K", "--exclude", "*00002-of-*"), "--exclude", "00002-of-00003")
+
+
+def test_format_mismatch(hub, qd_home):
+    assert_clean_error(pull_cli(hub, f"{GGUF_REPO}:Q2_K", "--format", "gptq"), "--format gptq", "GGUF repo")
+    assert_clean_error(pull_cli(hub, f"{GGUF_REPO}:Q2_K", "--format", "exl2"), "unknown format", "gguf")
+    assert fetched(hub) == set()

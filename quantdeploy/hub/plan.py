@@ -75,6 +75,9 @@ def plan_pull(hub: Hub, repo: RemoteRepo, *, tag: str | None, revision: str | No
         return _plan_gguf(repo, quants, tag, include, exclude)
     if fmt == "gguf":
         raise UnsupportedFormat(f"--format gguf, but {repo.repo_id} has no GGUF files")
+    if quants and not any(repo.file(name) for name in CONFIG_FILES):
+        raise UsageError(f"--format {fmt} does not match {repo.repo_id}: it is a GGUF repo "
+                         "(drop --format or pass --format gguf)")
     if tag is not None:
         if revision is not None and revision != tag:
             raise UsageError(f"{repo.repo_id}:{tag} and --revision {revision} disagree; pass one of them")
