@@ -145,6 +145,7 @@ def test_require_kernel_passes_when_it_ran(bench_run):
     (["--repeat", "0"], ["--repeat"]),
     (["--reference", "{tmp}"], ["--quality"]),
     (["--quality", "--reference", "{tmp}/nope"], ["--reference", "no such directory"]),
+    (["--quality", "--reference", "{tmp}"], ["--reference", "no config.json"]),
     (["--format", "gptq"], ["GGUF", "--format"]),
     (["{gguf}", "{gguf}", "--format", "gguf", "--format", "gguf", "--format", "gguf"], ["--format"]),
     (["--prompt-tokens", "40000", "--output", "{tmp}/r.json"], ["context", "--ctx"]),

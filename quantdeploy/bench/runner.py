@@ -57,8 +57,13 @@ class BenchConfig:
             raise UsageError("--new-tokens must be at least 2 (decode speed needs two tokens)")
         if self.quality_tokens < 2:
             raise UsageError("--quality-tokens must be at least 2")
-        if self.reference is not None and not Path(self.reference).expanduser().is_dir():
-            raise UsageError(f"--reference {self.reference}: no such directory")
+        if self.reference is not None:
+            ref = Path(self.reference).expanduser()
+            if not ref.is_dir():
+                raise UsageError(f"--reference {ref}: no such directory")
+            if not (ref / "config.json").is_file():
+                raise UsageError(f"--reference {ref}: not an HF model directory (no config.json); pass the "
+                                 "full-precision checkpoint the quantized models were made from")
         return self
 
 
@@ -100,8 +105,8 @@ def _default_load(spec: ModelSpec) -> LoadedModel:
 
 
 def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec], LoadedModel] = _default_load,
-                reference=None, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Benchmark one model; the returned dict is one entry of report["results"]."""
+                log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Benchmark one model's speed; the returned dict is one entry of report["results"] (quality: None)."""
     from ..backends.hw import cuda_device_count
 
     name = spec.display_name
@@ -143,14 +148,8 @@ def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec]
         gpus = cuda_device_count()
         verdict = verify(report, device=model.device, gpus=gpus, profile=profile)
         weights = bytes_per_token(model)
-        quality = None
-        if cfg.quality:
-            from .quality import measure_quality
-
-            log(f"[{name}] quality: {cfg.quality_tokens} tokens")
-            quality = measure_quality(model, cfg.quality_tokens, reference)
         peak = mem.result(model.device, model.backend)
-        result = _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, quality, cfg)
+        result = _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, cfg)
     finally:
         model.close()
         del model
@@ -158,8 +157,7 @@ def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec]
     return result
 
 
-def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, quality, cfg
-            ) -> dict[str, Any]:
+def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, cfg) -> dict[str, Any]:
     ttft, prefill, decode = (spread([r[k] for r in runs]) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s"))
     kernels = {k: v for k, v in report.items() if k not in ("backend", "format", "device", "layers")}
     kernels.update(map=kernel_map(report), layers=report.get("layers"), profile=profile)
@@ -189,8 +187,30 @@ def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, wei
         "achieved_gbps": round(weights["bytes"] * decode["median"] / 1e9, 3),
         "roofline_gbps": None,
         "roofline_fraction": None,
-        "quality": quality,
+        "quality": None,
     }
+
+
+def quality_pass(specs: list[ModelSpec], results: list[dict[str, Any]], cfg: BenchConfig, *,
+                 load: Callable[[ModelSpec], LoadedModel] = _default_load, log: Callable[[str], None] = _log) -> None:
+    """After every speed run (so neither the reference's memory nor its caches touch the timings): score each
+    model on the shipped text against the reference, one model in memory at a time."""
+    from .quality import load_reference, measure_quality
+
+    reference = None
+    if cfg.reference:
+        log(f"[reference] {cfg.reference}: {cfg.quality_tokens} tokens")
+        reference = load_reference(Path(cfg.reference), cfg.quality_tokens)
+        gc.collect()
+    for spec, result in zip(specs, results):
+        log(f"[{spec.display_name}] quality: {cfg.quality_tokens} tokens")
+        model = load(spec)
+        try:
+            result["quality"] = measure_quality(model, cfg.quality_tokens, reference)
+        finally:
+            model.close()
+            del model
+            gc.collect()
 
 
 def requirement_failures(results: list[dict[str, Any]], require_gpu: bool, require_kernels: list[str]) -> list[str]:
@@ -212,14 +232,9 @@ def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", re
     from .roofline import roofline
 
     cfg.validate()
-    reference = None
-    if cfg.quality and cfg.reference:
-        from .quality import load_reference
-
-        log(f"[reference] {cfg.reference}: {cfg.quality_tokens} tokens")
-        reference = load_reference(Path(cfg.reference), cfg.quality_tokens)
-    results = [bench_model(s, cfg, load=load, reference=reference, log=log) for s in specs]
-    reference = None
+    results = [bench_model(s, cfg, load=load, log=log) for s in specs]
+    if cfg.quality:
+        quality_pass(specs, results, cfg, load=load, log=log)
     rooflines: dict[str, Any] = {}
     for r in results:
         dev = r["device"]
