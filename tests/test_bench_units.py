@@ -52,6 +52,19 @@ def test_torch_bytes_per_token_counts_tied_and_untied_heads():
     assert untied["detail"]["tied_lm_head"] is False
 
 
+def test_safetensors_bytes_per_token_for_engines_without_a_module(reference_path):
+    from quantdeploy.bench.weights import safetensors_bytes_per_token, safetensors_tensors
+
+    tensors = safetensors_tensors(reference_path)
+    emb = tensors["model.embed_tokens.weight"]
+    assert emb == ([262144, 640], 262144 * 640 * 4) and not any("lm_head" in k for k in tensors)
+    got = safetensors_bytes_per_token(reference_path)
+    total = sum(b for _, b in tensors.values())
+    assert got["bytes"] == total + 640 * 4 and got["detail"]["tied_lm_head"] is True
+    files = sum(f.stat().st_size for f in reference_path.glob("*.safetensors"))
+    assert 0.99 * files < total < files
+
+
 def test_text_ids_repeat_the_shipped_text(gguf_model):
     short = text_ids(gguf_model, 10)
     long = text_ids(gguf_model, 3000)

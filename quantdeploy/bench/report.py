@@ -138,8 +138,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         for f in r.get("fallbacks") or []:
             out.append(f"  - fallback `{f['id']}`: {_md_escape(f['message'])}. Fix: {_md_escape(f['fix'])}")
         q = r.get("quality") or {}
-        if q.get("note"):
-            out.append(f"  - quality: {_md_escape(q['note'])}")
+        if q.get("note") or q.get("error"):
+            out.append(f"  - quality: {_md_escape(q.get('error') or q['note'])}")
     req = report.get("requirements") or {}
     if req.get("require_gpu") or req.get("require_kernel"):
         out += ["", "## Requirements", "",

@@ -207,6 +207,9 @@ def quality_pass(specs: list[ModelSpec], results: list[dict[str, Any]], cfg: Ben
         model = load(spec)
         try:
             result["quality"] = measure_quality(model, cfg.quality_tokens, reference)
+        except QuantDeployError as e:  # one backend without logits must not sink the others' numbers
+            result["quality"] = {"error": str(e), "perplexity": None, "kl_divergence": None}
+            log(f"[{spec.display_name}] quality: {e}")
         finally:
             model.close()
             del model

@@ -19,8 +19,12 @@ def bytes_per_token(model) -> dict[str, Any]:
     if getattr(model, "format", "") == "gguf" and hasattr(model, "path"):
         n_vocab = model.llm.n_vocab() if getattr(model, "llm", None) is not None else None
         return gguf_bytes_per_token(Path(model.path), n_vocab)
-    if hasattr(model, "model"):
-        return torch_bytes_per_token(model.model)
+    module = getattr(model, "model", None)
+    if module is not None and hasattr(module, "parameters"):
+        return torch_bytes_per_token(module)
+    path = Path(getattr(getattr(model, "spec", None), "path", ""))
+    if path.is_dir() and list(path.glob("*.safetensors")):  # an engine with its own weight layout
+        return safetensors_bytes_per_token(path)
     raise TypeError(f"cannot count the weights of {type(model).__name__}")
 
 
@@ -73,3 +77,36 @@ def gguf_bytes_per_token(path: Path, n_vocab: int | None) -> dict[str, Any]:
     return {"bytes": int(total), "method": "tensor sizes from the GGUF header",
             "detail": {"all_weights": sum(tensors.values()), "embedding_table": emb, "embedding_row": row,
                        "tied_lm_head": tied, "n_tensors": len(tensors)}}
+
+
+def safetensors_tensors(path: Path) -> dict[str, tuple[list[int], int]]:
+    """name -> (shape, bytes) of every tensor in a checkpoint directory's *.safetensors, from the headers."""
+    import json
+    import struct
+
+    out: dict[str, tuple[list[int], int]] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                start, end = meta["data_offsets"]
+                out[name] = (list(meta["shape"]), end - start)
+    return out
+
+
+def safetensors_bytes_per_token(path: Path) -> dict[str, Any]:
+    """For models whose runtime holds weights outside an nn.Module: the checkpoint's tensors as stored."""
+    tensors = safetensors_tensors(path)
+    emb = next((k for k in tensors if k.endswith(("embed_tokens.weight", "wte.weight"))), None)
+    tied = not any(k.endswith("lm_head.weight") for k in tensors)
+    total = sum(b for _, b in tensors.values())
+    detail: dict[str, Any] = {"all_weights": total, "tied_lm_head": tied}
+    if emb:
+        shape, table = tensors[emb]
+        row = table // shape[0] if shape else 0
+        detail.update(embedding_table=table, embedding_row=row)
+        total += row if tied else row - table
+    return {"bytes": int(total), "method": "tensor sizes from the checkpoint's safetensors headers "
+            "(the runtime's own layout may differ)", "detail": detail}
