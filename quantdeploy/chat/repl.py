@@ -86,7 +86,17 @@ class ChatSession:
             self.conv.undo_user()
             self.say(f"error: {e}")
             return None
-        shown, interrupted = self._stream(gen)
+        try:
+            shown, interrupted = self._stream(gen)
+        except Exception as e:  # a backend failure mid-reply: report it, keep the conversation
+            from ..settings import get_settings
+
+            if get_settings().debug:
+                raise
+            self.conv.undo_user()
+            self.say(f"error: the backend failed while generating ({type(e).__name__}: {str(e)[:200]}); the "
+                     "conversation is kept — rerun with QUANTDEPLOY_DEBUG=1 for the traceback and report it")
+            return None
         stats = self.last = ReplyStats.of(gen, interrupted)
         if interrupted and not shown.strip():
             self.conv.undo_user()

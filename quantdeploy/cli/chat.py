@@ -13,7 +13,8 @@ from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelAr
 
 
 def register(app: typer.Typer) -> None:
-    app.command("chat", help="Chat with a model: interactive, one-shot with --prompt, or a prompt piped on stdin.")(
+    app.command("chat", help="Chat with a model: interactive (streaming, /help for commands), one-shot with "
+                "--prompt, or a prompt piped on stdin.")(
         chat)
 
 
@@ -27,7 +28,8 @@ def chat(
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     template: Annotated[Optional[str], typer.Option(
-        "--template", help="Chat template: gemma, llama3, chatml, mistral, or a Jinja file.")] = None,
+        "--template", help="Chat template instead of the model's: gemma, llama3, chatml, mistral, or a Jinja file.")
+    ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="With --prompt: no chat template, plain completion.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print load time, kernel and speed.")] = False,
     device: DeviceOpt = "auto",
