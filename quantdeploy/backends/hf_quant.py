@@ -80,7 +80,24 @@ class HFQuantBackend(Backend):
 
     def load(self, spec: ModelSpec) -> LoadedModel:
         prepare_process_env()
+        if self._use_fast_engine(spec):
+            from ..engine.loaded import FastQuantModel
+
+            return FastQuantModel(spec)
         return HFQuantModel(spec, self)
+
+    @staticmethod
+    def _use_fast_engine(spec: ModelSpec) -> bool:
+        """--engine fast: always; hf: never; auto: on CUDA when the engine implements the architecture."""
+        if spec.engine == "fast":
+            return True
+        if spec.engine == "hf" or spec.kernel:  # forcing a gptqmodel kernel means the transformers path
+            return False
+        if pick_torch_device(spec.device) == "cpu":
+            return False
+        from ..engine.loaded import engine_supports
+
+        return engine_supports(spec)[0]
 
 
 def _capability(device: str) -> tuple[int, int] | None:
@@ -91,14 +108,14 @@ def _capability(device: str) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(torch.device(device))
 
 
-class HFQuantModel(LoadedModel):
-    def __init__(self, spec: ModelSpec, backend: HFQuantBackend):
-        super().__init__(spec)
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+class HFTokenizerModel(LoadedModel):
+    """What every HF-format quantized model shares: config, quantization, device, tokenizer, stop tokens, template.
+    Subclasses run the weights: HFQuantModel (transformers + gptqmodel) and engine.loaded.FastQuantModel."""
+
+    def _init_common(self, spec: ModelSpec) -> dict:
+        from transformers import AutoTokenizer
 
         self.format = spec.format
-        self.backend = "transformers+gptqmodel"
         path = spec.path
         if not path.is_dir():
             raise InvalidModel(f"{path}: a {spec.format.upper()} model is a directory with config.json and weights")
@@ -111,43 +128,24 @@ class HFQuantModel(LoadedModel):
                       "desc_act": qc.get("desc_act"), "sym": qc.get("sym"), "zero_point": qc.get("zero_point"),
                       "version": qc.get("version") or qc.get("format")}
         self._device = pick_torch_device(spec.device)
-        settings = get_settings()
-        self.kernel, self.kernel_why = choose_kernel(spec.format, self._device, _capability(self._device),
-                                                     spec.kernel or settings.kernel, settings.disabled_kernels)
-        log.info("kernel %s (%s)", self.kernel.name, self.kernel_why)
-        dtype = self._pick_dtype(cfg, spec, torch)
-        qcfg = backend._config_class()(bits=bits, group_size=group, backend=self.kernel.backend_value)
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                str(path), quantization_config=qcfg, device_map=self._device, dtype=dtype,
-                use_safetensors=not spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
-        except QuantDeployError:
-            raise
-        except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as e:
-            raise _explain_load_error(e, path, self.kernel) from None
-        self.model.eval()
-        self.dtype = str(dtype).replace("torch.", "")
-        self.config = self.model.config
-        model_ctx = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InvalidModel(f"{path.name}: the tokenizer could not be loaded ({str(e)[:200]}); "
+                               "re-download the model") from None
+        text_cfg = cfg.get("text_config") or cfg
+        self._model_type = str(cfg.get("model_type", ""))
+        self._config_eos = cfg.get("eos_token_id")
+        model_ctx = int(text_cfg.get("max_position_embeddings") or 4096)
         self._ctx = min(model_ctx, spec.n_ctx or DEFAULT_CTX)
+        gen_cfg = path / "generation_config.json"
+        try:
+            self._gen_eos = json.loads(gen_cfg.read_text()).get("eos_token_id") if gen_cfg.is_file() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self._gen_eos = None
         self._eog = self._find_eog()
+        return cfg
 
-    @staticmethod
-    def _pick_dtype(cfg: dict, spec: ModelSpec, torch):
-        want = spec.extra.get("dtype")
-        if want:
-            return getattr(torch, want)
-        # Gemma activations overflow fp16; CPU kernels run bf16 best; GPU kernels default to fp16.
-        if not spec.device.startswith("cuda") and spec.device != "auto":
-            return torch.bfloat16
-        if str(cfg.get("model_type", "")).startswith("gemma") or cfg.get("torch_dtype") == "bfloat16":
-            return torch.bfloat16
-        from .hw import cuda_device_count
-
-        return torch.float16 if cuda_device_count() else torch.bfloat16
-
-    # --- LoadedModel -------------------------------------------------------------------------------
     @property
     def device(self) -> str:
         return self._device
@@ -173,8 +171,7 @@ class HFQuantModel(LoadedModel):
         from ..chat.templates import END_OF_TURN_TOKENS
 
         ids: set[int] = set()
-        for src in (getattr(self.model, "generation_config", None), self.config):
-            v = getattr(src, "eos_token_id", None) if src is not None else None
+        for v in (self._gen_eos, self._config_eos):
             ids.update(v if isinstance(v, (list, tuple)) else [v] if v is not None else [])
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
@@ -186,9 +183,51 @@ class HFQuantModel(LoadedModel):
 
     def chat_template_info(self) -> TemplateSource:
         t = self.tokenizer
-        return TemplateSource(template=getattr(t, "chat_template", None),
-                              architecture=str(getattr(self.config, "model_type", "")),
+        return TemplateSource(template=getattr(t, "chat_template", None), architecture=self._model_type,
                               bos_token=t.bos_token or "", eos_token=t.eos_token or "")
+
+    @staticmethod
+    def _pick_dtype(cfg: dict, spec: ModelSpec, torch):
+        want = spec.extra.get("dtype")
+        if want:
+            return getattr(torch, want)
+        # Gemma activations overflow fp16; CPU kernels run bf16 best; GPU kernels default to fp16.
+        if not spec.device.startswith("cuda") and spec.device != "auto":
+            return torch.bfloat16
+        if str(cfg.get("model_type", "")).startswith("gemma") or cfg.get("torch_dtype") == "bfloat16":
+            return torch.bfloat16
+        from .hw import cuda_device_count
+
+        return torch.float16 if cuda_device_count() else torch.bfloat16
+
+
+class HFQuantModel(HFTokenizerModel):
+    def __init__(self, spec: ModelSpec, backend: HFQuantBackend):
+        super().__init__(spec)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.backend = "transformers+gptqmodel"
+        cfg = self._init_common(spec)
+        path = spec.path
+        settings = get_settings()
+        self.kernel, self.kernel_why = choose_kernel(spec.format, self._device, _capability(self._device),
+                                                     spec.kernel or settings.kernel, settings.disabled_kernels)
+        log.info("kernel %s (%s)", self.kernel.name, self.kernel_why)
+        dtype = self._pick_dtype(cfg, spec, torch)
+        qcfg = backend._config_class()(bits=self.quant["bits"], group_size=self.quant["group_size"],
+                                       backend=self.kernel.backend_value)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(path), quantization_config=qcfg, device_map=self._device, dtype=dtype,
+                use_safetensors=not spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+        except QuantDeployError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as e:
+            raise _explain_load_error(e, path, self.kernel) from None
+        self.model.eval()
+        self.dtype = str(dtype).replace("torch.", "")
+        self.config = self.model.config
 
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
         from ..engine.hf_loop import stream_tokens

@@ -1,0 +1,84 @@
+"""FastQuantModel: a GPTQ / AWQ checkpoint served by quantdeploy's own decode engine (engine/runner.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..backends.base import GenerationParams, ModelSpec
+from ..backends.hf_quant import HFTokenizerModel
+from ..errors import BackendUnavailable
+from .detok import IncrementalDetokenizer
+
+
+def engine_supports(spec: ModelSpec) -> tuple[bool, str]:
+    import json
+
+    from .model import SUPPORTED
+
+    try:
+        cfg = json.loads((spec.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False, "no readable config.json"
+    mt = cfg.get("model_type")
+    if mt not in SUPPORTED:
+        return False, f"the fast engine does not implement {mt} (supported: {', '.join(SUPPORTED)})"
+    q = cfg.get("quantization_config") or {}
+    if int(q.get("bits", 4)) != 4:
+        return False, f"the fast engine runs 4-bit weights only (this model has {q.get('bits')})"
+    return True, ""
+
+
+class FastQuantModel(HFTokenizerModel):
+    backend = "quantdeploy-engine"
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        import torch
+
+        from .runner import FastEngine
+
+        ok, reason = engine_supports(spec)
+        if not ok:
+            raise BackendUnavailable(f"--engine fast: {reason}; use --engine hf")
+        cfg = self._init_common(spec)
+        on_cuda = self._device.startswith("cuda")
+        want = spec.extra.get("dtype")
+        if want:
+            dtype = getattr(torch, want)
+        elif not on_cuda:
+            dtype = torch.float32  # the CPU path is the correctness reference: dequantized fp32
+        else:
+            dtype = self._pick_dtype(cfg, spec, torch)
+        self.dtype = str(dtype).replace("torch.", "")
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx)
+        self._ctx = self.engine.max_len
+
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+        detok = IncrementalDetokenizer(self.tokenizer)
+        stop = set() if params.ignore_eos else self._eog
+        for tok in self.engine.generate(prompt_ids, max_new=params.max_tokens + 1, temperature=params.temperature,
+                                        top_p=params.top_p, top_k=params.top_k, seed=params.seed,
+                                        stop_ids=stop):
+            if tok in stop:
+                yield tok, ""
+                return
+            yield tok, detok.push(tok)
+
+    def kernel_report(self) -> dict[str, Any]:
+        on_cuda = self._device.startswith("cuda")
+        kernel = "triton-w4a16-gemv" if on_cuda else "torch-dequant-matmul"
+        layers = {name: ("W4A16 GEMV (Triton), fused " if on_cuda else "dequantized matmul, fused ") + name
+                  for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
+        return {"backend": self.backend, "format": self.format, "device": self._device, "kernel": kernel,
+                "kernel_reason": "--engine fast" if self.spec.engine == "fast" else "default engine on CUDA",
+                "quant_linear_classes": [kernel], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
+                "quant": self.quant, "engine": "fast", "decode_graph": self.engine.graph_kind}
+
+    def logits(self, token_ids: list[int]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.engine.prefill(list(token_ids), all_logits=True).float().cpu().numpy()
+
+    def close(self) -> None:
+        self.engine = None

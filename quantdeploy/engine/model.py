@@ -1,0 +1,279 @@
+"""The fast engine's decoder: Llama-family and Gemma-3 text models over QuantWeight linears.
+
+One decode step = embedding, every layer, final norm and lm_head, written so it can be captured in a CUDA graph:
+static KV cache, the position in a device tensor, no host syncs and no shape changes. Prefill runs eagerly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
+
+
+@dataclass
+class DecoderConfig:
+    arch: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    inter: int
+    vocab: int
+    eps: float
+    rope_theta: list[float]  # per layer
+    rope_scaling: dict | None
+    window: list[int]  # per layer: 0 = global attention
+    tie: bool
+    gemma: bool
+    act: str
+    scale: float
+    max_position: int
+    qk_norm: bool
+    bias: bool
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "DecoderConfig":
+        cfg = dict(cfg.get("text_config") or cfg) | {"model_type": cfg.get("model_type")}
+        mt = cfg.get("model_type") or "llama"
+        if mt not in SUPPORTED:
+            raise NotImplementedError(f"the fast engine does not implement {mt} yet")
+        gemma = mt.startswith("gemma3")
+        hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or hidden // heads
+        n = cfg["num_hidden_layers"]
+        types = cfg.get("layer_types") or ["full_attention"] * n
+        rp = cfg.get("rope_parameters") or {}
+        base = cfg.get("rope_theta") or rp.get("rope_theta") or 10000.0
+
+        def theta(t):
+            sub = rp.get(t) if isinstance(rp.get(t), dict) else None
+            return float((sub or {}).get("rope_theta", base if not gemma else (10000.0 if "sliding" in t else base)))
+
+        scaling = cfg.get("rope_scaling") or (rp if rp.get("rope_type") not in (None, "default") else None)
+        sw = cfg.get("sliding_window") or 0
+        return cls(
+            arch=mt, hidden=hidden, layers=n, heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim, inter=cfg["intermediate_size"], vocab=cfg["vocab_size"],
+            eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=[theta(t) for t in types],
+            rope_scaling=scaling if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type"))
+            not in (None, "default") else None,
+            window=[sw if "sliding" in t and sw else 0 for t in types],
+            tie=bool(cfg.get("tie_word_embeddings", gemma)), gemma=gemma,
+            act="gelu_tanh" if gemma else "silu",
+            scale=(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5 if gemma else head_dim ** -0.5,
+            max_position=int(cfg.get("max_position_embeddings", 4096)), qk_norm=gemma or mt == "qwen3",
+            bias=bool(cfg.get("attention_bias", mt == "qwen2")))
+
+
+def _inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    if kind == "llama3":
+        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif kind == "linear":
+        inv = inv / scaling["factor"]
+    return inv.float()
+
+
+class QLinear:
+    """y = x @ W (+ b) for a QuantWeight: Triton GEMV for one token on CUDA, dequantize + matmul otherwise."""
+
+    def __init__(self, w: QuantWeight, bias: torch.Tensor | None, cache_dense: bool):
+        self.w, self.bias, self.cache_dense = w, bias, cache_dense
+        self._dense = None
+
+    def dense(self, dtype):
+        if self._dense is not None:
+            return self._dense
+        d = dequantize(self.w, dtype)
+        if self.cache_dense:
+            self._dense = d
+        return d
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.shape[0] == 1:
+            from .triton_gemv import w4a16_gemv
+
+            out = torch.zeros(self.w.n, dtype=torch.float32, device=x.device)
+            y = w4a16_gemv(x.reshape(-1), self.w, out).to(x.dtype).unsqueeze(0)
+        else:
+            y = x @ self.dense(x.dtype)
+        return y + self.bias if self.bias is not None else y
+
+
+@dataclass
+class Layer:
+    qkv: QLinear
+    o: QLinear
+    gate_up: QLinear
+    down: QLinear
+    norms: dict = field(default_factory=dict)
+
+
+class Decoder:
+    """Weights + static KV cache + the math of one step. Not an nn.Module: nothing here needs autograd."""
+
+    def __init__(self, cfg: DecoderConfig, tensors: dict, quant: dict, device: str, dtype: torch.dtype,
+                 max_len: int):
+        self.cfg, self.device, self.dtype, self.max_len = cfg, torch.device(device), dtype, max_len
+        cache_dense = self.device.type == "cpu"
+        fmt, group = quant["method"], int(quant.get("group_size", 128))
+        zero_offset = 1 if quant.get("checkpoint_format", quant.get("format", "gptq")) in ("gptq", None) \
+            and fmt == "gptq" else 0
+
+        def t(name):
+            return tensors[name].to(self.device, dtype)
+
+        def qw(prefix) -> QuantWeight:
+            if fmt == "awq":
+                w = from_awq(tensors[prefix + ".qweight"], tensors[prefix + ".qzeros"], tensors[prefix + ".scales"],
+                             group)
+            else:
+                w = from_gptq(tensors[prefix + ".qweight"], tensors[prefix + ".qzeros"], tensors[prefix + ".scales"],
+                              tensors.get(prefix + ".g_idx"), group, zero_offset)
+            return w
+
+        def fused(prefixes) -> QLinear:
+            ws = [qw(p) for p in prefixes]
+            biases = [tensors.get(p + ".bias") for p in prefixes]
+            bias = torch.cat([b.to(self.device, dtype) for b in biases]) if all(b is not None for b in biases) \
+                else None
+            return QLinear(concat_n(ws).to(self.device, dtype), bias, cache_dense)
+
+        self.embed = t("model.embed_tokens.weight")
+        self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
+        self.final_norm = t("model.norm.weight")
+        self.layers: list[Layer] = []
+        for i in range(cfg.layers):
+            p = f"model.layers.{i}"
+            a, m = p + ".self_attn", p + ".mlp"
+            norms = {k: t(f"{p}.{k}.weight") for k in ("input_layernorm", "post_attention_layernorm",
+                                                       "pre_feedforward_layernorm", "post_feedforward_layernorm")
+                     if f"{p}.{k}.weight" in tensors}
+            if cfg.qk_norm:
+                norms["q_norm"], norms["k_norm"] = t(a + ".q_norm.weight"), t(a + ".k_norm.weight")
+            self.layers.append(Layer(qkv=fused([a + ".q_proj", a + ".k_proj", a + ".v_proj"]),
+                                     o=fused([a + ".o_proj"]), gate_up=fused([m + ".gate_proj", m + ".up_proj"]),
+                                     down=fused([m + ".down_proj"]), norms=norms))
+        d = cfg.head_dim
+        pos = torch.arange(max_len, dtype=torch.float32)
+        self.rope = {}
+        for th in sorted(set(cfg.rope_theta)):
+            freqs = torch.outer(pos, _inv_freq(d, th, cfg.rope_scaling))
+            emb = torch.cat([freqs, freqs], -1)
+            self.rope[th] = (emb.cos().to(self.device, dtype), emb.sin().to(self.device, dtype))
+        shape = (cfg.kv_heads, max_len, d)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
+        self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype) if cfg.gemma else None
+        self.arange = torch.arange(max_len, device=self.device)
+
+    # --- math ------------------------------------------------------------------------------------
+    def norm(self, x, w):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps)
+        if self.cfg.gemma:
+            return (xf * (1.0 + w.float())).to(x.dtype)
+        return w * xf.to(x.dtype)
+
+    def act(self, g):
+        return F.gelu(g, approximate="tanh") if self.cfg.act == "gelu_tanh" else F.silu(g)
+
+    @staticmethod
+    def rotate(x, cos, sin):
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * cos + rot * sin
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, masks: dict, kv_len: int,
+                all_logits: bool = False) -> torch.Tensor:
+        """tokens, positions: [M] on device; attention reads the first kv_len cache slots (> every position).
+        masks: window -> bool [M, kv_len] (True = attend). Returns the last position's logits (float32 [vocab])."""
+        cfg = self.cfg
+        m = tokens.shape[0]
+        x = F.embedding(tokens, self.embed)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale.to(x.device)
+        h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
+        for i, L in enumerate(self.layers):
+            n = L.norms
+            res = x
+            y = self.norm(x, n["input_layernorm"])
+            qkv = L.qkv(y)
+            q, k, v = qkv.split([h * d, kvh * d, kvh * d], -1)
+            q, k, v = q.view(m, h, d), k.view(m, kvh, d), v.view(m, kvh, d)
+            if cfg.qk_norm:
+                q, k = self.norm(q, n["q_norm"]), self.norm(k, n["k_norm"])
+            cos, sin = self.rope[cfg.rope_theta[i]]
+            c, s = cos.index_select(0, positions)[:, None], sin.index_select(0, positions)[:, None]
+            q, k = self.rotate(q, c, s), self.rotate(k, c, s)
+            self.k_cache[i].index_copy_(1, positions, k.transpose(0, 1))
+            self.v_cache[i].index_copy_(1, positions, v.transpose(0, 1))
+            att = F.scaled_dot_product_attention(
+                q.transpose(0, 1).unsqueeze(0), self.k_cache[i][:, :kv_len].unsqueeze(0),
+                self.v_cache[i][:, :kv_len].unsqueeze(0),
+                attn_mask=masks[cfg.window[i]], scale=cfg.scale, enable_gqa=kvh != h)
+            y = L.o(att[0].transpose(0, 1).reshape(m, h * d))
+            if "pre_feedforward_layernorm" in n:  # gemma: norms after each block too
+                y = self.norm(y, n["post_attention_layernorm"])
+                x = res + y
+                res = x
+                y = self.norm(x, n["pre_feedforward_layernorm"])
+            else:
+                x = res + y
+                res = x
+                y = self.norm(x, n["post_attention_layernorm"])
+            g, u = L.gate_up(y).chunk(2, -1)
+            y = L.down(self.act(g) * u)
+            if "post_feedforward_layernorm" in n:
+                y = self.norm(y, n["post_feedforward_layernorm"])
+            x = res + y
+        x = self.norm(x if all_logits else x[-1:], self.final_norm)
+        logits = (x @ self.lm_head.t()).float()
+        return logits if all_logits else logits[0]
+
+    def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
+        """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""
+        j = self.arange[None, :kv_len]
+        p = positions[:, None]
+        out = {0: j <= p}
+        for w in set(self.cfg.window) - {0}:
+            out[w] = (j <= p) & (j > p - w)
+        return out
+
+
+def load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def read_quant(path: Path) -> dict:
+    cfg = json.loads((path / "config.json").read_text())
+    q = dict(cfg.get("quantization_config") or {})
+    for legacy in ("quantize_config.json", "quant_config.json"):
+        if not q and (path / legacy).is_file():
+            q = json.loads((path / legacy).read_text())
+    if "quant_method" not in q:
+        q["quant_method"] = "gptq"
+    q["method"] = q["quant_method"]
+    return q

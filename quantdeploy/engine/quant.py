@@ -1,0 +1,116 @@
+"""Quantized weights in one layout for the fast engine, read straight from GPTQ / AWQ safetensors.
+
+Layout (GPTQ-like, packed along K): qweight int32 [K/8, N] with value k in bits 4*(k%8) of row k//8; scales
+[G, N] and szeros [G, N] (zero point times scale) in the compute dtype, G = K / group_size, so that
+W[k, n] = q[k, n] * scales[g, n] - szeros[g, n] and y = x @ W. AWQ (packed along N, interleaved order) is
+unpacked and repacked at load; GPTQ act-order (g_idx) becomes a permutation of x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+@dataclass
+class QuantWeight:
+    qweight: "object"  # torch.int32 [K/8, N]
+    scales: "object"  # [G, N]
+    szeros: "object"  # [G, N]
+    group_size: int
+    perm: "object | None" = None  # int64 [K]: x[perm] before the product (act-order)
+
+    @property
+    def k(self) -> int:
+        return self.qweight.shape[0] * 8
+
+    @property
+    def n(self) -> int:
+        return self.qweight.shape[1]
+
+    def to(self, device, dtype) -> "QuantWeight":
+        return QuantWeight(self.qweight.to(device), self.scales.to(device, dtype), self.szeros.to(device, dtype),
+                           self.group_size, None if self.perm is None else self.perm.to(device))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.szeros))
+
+
+def unpack_rows(packed, order=None):
+    """int32 [R, C] -> int32 [R, C*8]: 8 nibbles per word along the last dim (AWQ order if given)."""
+    import torch
+
+    shifts = torch.arange(0, 32, 4, device=packed.device, dtype=torch.int32)
+    vals = (packed.unsqueeze(-1) >> shifts) & 0xF  # [R, C, 8]: nibble i of each word
+    if order is not None:
+        inv = [0] * 8
+        for i, src in enumerate(order):
+            inv[src] = i  # nibble i holds column src
+        vals = vals[..., inv]
+    return vals.reshape(packed.shape[0], -1)
+
+
+def pack_cols_k(q):
+    """int32 [K, N] of 4-bit values -> int32 [K/8, N] packed along K."""
+    import torch
+
+    k, n = q.shape
+    q = q.reshape(k // 8, 8, n).to(torch.int64)
+    out = torch.zeros(k // 8, n, dtype=torch.int64, device=q.device)
+    for i in range(8):
+        out |= (q[:, i, :] & 0xF) << (4 * i)
+    out = torch.where(out >= 2 ** 31, out - 2 ** 32, out)
+    return out.to(torch.int32)
+
+
+def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int) -> QuantWeight:
+    """GPTQ: qweight [K/8, N] along K; qzeros [G, N/8] along N; zero = stored + zero_offset (1 for v1 files)."""
+    import torch
+
+    k = qweight.shape[0] * 8
+    zeros = unpack_rows(qzeros).float() + zero_offset  # [G, N]
+    sc = scales.float()
+    perm = None
+    if g_idx is not None:
+        g_idx = g_idx.to(torch.int64)
+        trivial = torch.arange(k, dtype=torch.int64) // group_size
+        if not torch.equal(g_idx.cpu(), trivial):
+            perm = torch.argsort(g_idx.cpu(), stable=True)
+            q = unpack_rows(qweight.t().contiguous()).t()  # [K, N]
+            qweight = pack_cols_k(q[perm].contiguous())
+    return QuantWeight(qweight.contiguous(), sc, zeros * sc, group_size, perm)
+
+
+def from_awq(qweight, qzeros, scales, group_size: int) -> QuantWeight:
+    """AWQ GEMM: qweight [K, N/8] and qzeros [G, N/8] packed along N in AWQ order; W = (q - z) * s."""
+    q = unpack_rows(qweight, AWQ_ORDER)  # [K, N]
+    zeros = unpack_rows(qzeros, AWQ_ORDER).float()
+    sc = scales.float()
+    return QuantWeight(pack_cols_k(q.contiguous()), sc, zeros * sc, group_size, None)
+
+
+def dequantize(w: QuantWeight, dtype=None):
+    """[K, N] dense weight (rows in x's order): the reference the kernels are checked against."""
+    import torch
+
+    q = unpack_rows(w.qweight.t().contiguous()).t().float()  # [K, N], rows in permuted order
+    g = torch.arange(w.k, device=q.device) // w.group_size
+    dense = q * w.scales.float()[g] - w.szeros.float()[g]
+    if w.perm is not None:
+        inv = torch.empty_like(w.perm)
+        inv[w.perm] = torch.arange(w.k, device=w.perm.device)
+        dense = dense[inv]
+    return dense.to(dtype or w.scales.dtype)
+
+
+def concat_n(ws: list[QuantWeight]) -> QuantWeight:
+    """Fuse projections that read the same input (q|k|v, gate|up) into one weight along N."""
+    import torch
+
+    assert len({w.group_size for w in ws}) == 1 and len({w.k for w in ws}) == 1
+    perms = [w.perm for w in ws]
+    if any(p is not None for p in perms) and not all(p is not None and torch.equal(p, perms[0]) for p in perms):
+        raise ValueError("cannot fuse act-order weights with different permutations")
+    return QuantWeight(torch.cat([w.qweight for w in ws], 1), torch.cat([w.scales for w in ws], 1),
+                       torch.cat([w.szeros for w in ws], 1), ws[0].group_size, perms[0])

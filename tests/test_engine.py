@@ -1,0 +1,165 @@
+"""The fast decode engine on the CPU: its weight layout, its Triton GEMV (interpreted) and its decoder against
+gptqmodel and transformers on the real GPTQ / AWQ fixtures. Speed is measured on the GPU in benchmarks/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import quantdeploy
+from quantdeploy import GenerationParams
+from quantdeploy.engine.quant import concat_n, dequantize, from_awq, from_gptq, pack_cols_k
+
+pytestmark = pytest.mark.slow
+
+
+def _pack_awq(x):
+    r, c = x.shape
+    x = x.reshape(r, c // 8, 8).long()
+    out = torch.zeros(r, c // 8, dtype=torch.long)
+    for i, src in enumerate((0, 2, 4, 6, 1, 3, 5, 7)):
+        out |= (x[..., src] & 0xF) << (4 * i)
+    return torch.where(out >= 2 ** 31, out - 2 ** 32, out).int()
+
+
+def _random_case(k=512, n=192, g=128, act_order=False, seed=0):
+    torch.manual_seed(seed)
+    q = torch.randint(0, 16, (k, n), dtype=torch.int32)
+    z = torch.randint(1, 16, (k // g, n), dtype=torch.int32)
+    s = torch.rand(k // g, n) * 0.02 + 0.001
+    g_idx = torch.argsort(torch.randperm(k)) // g if act_order else torch.arange(k) // g
+    ref = (q.float() - z.float()[g_idx]) * s.half().float()[g_idx]
+    qz = pack_cols_k((z - 1).t().contiguous()).t().contiguous()  # GPTQ v1 stores zero - 1, packed along N
+    return q, z, s, g_idx, ref, qz
+
+
+@pytest.mark.parametrize("layout", ["gptq", "gptq-act-order", "awq"])
+def test_layouts_dequantize_exactly(layout):
+    q, z, s, g_idx, ref, qz = _random_case(act_order=layout == "gptq-act-order")
+    if layout == "awq":
+        w = from_awq(_pack_awq(q), _pack_awq(z), s.half(), 128)
+    else:
+        w = from_gptq(pack_cols_k(q), qz, s.half(), g_idx, 128, 1)
+    assert torch.allclose(dequantize(w, torch.float32), ref, atol=1e-4)
+
+
+def test_fused_projections_equal_separate_ones():
+    ws = []
+    for seed in range(3):
+        q, z, s, g_idx, ref, qz = _random_case(seed=seed)
+        ws.append(from_gptq(pack_cols_k(q), qz, s.half(), g_idx, 128, 1))
+    fused = dequantize(concat_n(ws), torch.float32)
+    assert torch.equal(fused, torch.cat([dequantize(w, torch.float32) for w in ws], 1))
+
+
+def test_triton_gemv_matches_reference_in_interpreter():
+    """The GPU kernel's arithmetic, run by Triton's interpreter on the CPU (fresh process: the interpreter
+    must be switched on before triton is imported)."""
+    code = r'''
+import torch
+from quantdeploy.engine.quant import from_gptq, from_awq, pack_cols_k, dequantize
+from quantdeploy.engine.triton_gemv import w4a16_gemv
+import tests.test_engine as t
+for layout in ("gptq", "act", "awq"):
+    for (k, n) in ((512, 192), (1024, 320)):
+        q, z, s, g_idx, ref, qz = t._random_case(k, n, act_order=layout == "act", seed=k + n)
+        w = from_awq(t._pack_awq(q), t._pack_awq(z), s.half(), 128) if layout == "awq" else \
+            from_gptq(pack_cols_k(q), qz, s.half(), g_idx, 128, 1)
+        w = w.to("cpu", torch.float16)
+        x = torch.randn(k).half()
+        out = torch.full((n,), float("nan"))
+        out.zero_()
+        w4a16_gemv(x, w, out)
+        want = x.float() @ ref
+        err = ((out - want).norm() / want.norm()).item()
+        assert err < 2e-3, (layout, k, n, err)
+print("ok")
+'''
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.getcwd())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module", params=["gptq", "awq"])
+def pair(request, model_paths):
+    """(the transformers + gptqmodel model, the fast engine model) of one fixture."""
+    hf = quantdeploy.load(str(model_paths[request.param]), engine="hf")
+    fast = quantdeploy.load(str(model_paths[request.param]), engine="fast")
+    yield hf, fast
+    hf.close()
+    fast.close()
+
+
+def test_engine_weights_equal_gptqmodel_dequantization(pair):
+    hf, fast = pair
+    dec = fast.engine.dec
+    h, kv, d = dec.cfg.heads, dec.cfg.kv_heads, dec.cfg.head_dim
+    for i in (0, dec.cfg.layers - 1):
+        layer = hf.model.model.layers[i]
+        mine = dequantize(dec.layers[i].qkv.w, torch.float32).split([h * d, kv * d, kv * d], 1)
+        for ours, mod in zip(mine, (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)):
+            theirs = mod.dequantize_weight().float()
+            theirs = theirs if theirs.shape == ours.shape else theirs.t()
+            assert ((theirs - ours).norm() / theirs.norm()).item() < 2e-3  # theirs is bf16
+        down = mod = layer.mlp.down_proj
+        theirs = down.dequantize_weight().float()
+        ours = dequantize(dec.layers[i].down.w, torch.float32)
+        theirs = theirs if theirs.shape == ours.shape else theirs.t()
+        assert ((theirs - ours).norm() / theirs.norm()).item() < 2e-3
+
+
+def _reference_with_engine_weights(fast, reference_path):
+    """transformers' own Gemma3 code in float32, its linear weights replaced by the checkpoint's dequantized ones."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(reference_path), dtype=torch.float32)
+    dec = fast.engine.dec
+    h, kv, d = dec.cfg.heads, dec.cfg.kv_heads, dec.cfg.head_dim
+    for i, L in enumerate(dec.layers):
+        lay = ref.model.layers[i]
+        q, k, v = dequantize(L.qkv.w, torch.float32).t().split([h * d, kv * d, kv * d], 0)
+        g, u = dequantize(L.gate_up.w, torch.float32).t().chunk(2, 0)
+        for lin, w in ((lay.self_attn.q_proj, q), (lay.self_attn.k_proj, k), (lay.self_attn.v_proj, v),
+                       (lay.self_attn.o_proj, dequantize(L.o.w, torch.float32).t()), (lay.mlp.gate_proj, g),
+                       (lay.mlp.up_proj, u), (lay.mlp.down_proj, dequantize(L.down.w, torch.float32).t())):
+            lin.weight.data = w.contiguous()
+        # norms too: the checkpoint stores them in its own dtype (bf16 here), not the reference's fp32
+        for name, w in L.norms.items():
+            mod = getattr(lay.self_attn, name) if name in ("q_norm", "k_norm") else getattr(lay, name)
+            mod.weight.data = w.float().clone()
+    ref.model.norm.weight.data = dec.final_norm.float().clone()
+    ref.model.embed_tokens.weight.data = dec.embed.float().clone()
+    ref.lm_head.weight = ref.model.embed_tokens.weight
+    return ref
+
+
+def test_engine_greedy_tokens_equal_transformers(pair, reference_path):
+    _, fast = pair
+    ref = _reference_with_engine_weights(fast, reference_path)
+    ids = fast.tokenize("The capital of France is", add_bos=True)
+    want = ref.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+    got = list(fast.engine.generate(ids, max_new=32, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set()))
+    assert got == want
+    with torch.no_grad():
+        text_ids = fast.tokenize("Water boils at one hundred degrees Celsius at sea level. " * 3)
+        ref_logits = ref(torch.tensor([text_ids])).logits[0]
+        ours = torch.from_numpy(fast.logits(text_ids))
+    rel = ((ours - ref_logits).norm() / ref_logits.norm()).item()
+    assert rel < 1e-4, rel
+
+
+def test_engine_through_the_common_interface(pair):
+    _, fast = pair
+    rep = fast.kernel_report()
+    assert rep["engine"] == "fast" and rep["kernel"] == "torch-dequant-matmul" and rep["gpu"] is False
+    g = fast.generate("The capital of France is", GenerationParams(max_tokens=8, temperature=0))
+    text = "".join(g)
+    assert g.usage.completion_tokens == 8 and g.finish_reason == "length" and text.strip()
+    p = GenerationParams(max_tokens=6, temperature=0.9, top_p=0.9, seed=7)
+    assert "".join(fast.generate("Once upon a time", p)) == "".join(fast.generate("Once upon a time", p))
+    chat = fast.chat([{"role": "user", "content": "Say hi."}], GenerationParams(max_tokens=12, temperature=0))
+    assert "<end_of_turn>" not in "".join(chat)
