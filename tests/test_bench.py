@@ -43,7 +43,8 @@ def test_report_schema(bench_run):
     assert rep["command"].startswith("quantdeploy bench")
     assert rep["config"]["prompt_tokens"] == 24 and rep["config"]["new_tokens"] == 6
     env = rep["environment"]
-    for key in ("python", "platform", "cpu", "gpus", "driver", "cuda", "versions", "git", "llama_cpp_gpu_offload"):
+    for key in ("python", "platform", "cpu", "gpus", "driver", "cuda", "versions", "git", "llama_cpp_gpu_offload",
+                "load_average"):
         assert key in env, key
     for pkg in ("torch", "transformers", "gptqmodel", "llama-cpp-python", "quantdeploy"):
         assert env["versions"][pkg], pkg

@@ -91,7 +91,15 @@ def llama_gpu_offload() -> bool | None:
         return None
 
 
-def environment() -> dict[str, Any]:
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def environment(load_at_start: list[float] | None = None) -> dict[str, Any]:
+    """load_at_start: os.getloadavg() when the benchmark began; a busy machine explains a wide spread."""
     gpu = gpu_info()
     return {
         "python": sys.version.split()[0],
@@ -103,4 +111,5 @@ def environment() -> dict[str, Any]:
         "llama_cpp_gpu_offload": llama_gpu_offload(),
         "versions": package_versions(),
         "git": git_commit(),
+        "load_average": {"start": load_at_start, "end": load_average()},
     }

@@ -92,18 +92,24 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("\n", " ")
 
 
+def _load(v: list[float] | None) -> str:
+    return "/".join(map(str, v)) if v else "-"
+
+
 def environment_lines(report: dict[str, Any]) -> list[str]:
     env = report.get("environment") or {}
     cpu = env.get("cpu") or {}
     gpus = env.get("gpus") or []
     v = env.get("versions") or {}
     git = env.get("git") or {}
+    load = env.get("load_average") or {}
     gpu = ", ".join(f"{g['name']} (sm {g['capability']}, {g['memory_gb']} GB)" for g in gpus) or "none"
     lines = [f"CPU: {cpu.get('name')} ({cpu.get('cores')} cores; {' '.join(cpu.get('flags') or []) or '-'})",
              f"GPU: {gpu}; driver {env.get('driver') or '-'}; CUDA (torch) {env.get('cuda') or '-'}; "
              f"llama.cpp GPU offload: {env.get('llama_cpp_gpu_offload')}",
              "versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
              f"python {env.get('python')} on {env.get('platform')}",
+             f"load average (1/5/15 min): start {_load(load.get('start'))}, end {_load(load.get('end'))}",
              f"git: {git.get('commit', '-')}{' (dirty)' if git.get('dirty') else ''}"]
     for dev, rf in (report.get("rooflines") or {}).items():
         lines.append(f"roofline {dev}: {rf.get('gbps')} GB/s ({rf.get('method')}; measured {rf.get('measured_at')})")

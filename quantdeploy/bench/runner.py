@@ -231,10 +231,11 @@ def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", re
               require_kernels: list[str] | None = None, load: Callable[[ModelSpec], LoadedModel] = _default_load,
               log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Benchmark every spec in turn (one model in memory at a time) and build the report."""
-    from .environment import environment
+    from .environment import environment, load_average
     from .roofline import roofline
 
     cfg.validate()
+    load_at_start = load_average()
     results = [bench_model(s, cfg, load=load, log=log) for s in specs]
     if cfg.quality:
         quality_pass(specs, results, cfg, load=load, log=log)
@@ -254,7 +255,7 @@ def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", re
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "config": conf,
-        "environment": environment(),
+        "environment": environment(load_at_start),
         "rooflines": rooflines,
         "results": results,
         "requirements": {"require_gpu": require_gpu, "require_kernel": list(require_kernels or []),

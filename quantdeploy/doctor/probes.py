@@ -53,6 +53,9 @@ def nvidia_smi() -> dict[str, Any] | None:
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=20)
+        if q.returncode != 0:  # drivers before 510 do not know compute_cap
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=20)
         head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
