@@ -1,7 +1,7 @@
 """Formats side by side with `quantdeploy bench`, plus one deliberate fallback caught by --require-gpu.
 
     python benchmarks/bench_formats.py [MODEL ...] [--name NAME] [--prompt-tokens 128] [--new-tokens 64]
-                                       [--repeat 3] [--no-quality]
+                                       [--repeat 3] [--no-quality] [--refresh-roofline]
 
 Default MODELs: the embedded Gemma-3-270M Q4_K_M GGUF and the GPTQ and AWQ fixtures made from it (built on
 first use, see quantdeploy/testing/fixtures.py), with --quality against the float32 reference fixture.
@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", default="64")
     ap.add_argument("--repeat", default="3")
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--refresh-roofline", action="store_true", help="measure the copy bandwidth again")
     a = ap.parse_args()
 
     from quantdeploy.backends.hw import cuda_device_count
@@ -51,6 +52,8 @@ def main() -> int:
     out = [RESULTS / f"bench-{name}.{s}" for s in ("json", "md", "html")]
     args = ["bench", *models, "--prompt-tokens", a.prompt_tokens, "--new-tokens", a.new_tokens, "--repeat",
             a.repeat]
+    if a.refresh_roofline:
+        args.append("--refresh-roofline")
     if not a.no_quality:
         args += ["--quality", "--reference", str(paths["reference"])]
     for p in out:
