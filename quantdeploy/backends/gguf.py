@@ -119,7 +119,8 @@ class GGUFModel(LoadedModel):
             self.n_gpu_layers = int(spec.extra["n_gpu_layers"])
         train_ctx = int(info.get("context_length") or 2048)
         n_ctx = spec.n_ctx or min(train_ctx, DEFAULT_CTX)
-        threads = spec.extra.get("n_threads") or max(1, os.cpu_count() or 1)
+        # half the cores, as llama-cpp-python does: all of them spin-wait badly when anything else runs
+        threads = spec.extra.get("n_threads") or max(1, (os.cpu_count() or 2) // 2)
         try:
             self.llm = llama_cpp.Llama(model_path=str(path), n_gpu_layers=self.n_gpu_layers, n_ctx=n_ctx,
                                        n_threads=threads, n_batch=min(512, n_ctx), verbose=False,
@@ -129,6 +130,8 @@ class GGUFModel(LoadedModel):
         # llama.cpp may round n_ctx up (128 -> 256) but llama-cpp-python sizes its token buffer by the request
         self._n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self._eog = self._find_eog()
+        self._n_batch = min(512, self._n_ctx)
+        self._cached: list[int] = []  # tokens whose KV entries the context holds
 
     # --- LoadedModel -------------------------------------------------------------------------------
     @property
@@ -173,26 +176,69 @@ class GGUFModel(LoadedModel):
                               bos_token=bos, eos_token=eos)
 
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
-        room = self._n_ctx - len(prompt_ids)
-        if params.seed is not None:
-            # Reusing a cached prefix evaluates the last prompt token alone, whose logits differ in the last bits
-            # from a batched prefill: a seeded run must not depend on what ran before it.
-            self.llm.set_seed(int(params.seed))
-            self.llm.reset()
+        """llama.cpp's own decode + sampler chain, a few ctypes calls per token (no per-token Python sampling).
+        The KV cache keeps the longest common prefix with the previous call (multi-turn chats re-use it),
+        except for seeded runs, which always prefill in full so their result does not depend on history."""
+        import ctypes
+
+        lc = _llama_cpp()
+        ctx = self.llm._ctx.ctx
+        mem = lc.llama_get_memory(ctx)
+        keep = 0 if params.seed is not None else _common_prefix(self._cached, prompt_ids)
+        keep = min(keep, len(prompt_ids) - 1)  # always decode at least the last prompt token (fresh logits)
+        lc.llama_memory_seq_rm(mem, -1, keep, -1)
+        self._cached = list(prompt_ids[:keep])
+        chain = self._sampler_chain(lc, params)
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        gen = self.llm.generate(prompt_ids, temp=float(params.temperature), top_p=float(params.top_p),
-                                top_k=int(params.top_k or 0), min_p=0.0, repeat_penalty=1.0, reset=True)
+        lc.llama_perf_context_reset(ctx)
+        room = self._n_ctx - len(prompt_ids)
         try:
-            for i, tok in enumerate(gen):
-                if i >= room:
-                    return  # context full
+            todo = prompt_ids[keep:]
+            for i in range(0, len(todo), self._n_batch):
+                self._decode(lc, ctx, todo[i:i + self._n_batch])
+            self._cached = list(prompt_ids)
+            buf = (lc.llama_token * 1)()
+            for _ in range(room):
+                tok = lc.llama_sampler_sample(chain, ctx, -1)
                 if tok in self._eog and not params.ignore_eos:
                     yield tok, ""
                     return
-                piece = decoder.decode(self.llm.detokenize([tok], special=False))
-                yield tok, piece
+                yield tok, decoder.decode(self.llm.detokenize([tok], special=False))
+                buf[0] = tok
+                if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, 1)) != 0:
+                    raise InvalidModel("llama.cpp failed to decode (context full or out of memory)")
+                self._cached.append(tok)
         finally:
-            gen.close()
+            lc.llama_sampler_free(chain)
+            self._perf = lc.llama_perf_context(ctx)
+
+    def _decode(self, lc, ctx, tokens: list[int]) -> None:
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        if lc.llama_decode(ctx, lc.llama_batch_get_one(arr, len(tokens))) != 0:
+            raise InvalidModel("llama.cpp failed to decode the prompt (context full or out of memory)")
+
+    @staticmethod
+    def _sampler_chain(lc, params: GenerationParams):
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if params.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        if params.top_k:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(int(params.top_k)))
+        if params.top_p < 1.0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(float(params.top_p), 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(float(params.temperature)))
+        seed = int(params.seed) & 0xFFFFFFFF if params.seed is not None else lc.LLAMA_DEFAULT_SEED
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def native_timings(self) -> dict[str, Any] | None:
+        """llama.cpp's own timers for the last generation: its eval speed, without any Python around it."""
+        p = getattr(self, "_perf", None)
+        if p is None or p.n_eval <= 0 or p.t_eval_ms <= 0:
+            return None
+        return {"decode_tok_s": round(p.n_eval / (p.t_eval_ms / 1e3), 2), "n_eval": p.n_eval,
+                "prefill_tok_s": round(p.n_p_eval / (p.t_p_eval_ms / 1e3), 2) if p.t_p_eval_ms > 0 else None}
 
     def kernel_report(self) -> dict[str, Any]:
         n_layers = int(self.info.get("block_count") or 0)
@@ -205,7 +251,7 @@ class GGUFModel(LoadedModel):
             "layers_total": n_layers + 1, "layers_offloaded": offloaded,
             "quant": self.info.get("file_type_name"),
             "layers": {"all": "ggml " + ("CUDA" if offloaded else "CPU")},
-            "warning": self.warning,
+            "warning": self.warning, "llama_cpp_native": self.native_timings(),
         }
 
     def logits(self, token_ids: list[int]) -> Any:
@@ -230,3 +276,12 @@ class GGUFModel(LoadedModel):
         if llm is not None:
             llm.close()
             self.llm = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -140,14 +140,15 @@ class Decoder:
         def t(name):
             return tensors[name].to(self.device, dtype)
 
+        def raw(name):  # repack on the target device: the GPU does it in milliseconds
+            v = tensors.get(name)
+            return None if v is None else v.to(self.device)
+
         def qw(prefix) -> QuantWeight:
             if fmt == "awq":
-                w = from_awq(tensors[prefix + ".qweight"], tensors[prefix + ".qzeros"], tensors[prefix + ".scales"],
-                             group)
-            else:
-                w = from_gptq(tensors[prefix + ".qweight"], tensors[prefix + ".qzeros"], tensors[prefix + ".scales"],
-                              tensors.get(prefix + ".g_idx"), group, zero_offset)
-            return w
+                return from_awq(raw(prefix + ".qweight"), raw(prefix + ".qzeros"), raw(prefix + ".scales"), group)
+            return from_gptq(raw(prefix + ".qweight"), raw(prefix + ".qzeros"), raw(prefix + ".scales"),
+                             raw(prefix + ".g_idx"), group, zero_offset)
 
         def fused(prefixes) -> QLinear:
             ws = [qw(p) for p in prefixes]

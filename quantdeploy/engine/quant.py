@@ -74,9 +74,12 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int)
     perm = None
     if g_idx is not None:
         g_idx = g_idx.to(torch.int64)
-        trivial = torch.arange(k, dtype=torch.int64) // group_size
-        if not torch.equal(g_idx.cpu(), trivial):
-            perm = torch.argsort(g_idx.cpu(), stable=True)
+        trivial = torch.arange(k, dtype=torch.int64, device=g_idx.device) // group_size
+        if not torch.equal(g_idx, trivial):
+            counts = torch.bincount(g_idx)
+            if not bool((counts == group_size).all()):
+                raise ValueError("g_idx groups of unequal size are not supported by the fast engine")
+            perm = torch.argsort(g_idx, stable=True)
             q = unpack_rows(qweight.t().contiguous()).t()  # [K, N]
             qweight = pack_cols_k(q[perm].contiguous())
     return QuantWeight(qweight.contiguous(), sc, zeros * sc, group_size, perm)
