@@ -43,11 +43,19 @@ def check(path: str) -> None:
     list(g)
     print(f"  eager: decode {g.usage.decode_tok_s:.1f} tok/s")
     eng.use_graph = True
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        list(m.generate(ids[:64], GenerationParams(max_tokens=8, temperature=0, ignore_eos=True)))
-    rows = sorted(((e.key, e.device_time_total, e.count) for e in prof.key_averages()), key=lambda r: -r[1])[:8]
-    for k, t, c in rows:
-        print(f"    {t / 1e3:9.2f} ms {c:6d}x  {k[:90]}")
+    with torch.inference_mode():  # decode steps only (graph replays), after a prefill
+        eng.prefill(ids[:64])
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for i in range(8):
+                eng.step(tok, torch.tensor([64 + i], device="cuda"), 64 + i)
+            torch.cuda.synchronize()
+    rows = sorted(((e.key, e.device_time_total, e.count) for e in prof.key_averages()), key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    print(f"  profile of 8 decode steps: {total / 8e3:.2f} ms GPU time per step, {sum(r[2] for r in rows) // 8} "
+          "kernels per step")
+    for k, t, c in rows[:12]:
+        print(f"    {t / 8e3:7.3f} ms/step {c // 8:5d}x  {k[:90]}")
     m.close()
     del m
     torch.cuda.empty_cache()

@@ -1,6 +1,9 @@
-"""Batch-1 W4A16 GEMV in Triton for the QuantWeight layout (split-K, fp32 atomics into a zeroed buffer).
+"""Batch-1 W4A16 GEMV in Triton for the QuantWeight layout.
 
-y[n] = sum_g ( scales[g, n] * sum_{k in g} x[k] q[k, n]  -  szeros[g, n] * sum_{k in g} x[k] )
+Each program owns BLOCK_N output columns and a slice of the K groups (split-K): it dequantizes in registers
+(w = q * scale - scale*zero, one FMA) and accumulates w * x in a 2-D register tile, reducing across K once at
+the end, so the inner loop has no cross-thread reductions. Partial sums go to an fp32 buffer with atomics
+(zeroed by the caller); with a single split the program stores directly.
 """
 
 from __future__ import annotations
@@ -13,53 +16,61 @@ import triton.language as tl
 
 @triton.jit
 def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
-                GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+                GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     n_groups = K // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows = tl.arange(0, GROUP // 8)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc = tl.zeros((GROUP // 8, BLOCK_N), dtype=tl.float32)
     g0 = pid_k * groups_per_split
-    for i in range(groups_per_split):
-        g = g0 + i
-        if g < n_groups:
-            qrow = g * (GROUP // 8) + rows  # packed rows of this group
-            q = tl.load(q_ptr + qrow[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
-            part = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            xsum = 0.0
-            for j in tl.static_range(8):
-                xj = tl.load(x_ptr + g * GROUP + rows * 8 + j).to(tl.float32)  # [GROUP/8]
-                wj = ((q >> (4 * j)) & 0xF).to(tl.float32)
-                part += tl.sum(wj * xj[:, None], axis=0)
-                xsum += tl.sum(xj, axis=0)
-            s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            acc += s * part - z * xsum
-    tl.atomic_add(y_ptr + offs_n, acc, mask=mask_n)
+    g_end = tl.minimum(g0 + groups_per_split, n_groups)
+    for g in range(g0, g_end):
+        qrow = g * (GROUP // 8) + rows
+        q = tl.load(q_ptr + qrow[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0)
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        for j in tl.static_range(8):
+            xj = tl.load(x_ptr + g * GROUP + rows * 8 + j).to(tl.float32)[:, None]
+            w = ((q >> (4 * j)) & 0xF).to(tl.float32) * s - z
+            acc += w * xj
+    out = tl.sum(acc, axis=0)
+    if ATOMIC:
+        tl.atomic_add(y_ptr + offs_n, out, mask=mask_n)
+    else:
+        tl.store(y_ptr + offs_n, out, mask=mask_n)
+
+
+# Tuned on an H200 with benchmarks/gpu/gemv_tune.py (block columns, warps, programs per SM).
+CONFIG = {"block_n": 128, "num_warps": 4, "programs_per_sm": 4}
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(n: int, k: int, group: int, sms: int) -> tuple[int, int, int]:
-    block_n = 128 if n >= 128 else 64
+def plan(n: int, k: int, group: int, sms: int, block_n: int, per_sm: int) -> tuple[int, int]:
+    """(splits, groups per split) so that about per_sm programs run on each multiprocessor."""
     n_blocks = triton.cdiv(n, block_n)
     n_groups = k // group
-    split = max(1, min(n_groups, (8 * sms) // max(1, n_blocks)))
+    split = max(1, min(n_groups, (per_sm * sms) // max(1, n_blocks)))
     gps = triton.cdiv(n_groups, split)
-    split = triton.cdiv(n_groups, gps)
-    return block_n, split, gps
+    return triton.cdiv(n_groups, gps), gps
 
 
-def w4a16_gemv(x, w, out):
-    """x: [K] (fp16/bf16/fp32, contiguous); out: fp32 [N], ZEROED by the caller (the kernel accumulates)."""
+@functools.lru_cache(maxsize=8)
+def _sms(device) -> int:
     import torch
 
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def w4a16_gemv(x, w, out, config: dict | None = None):
+    """x: [K] contiguous; out: fp32 [N], ZEROED by the caller (split-K partial sums are added into it)."""
+    c = config or CONFIG
     if w.perm is not None:
         x = x.index_select(0, w.perm)
     n, k = w.n, w.k
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 8
-    block_n, split, gps = _plan(n, k, w.group_size, sms)
-    _w4a16_gemv[(triton.cdiv(n, block_n), split)](x, w.qweight, w.scales, w.szeros, out, n, k, gps,
-                                                  GROUP=w.group_size, BLOCK_N=block_n, num_warps=4)
+    split, gps = plan(n, k, w.group_size, _sms(x.device), c["block_n"], c["programs_per_sm"])
+    _w4a16_gemv[(triton.cdiv(n, c["block_n"]), split)](
+        x, w.qweight, w.scales, w.szeros, out, n, k, gps, GROUP=w.group_size, BLOCK_N=c["block_n"],
+        ATOMIC=split > 1, num_warps=c["num_warps"])
     return out
