@@ -25,6 +25,13 @@ def check(path: str) -> None:
     eng = m.engine
     print(f"{path}: loaded in {time.time() - t0:.1f}s, {torch.cuda.memory_allocated() / 1e9:.2f} GB allocated")
     ids = list(range(1000, 1512))
+    from quantdeploy.engine.quant import dequantize
+    print(f"  linear kernel: {eng.dec.gemv}")
+    with torch.inference_mode():
+        for q in (eng.dec.layers[0].qkv, eng.dec.layers[0].down):
+            x = torch.randn(1, q.w.k, device="cuda", dtype=eng.dtype)
+            want = x.float() @ dequantize(q.w, torch.float32)
+            print(f"  linear {q.w.k}x{q.w.n}: rel err vs dequantized reference {rel(q(x), want):.2e}")
     # correctness on the device: graph step == eager step == batched prefill (same position)
     with torch.inference_mode():
         full = eng.prefill(ids + [42], all_logits=False)

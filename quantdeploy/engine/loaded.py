@@ -50,7 +50,8 @@ class FastQuantModel(HFTokenizerModel):
         else:
             dtype = self._pick_dtype(cfg, spec, torch)
         self.dtype = str(dtype).replace("torch.", "")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx)
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx,
+                                 gemv=str(spec.extra.get("gemv") or spec.kernel or "auto"))
         self._ctx = self.engine.max_len
 
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
@@ -66,9 +67,10 @@ class FastQuantModel(HFTokenizerModel):
 
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")
-        kernel = "triton-w4a16-gemv" if on_cuda else "torch-dequant-matmul"
-        layers = {name: ("W4A16 GEMV (Triton), fused " if on_cuda else "dequantized matmul, fused ") + name
-                  for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
+        kernel = self.engine.dec.gemv
+        label = {"exllamav2-gemm": "ExllamaV2Linear (gptqmodel)", "triton-w4a16-gemv": "W4A16 GEMV (Triton)"}.get(
+            kernel, "dequantized matmul")
+        layers = {name: f"{label}, fused {name}" for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
         return {"backend": self.backend, "format": self.format, "device": self._device, "kernel": kernel,
                 "kernel_reason": "--engine fast" if self.spec.engine == "fast" else "default engine on CUDA",
                 "quant_linear_classes": [kernel], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,

@@ -7,6 +7,7 @@ static KV cache, the position in a device tensor, no host syncs and no shape cha
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
+
+log = logging.getLogger("quantdeploy.engine")
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
@@ -92,11 +95,13 @@ def _inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
 
 
 class QLinear:
-    """y = x @ W (+ b) for a QuantWeight: Triton GEMV for one token on CUDA, dequantize + matmul otherwise."""
+    """y = x @ W (+ b) for a QuantWeight: on CUDA gptqmodel's ExLlamaV2 kernel when attached (self.ext), else
+    our Triton GEMV for one token; dequantize + matmul otherwise (prefill without ExLlama, the CPU)."""
 
     def __init__(self, w: QuantWeight, bias: torch.Tensor | None, cache_dense: bool):
         self.w, self.bias, self.cache_dense = w, bias, cache_dense
         self._dense = None
+        self.ext = None
 
     def dense(self, dtype):
         if self._dense is not None:
@@ -107,7 +112,9 @@ class QLinear:
         return d
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and x.shape[0] == 1:
+        if self.ext is not None:
+            y = self.ext(x.half()).to(x.dtype)
+        elif x.is_cuda and x.shape[0] == 1:
             from .triton_gemv import w4a16_gemv
 
             out = torch.zeros(self.w.n, dtype=torch.float32, device=x.device)
@@ -130,7 +137,7 @@ class Decoder:
     """Weights + static KV cache + the math of one step. Not an nn.Module: nothing here needs autograd."""
 
     def __init__(self, cfg: DecoderConfig, tensors: dict, quant: dict, device: str, dtype: torch.dtype,
-                 max_len: int):
+                 max_len: int, gemv: str = "auto"):
         self.cfg, self.device, self.dtype, self.max_len = cfg, torch.device(device), dtype, max_len
         cache_dense = self.device.type == "cpu"
         fmt, group = quant["method"], int(quant.get("group_size", 128))
@@ -172,6 +179,10 @@ class Decoder:
             self.layers.append(Layer(qkv=fused([a + ".q_proj", a + ".k_proj", a + ".v_proj"]),
                                      o=fused([a + ".o_proj"]), gate_up=fused([m + ".gate_proj", m + ".up_proj"]),
                                      down=fused([m + ".down_proj"]), norms=norms))
+        self.gemv = "torch-dequant-matmul"
+        if self.device.type == "cuda":
+            self.gemv = self._attach_exllama(max_len) if gemv in ("auto", "exllama", "exllama_v2") \
+                else "triton-w4a16-gemv"
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -184,6 +195,29 @@ class Decoder:
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
+
+    def linears(self) -> list[QLinear]:
+        return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
+
+    def _attach_exllama(self, max_len: int) -> str:
+        """gptqmodel's ExLlamaV2 kernels for every linear, or our Triton GEMV when they cannot load."""
+        from . import exllama
+
+        ok, why = exllama.available()
+        if ok:
+            try:
+                maker = exllama.ExllamaLinears(self.device)
+                for q in self.linears():
+                    q.ext = maker.make(q.w)
+                maker.finish(min(max_len, 2048))
+                self._exllama = maker
+                return "exllamav2-gemm"
+            except Exception as e:
+                why = f"{type(e).__name__}: {e}"
+                for q in self.linears():
+                    q.ext = None
+        log.warning("ExLlamaV2 kernels unavailable (%s); using the Triton GEMV", why)
+        return "triton-w4a16-gemv"
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):

@@ -20,6 +20,7 @@ class QuantWeight:
     szeros: "object"  # [G, N]
     group_size: int
     perm: "object | None" = None  # int64 [K]: x[perm] before the product (act-order)
+    qzeros: "object | None" = None  # int32 [G, N/8]: true zero points packed along N (GPTQ v2), for ExLlamaV2
 
     @property
     def k(self) -> int:
@@ -31,7 +32,8 @@ class QuantWeight:
 
     def to(self, device, dtype) -> "QuantWeight":
         return QuantWeight(self.qweight.to(device), self.scales.to(device, dtype), self.szeros.to(device, dtype),
-                           self.group_size, None if self.perm is None else self.perm.to(device))
+                           self.group_size, None if self.perm is None else self.perm.to(device),
+                           None if self.qzeros is None else self.qzeros.to(device))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.szeros))
@@ -69,7 +71,8 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int)
     import torch
 
     k = qweight.shape[0] * 8
-    zeros = unpack_rows(qzeros).float() + zero_offset  # [G, N]
+    izeros = unpack_rows(qzeros) + zero_offset  # [G, N]
+    zeros = izeros.float()
     sc = scales.float()
     perm = None
     if g_idx is not None:
@@ -82,15 +85,20 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int)
             perm = torch.argsort(g_idx, stable=True)
             q = unpack_rows(qweight.t().contiguous()).t()  # [K, N]
             qweight = pack_cols_k(q[perm].contiguous())
-    return QuantWeight(qweight.contiguous(), sc, zeros * sc, group_size, perm)
+    return QuantWeight(qweight.contiguous(), sc, zeros * sc, group_size, perm, _pack_n(izeros))
 
 
 def from_awq(qweight, qzeros, scales, group_size: int) -> QuantWeight:
     """AWQ GEMM: qweight [K, N/8] and qzeros [G, N/8] packed along N in AWQ order; W = (q - z) * s."""
     q = unpack_rows(qweight, AWQ_ORDER)  # [K, N]
-    zeros = unpack_rows(qzeros, AWQ_ORDER).float()
+    izeros = unpack_rows(qzeros, AWQ_ORDER)
     sc = scales.float()
-    return QuantWeight(pack_cols_k(q.contiguous()), sc, zeros * sc, group_size, None)
+    return QuantWeight(pack_cols_k(q.contiguous()), sc, izeros.float() * sc, group_size, None, _pack_n(izeros))
+
+
+def _pack_n(z):
+    """int [G, N] of 4-bit values -> int32 [G, N/8] packed along N in sequential order (GPTQ qzeros layout)."""
+    return pack_cols_k(z.t().contiguous()).t().contiguous()
 
 
 def dequantize(w: QuantWeight, dtype=None):
@@ -115,5 +123,6 @@ def concat_n(ws: list[QuantWeight]) -> QuantWeight:
     perms = [w.perm for w in ws]
     if any(p is not None for p in perms) and not all(p is not None and torch.equal(p, perms[0]) for p in perms):
         raise ValueError("cannot fuse act-order weights with different permutations")
+    zs = None if any(w.qzeros is None for w in ws) else torch.cat([w.qzeros for w in ws], 1)
     return QuantWeight(torch.cat([w.qweight for w in ws], 1), torch.cat([w.scales for w in ws], 1),
-                       torch.cat([w.szeros for w in ws], 1), ws[0].group_size, perms[0])
+                       torch.cat([w.szeros for w in ws], 1), ws[0].group_size, perms[0], zs)

@@ -19,7 +19,8 @@ log = logging.getLogger("quantdeploy.engine")
 
 
 class FastEngine:
-    def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None):
+    def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None,
+                 gemv: str = "auto"):
         import json
 
         cfg = DecoderConfig.from_hf(json.loads((path / "config.json").read_text()))
@@ -27,7 +28,7 @@ class FastEngine:
         self.max_len = min(max_len, cfg.max_position)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.dec = Decoder(cfg, load_tensors(path), read_quant(path), device, dtype, self.max_len)
+        self.dec = Decoder(cfg, load_tensors(path), read_quant(path), device, dtype, self.max_len, gemv)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
         self.graph_kind = "none"
