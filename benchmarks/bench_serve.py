@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -86,9 +87,11 @@ async def overhead(model, url: str, rounds: int, max_tokens: int) -> dict:
     async with httpx.AsyncClient(timeout=600) as client:
         await stream_once(client, url, 8)  # warm-up both paths
         direct_once(model, 8)
-        for _ in range(rounds):
+        for i in range(rounds):
             direct.append(direct_once(model, max_tokens)["per_token"])
             served.append((await stream_once(client, url, max_tokens))["per_token"])
+            print(f"  round {i + 1}/{rounds}: direct {direct[-1] * 1000:.2f} ms/token, "
+                  f"served {served[-1] * 1000:.2f} ms/token", file=sys.stderr)
     d, s = statistics.median(direct), statistics.median(served)
     return {"rounds": rounds, "max_tokens": max_tokens, "direct_ms_per_token": d * 1000,
             "served_ms_per_token": s * 1000, "overhead_pct": (s / d - 1) * 100,
@@ -223,13 +226,14 @@ async def main_async(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="1,4,16", help="concurrent clients per level, comma separated")
-    ap.add_argument("--level-seconds", type=float, default=30.0, help="how long each level sends new requests")
+    ap.add_argument("--level-seconds", type=float, default=20.0, help="how long each level sends new requests")
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens per request in the load levels")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved A/B rounds for the overhead")
-    ap.add_argument("--overhead-tokens", type=int, default=128, help="tokens per overhead round")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved A/B rounds for the overhead")
+    ap.add_argument("--overhead-tokens", type=int, default=64, help="tokens per overhead round")
     ap.add_argument("--memory-seconds", type=float, default=120.0, help="0 skips the memory run")
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the server subprocess is stopped too
     res = asyncio.run(main_async(args))
     write_report(res)
     print((RESULTS / "serve.md").read_text())
