@@ -73,58 +73,70 @@ class ChatSession:
     def send(self, text: str) -> ReplyStats | None:
         """Add a user message, stream the reply to `out`, record it. Errors become a line on `err`."""
         self.conv.add("user", text)
-        try:
-            fit = self.conv.fit(self._count, self.model.context_length, self._reserve())
-            if fit.dropped_turns:
-                k = fit.dropped_turns
-                self.say(f"note: the conversation outgrew the {self.model.context_length}-token context window; "
-                         f"dropped the {k} oldest turn{'s' if k != 1 else ''}"
-                         f"{' (the system prompt is kept)' if self.conv.system else ''}")
-            params = replace(self.params, stop=tuple(dict.fromkeys([*self.params.stop, *self._stops])))
-            gen = self.model.chat(self.conv.messages(), params, template=self.template)
-        except QuantDeployError as e:
-            self.conv.undo_user()
-            self.say(f"error: {e}")
-            return None
-        try:
-            shown, interrupted = self._stream(gen)
-        except Exception as e:  # a backend failure mid-reply: report it, keep the conversation
-            from ..settings import get_settings
+        with _InterruptFlag() as stop:  # from here on, Ctrl-C stops this reply, not the session
+            try:
+                gen = self._start(stop)
+            except QuantDeployError as e:
+                self.conv.undo_user()
+                self.say(f"error: {e}")
+                return None
+            except KeyboardInterrupt:
+                gen = None
+            if gen is None:
+                self.conv.undo_user()
+                self.say("[reply stopped]")
+                return None
+            try:
+                shown = self._stream(gen, stop)
+            except Exception as e:  # a backend failure mid-reply: report it, keep the conversation
+                from ..settings import get_settings
 
-            if get_settings().debug:
-                raise
-            self.conv.undo_user()
-            self.say(f"error: the backend failed while generating ({type(e).__name__}: {str(e)[:200]}); the "
-                     "conversation is kept — rerun with QUANTDEPLOY_DEBUG=1 for the traceback and report it")
-            return None
-        stats = self.last = ReplyStats.of(gen, interrupted)
-        if interrupted and not shown.strip():
+                if get_settings().debug:
+                    raise
+                self.conv.undo_user()
+                self.say(f"error: the backend failed while generating ({type(e).__name__}: {str(e)[:200]}); the "
+                         "conversation is kept — rerun with QUANTDEPLOY_DEBUG=1 for the traceback and report it")
+                return None
+        stats = self.last = ReplyStats.of(gen, stop.hit)
+        if stop.hit and not shown.strip():
             self.conv.undo_user()
         else:
             self.conv.add("assistant", shown)
         self._after_reply(shown, stats)
         return stats
 
-    def _stream(self, gen: Generation) -> tuple[str, bool]:
+    def _start(self, stop: "_InterruptFlag") -> Generation | None:
+        """Fit the history into the window and start the reply (None if Ctrl-C came first)."""
+        fit = self.conv.fit(self._count, self.model.context_length, self._reserve())
+        if fit.dropped_turns:
+            k = fit.dropped_turns
+            self.say(f"note: the conversation outgrew the {self.model.context_length}-token context window; "
+                     f"dropped the {k} oldest turn{'s' if k != 1 else ''}"
+                     f"{' (the system prompt is kept)' if self.conv.system else ''}")
+        if stop.hit:
+            return None
+        params = replace(self.params, stop=tuple(dict.fromkeys([*self.params.stop, *self._stops])))
+        return self.model.chat(self.conv.messages(), params, template=self.template)
+
+    def _stream(self, gen: Generation, stop: "_InterruptFlag") -> str:
         shown = ""
-        with _InterruptFlag() as stop:
-            try:
-                for piece in gen:
-                    if stop.hit:
-                        break
-                    self.out.write(piece)
-                    self.out.flush()
-                    shown += piece
-                    if stop.hit:
-                        break
-            except KeyboardInterrupt:  # a second Ctrl-C while the backend was busy
-                stop.hit = True
-            finally:
-                gen.close()
+        try:
+            for piece in gen:
+                if stop.hit:
+                    break
+                self.out.write(piece)
+                self.out.flush()
+                shown += piece
+                if stop.hit:
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C while the backend was busy
+            stop.hit = True
+        finally:
+            gen.close()
         if shown and not shown.endswith("\n"):
             self.out.write("\n")
         self.out.flush()
-        return shown, stop.hit
+        return shown
 
     def _after_reply(self, shown: str, stats: ReplyStats) -> None:
         if stats.finish == "interrupted":
