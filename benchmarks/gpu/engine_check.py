@@ -25,13 +25,22 @@ def check(path: str) -> None:
     eng = m.engine
     print(f"{path}: loaded in {time.time() - t0:.1f}s, {torch.cuda.memory_allocated() / 1e9:.2f} GB allocated")
     ids = list(range(1000, 1512))
-    from quantdeploy.engine.quant import dequantize
     print(f"  linear kernel: {eng.dec.gemv}")
-    with torch.inference_mode():
-        for q in (eng.dec.layers[0].qkv, eng.dec.layers[0].down):
-            x = torch.randn(1, q.w.k, device="cuda", dtype=eng.dtype)
-            want = x.float() @ dequantize(q.w, torch.float32)
-            print(f"  linear {q.w.k}x{q.w.n}: rel err vs dequantized reference {rel(q(x), want):.2e}")
+    if eng.dec.gemv == "exllamav2-gemm":  # check it against our Triton GEMV on the same weights
+        from quantdeploy.engine.runner import FastEngine
+
+        ref = FastEngine(eng.dec.__dict__.get("path") or m.spec.path, "cuda", eng.dtype, 1024, gemv="triton")
+        with torch.inference_mode():
+            for name in ("qkv", "down"):
+                a, b = getattr(eng.dec.layers[0], name), getattr(ref.dec.layers[0], name)
+                x = torch.randn(1, b.w.k, device="cuda", dtype=eng.dtype) * 0.1
+                print(f"  {name} {b.w.k}x{b.w.n}: ExLlama vs Triton rel err {rel(a(x), b(x)):.2e}; M=16: "
+                      f"{rel(a(x.repeat(16, 1)), x.repeat(16, 1).float() @ __import__('quantdeploy.engine.quant', fromlist=['dequantize']).dequantize(b.w, torch.float32)):.2e}")
+            short = ids[:8]
+            print(f"  logits after 8 tokens, ExLlama engine vs Triton engine: rel err "
+                  f"{rel(eng.prefill(short), ref.prefill(short)):.2e}")
+        del ref
+        torch.cuda.empty_cache()
     # correctness on the device: graph step == eager step == batched prefill (same position)
     with torch.inference_mode():
         full = eng.prefill(ids + [42], all_logits=False)

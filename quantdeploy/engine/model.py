@@ -199,7 +199,7 @@ class Decoder:
     def linears(self) -> list[QLinear]:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
-    def _attach_exllama(self, max_len: int) -> str:
+    def _attach_exllama(self, max_len: int, keep_weights: bool = False) -> str:
         """gptqmodel's ExLlamaV2 kernels for every linear, or our Triton GEMV when they cannot load."""
         from . import exllama
 
@@ -211,6 +211,9 @@ class Decoder:
                     q.ext = maker.make(q.w)
                 maker.finish(min(max_len, 2048))
                 self._exllama = maker
+                for q in self.linears():  # ExLlama holds its own copy now; ours would double the memory
+                    q.w = q.w.to(self.device, self.dtype) if keep_weights else None
+                torch.cuda.empty_cache()
                 return "exllamav2-gemm"
             except Exception as e:
                 why = f"{type(e).__name__}: {e}"
