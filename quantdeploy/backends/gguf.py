@@ -97,7 +97,7 @@ class GGUFModel(LoadedModel):
 
     def __init__(self, spec: ModelSpec, path: Path, info: dict[str, Any]):
         super().__init__(spec)
-        llama_cpp = _llama_cpp()
+        llama_cpp = _llama_cpp()  # before anything imports torch: see hw.cuda_device_count
         self.path = path
         self.info = info
         pick_torch_device(spec.device)  # validates the name; cuda without a usable GPU is an error

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import shutil
+import sys
 
 
 @functools.lru_cache(maxsize=1)
 def cuda_device_count() -> int:
-    """GPUs torch can use; 0 without a driver. Cheap when there is obviously no GPU."""
+    """Usable CUDA GPUs; 0 without a driver. Asks the driver directly (libcuda), not torch: importing torch's
+    CUDA libraries before llama.cpp's CUDA build crashes the process (free(): invalid pointer, seen on H200)."""
     if not glob.glob("/dev/nvidia[0-9]*") and not shutil.which("nvidia-smi"):
         return 0
+    if "torch" in sys.modules:
+        try:
+            torch = sys.modules["torch"]
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            return 0
     try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        if cuda.cuInit(0) != 0:
+            return 0
+        n = ctypes.c_int(0)
+        return n.value if cuda.cuDeviceGetCount(ctypes.byref(n)) == 0 else 0
+    except OSError:
         return 0
 
 
@@ -29,7 +40,7 @@ def pick_torch_device(requested: str) -> str:
         return "cuda:0" if cuda_device_count() else "cpu"
     if req.startswith("cuda"):
         if not cuda_device_count():
-            raise UsageError(f"--device {requested}: no CUDA GPU is usable here (torch sees none); use --device cpu")
+            raise UsageError(f"--device {requested}: no CUDA GPU is usable here; use --device cpu")
         return "cuda:0" if req == "cuda" else req
     if req == "cpu":
         return "cpu"

@@ -235,6 +235,11 @@ def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", re
     from .roofline import roofline
 
     cfg.validate()
+    if any(s.format == "gguf" for s in specs):
+        try:  # llama.cpp's CUDA libraries must load before torch's (a crash otherwise: see backends/hw.py)
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            pass
     load_at_start = load_average()
     results = [bench_model(s, cfg, load=load, log=log) for s in specs]
     if cfg.quality:
