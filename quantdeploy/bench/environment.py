@@ -46,6 +46,18 @@ def gpu_info() -> dict[str, Any]:
     out: dict[str, Any] = {"gpus": [], "driver": None, "cuda": None}
     if not cuda_device_count():
         return out
+    if "torch" not in sys.modules:  # a llama.cpp process: torch's CUDA beside it crashes; ask nvidia-smi
+        try:
+            r = subprocess.run(["nvidia-smi", "--query-gpu=index,name,compute_cap,memory.total,driver_version",
+                                "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+            for line in r.stdout.strip().splitlines():
+                i, name, cap, mib, drv = [x.strip() for x in line.split(",")]
+                out["gpus"].append({"index": int(i), "name": name, "capability": cap,
+                                    "memory_gb": round(int(mib) * 2**20 / 1e9, 1)})
+                out["driver"] = drv
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+        return out
     try:
         import torch
 

@@ -7,6 +7,8 @@ torch.profiler (CUPTI) sees every CUDA kernel launched in the process, llama.cpp
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 # Substrings (lower case) of kernel / op names that are quantized matrix multiplies: gptqmodel's Marlin,
@@ -57,6 +59,10 @@ def summarize_profile(kernels: list[tuple[str, float, int]], ops: list[tuple[str
 def profile_decode(model, prompt_ids: list[int], tokens: int = 16) -> dict[str, Any] | None:
     """Profile `tokens` decode steps (prefill and the first token stay outside) on CUDA; None on the CPU."""
     if not str(model.device).startswith("cuda"):
+        return None
+    if getattr(model, "format", "") == "gguf" and "torch" not in sys.modules:
+        # torch's CUDA libraries loaded beside llama.cpp's CUDA build crash the process (seen on an H200):
+        # GGUF evidence is llama.cpp's own (layers offloaded, GPU build, native eval timer)
         return None
     try:
         import torch

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import subprocess
 import platform
 import time
 from datetime import datetime, timezone
@@ -37,6 +39,15 @@ def cpu_name() -> str:
 
 def device_key(device: str) -> str:
     """A name that stays the same for the same hardware: the cache key."""
+    if device.startswith("cuda") and "torch" not in sys.modules:  # a llama.cpp process: keep torch out
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        try:
+            out = subprocess.run(["nvidia-smi", "-i", str(idx), "--query-gpu=name,memory.total",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+            name, mib = [x.strip() for x in out.stdout.strip().splitlines()[0].split(",")]
+            return f"cuda|{name}|{round(int(mib) / 1024)}GiB"
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return f"cuda|unknown|{idx}"
     if device.startswith("cuda"):
         import torch
 
@@ -76,6 +87,10 @@ def roofline(device: str, *, refresh: bool = False) -> dict[str, Any]:
     hit = cache.get(key)
     if not refresh and isinstance(hit, dict) and hit.get("version") == METHOD_VERSION and hit.get("gbps"):
         return {**hit, "device": device, "key": key, "cached": True}
+    if device.startswith("cuda") and "torch" not in sys.modules:
+        # torch's CUDA beside llama.cpp's CUDA build crashes: measure from a torch process (any GPTQ/AWQ bench)
+        return {"device": device, "key": key, "gbps": None, "cached": False,
+                "method": "not measured in a llama.cpp process; run a GPTQ/AWQ bench on this GPU first"}
     entry = measure_cuda(device) if device.startswith("cuda") else measure_cpu()
     entry.update(version=METHOD_VERSION, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     cache[key] = entry
