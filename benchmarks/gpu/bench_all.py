@@ -62,7 +62,7 @@ def main() -> None:
         if not r.get("roofline_gbps") and known:
             r["roofline_gbps"] = known[0]
             r["roofline_fraction"] = round(r["achieved_gbps"] / known[0], 4)
-    gpus = (report["environment"].get("gpu") or {}).get("gpus") or [{"name": "gpu"}]
+    gpus = report["environment"].get("gpus") or [{"name": "gpu"}]
     name = str(gpus[0]["name"])
     stem = f"{datetime.date.today()}-{name.replace('NVIDIA ', '').replace(' ', '-').lower()}"
     a.out.mkdir(parents=True, exist_ok=True)

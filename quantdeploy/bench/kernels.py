@@ -64,6 +64,10 @@ def profile_decode(model, prompt_ids: list[int], tokens: int = 16) -> dict[str, 
         # torch's CUDA libraries loaded beside llama.cpp's CUDA build crash the process (seen on an H200):
         # GGUF evidence is llama.cpp's own (layers offloaded, GPU build, native eval timer)
         return None
+    # the fast engine: profile eager steps (the same kernels), so each one shows under its own name
+    engine = getattr(model, "engine", None)
+    engine = engine if hasattr(engine, "use_graph") else None
+    saved = engine.use_graph if engine is not None else None
     try:
         import torch
         from torch.autograd import DeviceType
@@ -71,6 +75,8 @@ def profile_decode(model, prompt_ids: list[int], tokens: int = 16) -> dict[str, 
 
         from ..backends.base import GenerationParams
 
+        if engine is not None:
+            engine.use_graph = False
         gen = model.generate(list(prompt_ids), GenerationParams(max_tokens=tokens + 1, temperature=0,
                                                                  ignore_eos=True, seed=0))
         it = iter(gen)
@@ -93,6 +99,9 @@ def profile_decode(model, prompt_ids: list[int], tokens: int = 16) -> dict[str, 
         return out
     except Exception as e:  # evidence is best effort: a broken profiler must not lose the timings
         return {"error": f"profiling failed: {type(e).__name__}: {str(e)[:200]}"}
+    finally:
+        if engine is not None:
+            engine.use_graph = saved
 
 
 def kernel_map(report: dict[str, Any]) -> dict[str, str]:
