@@ -26,6 +26,11 @@ def answer_once(spec: ModelSpec, prompt: str, params: GenerationParams, *, syste
         if raw:
             gen = model.generate(prompt, params)
         else:
+            from .templates import template_notice
+
+            notice = template_notice(model, template)
+            if notice:
+                print(notice, file=sys.stderr)
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": "user", "content": prompt.strip()}]
             gen = model.chat(messages, params, template=template)
