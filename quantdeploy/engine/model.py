@@ -195,6 +195,10 @@ class Decoder:
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
+        self.fused = fused_ops_enabled(self.device)
+
+    def __repr__(self) -> str:
+        return f"Decoder({self.cfg.arch}, {self.cfg.layers} layers, {self.device}, gemv={self.gemv})"
 
     def linears(self) -> list[QLinear]:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
@@ -239,15 +243,32 @@ class Decoder:
         rot = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * cos + rot * sin
 
+    def attend(self, i: int, q, masks: dict, kv_len: int, causal_from_zero: bool):
+        """q [M, H, D] (rotated; this layer's k, v already in the cache) -> [M, H*D]."""
+        cfg = self.cfg
+        m, h, d = q.shape
+        window = cfg.window[i]
+        if causal_from_zero and (window == 0 or window >= m):  # a prompt from position 0: flash attention
+            k, v, mask, causal = self.k_cache[i][:, :m], self.v_cache[i][:, :m], None, True
+        else:
+            k, v, mask, causal = self.k_cache[i][:, :kv_len], self.v_cache[i][:, :kv_len], masks[window], False
+        att = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                             attn_mask=mask, is_causal=causal, scale=cfg.scale,
+                                             enable_gqa=cfg.kv_heads != h)
+        return att[0].transpose(0, 1).reshape(m, h * d)
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, masks: dict, kv_len: int,
-                all_logits: bool = False) -> torch.Tensor:
+                all_logits: bool = False, causal_from_zero: bool = False) -> torch.Tensor:
         """tokens, positions: [M] on device; attention reads the first kv_len cache slots (> every position).
-        masks: window -> bool [M, kv_len] (True = attend). Returns the last position's logits (float32 [vocab])."""
+        masks: window -> bool [M, kv_len] (True = attend); causal_from_zero: positions are 0..M-1.
+        Returns the last position's logits (float32 [vocab]), or every position's with all_logits."""
         cfg = self.cfg
         m = tokens.shape[0]
         x = F.embedding(tokens, self.embed)
         if self.embed_scale is not None:
             x = x * self.embed_scale.to(x.device)
+        if self.fused:
+            return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero)
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
         for i, L in enumerate(self.layers):
             n = L.norms
@@ -263,11 +284,7 @@ class Decoder:
             q, k = self.rotate(q, c, s), self.rotate(k, c, s)
             self.k_cache[i].index_copy_(1, positions, k.transpose(0, 1))
             self.v_cache[i].index_copy_(1, positions, v.transpose(0, 1))
-            att = F.scaled_dot_product_attention(
-                q.transpose(0, 1).unsqueeze(0), self.k_cache[i][:, :kv_len].unsqueeze(0),
-                self.v_cache[i][:, :kv_len].unsqueeze(0),
-                attn_mask=masks[cfg.window[i]], scale=cfg.scale, enable_gqa=kvh != h)
-            y = L.o(att[0].transpose(0, 1).reshape(m, h * d))
+            y = L.o(self.attend(i, q, masks, kv_len, causal_from_zero))
             if "pre_feedforward_layernorm" in n:  # gemma: norms after each block too
                 y = self.norm(y, n["post_attention_layernorm"])
                 x = res + y
@@ -286,6 +303,39 @@ class Decoder:
         logits = (x @ self.lm_head.t()).float()
         return logits if all_logits else logits[0]
 
+    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero):
+        """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
+        x (the residual stream) is updated in place."""
+        from . import triton_ops as T
+
+        cfg = self.cfg
+        m = x.shape[0]
+        h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
+        pending, pending_w = None, None  # the last block's output, added into x by the next norm
+        for i, L in enumerate(self.layers):
+            n = L.norms
+            y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
+            cos, sin = self.rope[cfg.rope_theta[i]]
+            q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
+                             n.get("q_norm"), n.get("k_norm"), gemma)
+            if m == 1:
+                att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
+                                         cfg.window[i])
+            else:
+                att = self.attend(i, q, masks, kv_len, causal_from_zero)
+            o = L.o(att)
+            if "pre_feedforward_layernorm" in n:  # gemma: x += norm(o); y = norm(x)
+                y = T.add_rmsnorm(x, n["pre_feedforward_layernorm"], eps, gemma, o, n["post_attention_layernorm"])
+            else:
+                y = T.add_rmsnorm(x, n["post_attention_layernorm"], eps, gemma, o)
+            pending = L.down(T.act_mul(L.gate_up(y), cfg.act == "gelu_tanh"))
+            pending_w = n.get("post_feedforward_layernorm")
+        if not all_logits:
+            x, pending = x[-1:].contiguous(), pending[-1:].contiguous()
+        y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
+        logits = (y @ self.lm_head.t()).float()
+        return logits if all_logits else logits[0]
+
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""
         j = self.arange[None, :kv_len]
@@ -294,6 +344,24 @@ class Decoder:
         for w in set(self.cfg.window) - {0}:
             out[w] = (j <= p) & (j > p - w)
         return out
+
+
+def fused_ops_enabled(device: torch.device) -> bool:
+    """The Triton-fused step on CUDA (QUANTDEPLOY_FUSED=0 turns it off, =1 forces it, e.g. under Triton's
+    interpreter on the CPU for tests)."""
+    import os
+
+    flag = os.environ.get("QUANTDEPLOY_FUSED", "")
+    if flag == "0":
+        return False
+    if flag != "1" and device.type != "cuda":
+        return False
+    try:
+        from . import triton_ops  # noqa: F401
+    except Exception as e:  # no triton
+        log.warning("fused Triton kernels unavailable (%s); using torch ops", e)
+        return False
+    return True
 
 
 def load_tensors(path: Path) -> dict:

@@ -43,7 +43,8 @@ class FastEngine:
         return min(b, self.max_len)
 
     def _step_eager(self, tok: torch.Tensor, pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-        return self.dec.forward(tok, pos, self.dec.masks(pos, kv_len), kv_len)
+        masks = {} if self.dec.fused else self.dec.masks(pos, kv_len)  # the fused step masks by position
+        return self.dec.forward(tok, pos, masks, kv_len)
 
     def _capture(self, kv_len: int) -> None:
         dev = self.device
@@ -79,7 +80,8 @@ class FastEngine:
         toks = torch.tensor(ids, dtype=torch.long, device=self.device)
         pos = torch.arange(len(ids), device=self.device)
         kv_len = self.bucket(len(ids) - 1)
-        return self.dec.forward(toks, pos, self.dec.masks(pos, kv_len), kv_len, all_logits=all_logits)
+        return self.dec.forward(toks, pos, self.dec.masks(pos, kv_len), kv_len, all_logits=all_logits,
+                                causal_from_zero=True)
 
     # --- generation --------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,229 @@
+"""Fused Triton kernels for the engine's CUDA decode step: each replaces a chain of small torch kernels.
+
+A batch-1 decode step is bandwidth-bound in its GEMVs and latency-bound everywhere else: one CUDA-graph node
+costs a few microseconds however little it does, so the step's non-GEMV work is written as few kernels:
+- add_rmsnorm: residual add (optionally of a normed branch, Gemma-3) + RMSNorm, 1 kernel instead of ~10;
+- rope_cache: per-head q/k norm (Gemma-3, Qwen3) + rotary embedding + writing k, v into the static cache;
+- decode_attention: split-K (flash-decoding) attention of one query over the cache, GQA heads of one kv head
+  together, the length read from the device (no mask tensor), then a small combine kernel;
+- act_mul: SiLU / GELU-tanh of the gate times the up projection.
+Rounding follows the torch path (values are rounded to the model dtype where torch rounds them), so the two
+paths agree to the last bit or two; tests run these kernels under Triton's interpreter on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rmsnorm(x_ptr, r_ptr, rw_ptr, w_ptr, out_ptr, N, eps,
+                 HAS_RES: tl.constexpr, NORM_RES: tl.constexpr, GEMMA: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    dt = x_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * N + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(r_ptr + row * N + offs, mask=mask, other=0.0).to(tl.float32)
+        if NORM_RES:
+            rw = tl.load(rw_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            r = r * tl.rsqrt(tl.sum(r * r, 0) / N + eps)
+            if GEMMA:
+                r = (r * (1.0 + rw)).to(dt).to(tl.float32)
+            else:
+                r = (r.to(dt).to(tl.float32) * rw).to(dt).to(tl.float32)
+        x = (x + r).to(dt).to(tl.float32)
+        tl.store(x_ptr + row * N + offs, x.to(dt), mask=mask)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(tl.sum(x * x, 0) / N + eps)
+    if GEMMA:
+        y = y * (1.0 + w)
+    else:
+        y = y.to(dt).to(tl.float32) * w
+    tl.store(out_ptr + row * N + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_rmsnorm(x, w, eps: float, gemma: bool, res=None, res_w=None, out=None):
+    """x [M, N] (the residual stream, updated in place when res is given: x += norm?(res)); returns norm(x)*w."""
+    m, n = x.shape
+    out = torch.empty_like(x) if out is None else out
+    block = triton.next_power_of_2(n)
+    _add_rmsnorm[(m,)](x, res if res is not None else x, res_w if res_w is not None else w, w, out, n, eps,
+                       HAS_RES=res is not None, NORM_RES=res_w is not None, GEMMA=gemma, BLOCK=block,
+                       num_warps=min(16, max(1, block // 256)))
+    return out
+
+
+@triton.jit
+def _rope_cache(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, kc_ptr, vc_ptr,
+                H, KVH, max_len, stride, eps,
+                D: tl.constexpr, HALF: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr):
+    t = tl.program_id(0)
+    hh = tl.program_id(1)
+    pos = tl.load(pos_ptr + t)
+    offs = tl.arange(0, HALF)
+    src = qkv_ptr + t * stride + hh * D
+    dt = q_ptr.dtype.element_ty
+    x1 = tl.load(src + offs)
+    x2 = tl.load(src + HALF + offs)
+    if hh < H + KVH:
+        a = x1.to(tl.float32)
+        b = x2.to(tl.float32)
+        if QK_NORM:
+            is_q = hh < H
+            w1 = tl.where(is_q, tl.load(qw_ptr + offs), tl.load(kw_ptr + offs)).to(tl.float32)
+            w2 = tl.where(is_q, tl.load(qw_ptr + HALF + offs), tl.load(kw_ptr + HALF + offs)).to(tl.float32)
+            inv = tl.rsqrt((tl.sum(a * a, 0) + tl.sum(b * b, 0)) / D + eps)
+            if GEMMA:
+                a = (a * inv * (1.0 + w1)).to(dt).to(tl.float32)
+                b = (b * inv * (1.0 + w2)).to(dt).to(tl.float32)
+            else:
+                a = ((a * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+                b = ((b * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
+        c = tl.load(cos_ptr + pos * D + offs).to(tl.float32)
+        s = tl.load(sin_ptr + pos * D + offs).to(tl.float32)
+        # rounded like torch's x * cos + rotate(x) * sin in the model dtype
+        o1 = (a * c).to(dt).to(tl.float32) + (-b * s).to(dt).to(tl.float32)
+        o2 = (b * c).to(dt).to(tl.float32) + (a * s).to(dt).to(tl.float32)
+        if hh < H:
+            dst = q_ptr + (t * H + hh) * D
+        else:
+            dst = kc_ptr + ((hh - H) * max_len + pos) * D
+        tl.store(dst + offs, o1.to(dt))
+        tl.store(dst + HALF + offs, o2.to(dt))
+    else:
+        dst = vc_ptr + ((hh - H - KVH) * max_len + pos) * D
+        tl.store(dst + offs, x1)
+        tl.store(dst + HALF + offs, x2)
+
+
+def rope_cache(qkv, positions, cos, sin, k_cache, v_cache, heads: int, kv_heads: int, eps: float,
+               q_norm=None, k_norm=None, gemma: bool = False):
+    """qkv [M, (H + 2 KVH) D] -> q [M, H, D] (normed?, rotated); k (normed?, rotated) and v written into the
+    caches [KVH, max_len, D] at `positions` [M]."""
+    m = qkv.shape[0]
+    kvh, max_len, d = k_cache.shape
+    q = torch.empty((m, heads, d), dtype=qkv.dtype, device=qkv.device)
+    _rope_cache[(m, heads + 2 * kv_heads)](
+        qkv, positions, cos, sin, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
+        q, k_cache, v_cache, heads, kv_heads, max_len, qkv.stride(0), eps, D=d, HALF=d // 2,
+        QK_NORM=q_norm is not None, GEMMA=gemma, num_warps=1 if d <= 128 else 2)
+    return q
+
+
+@triton.jit
+def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, window, max_len, chunk,
+                G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr):
+    kvh = tl.program_id(0)
+    sp = tl.program_id(1)
+    pos = tl.load(pos_ptr)
+    lo = sp * chunk
+    hi = tl.minimum(lo + chunk, pos + 1)
+    if window > 0:
+        lo = tl.maximum(lo, pos - window + 1)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + (kvh * G + g)[:, None] * D + d[None, :], mask=(g < G)[:, None], other=0.0)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    base = kvh * max_len * D
+    for start in range(lo, hi, BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        jm = j < hi
+        k = tl.load(kc_ptr + base + j[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(jm[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(vc_ptr + base + j[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    row = (kvh * SPLITS + sp) * GP + g
+    tl.store(po_ptr + row[:, None] * D + d[None, :], acc)
+    tl.store(pm_ptr + row, m_i)
+    tl.store(pl_ptr + row, l_i)
+
+
+@triton.jit
+def _attn_combine(po_ptr, pm_ptr, pl_ptr, out_ptr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                  SPLITS: tl.constexpr, SP: tl.constexpr):
+    h = tl.program_id(0)
+    kvh = h // G
+    g = h % G
+    s = tl.arange(0, SP)
+    sm = s < SPLITS
+    row = (kvh * SPLITS + s) * GP + g
+    m = tl.load(pm_ptr + row, mask=sm, other=float("-inf"))
+    ls = tl.load(pl_ptr + row, mask=sm, other=0.0)
+    mx = tl.max(m, 0)
+    wt = tl.where(m > float("-inf"), tl.exp(m - mx), 0.0)
+    d = tl.arange(0, D)
+    acc = tl.load(po_ptr + row[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+    o = tl.sum(acc * wt[:, None], 0) / tl.sum(ls * wt, 0)
+    tl.store(out_ptr + h * D + d, o.to(out_ptr.dtype.element_ty))
+
+
+def attention_plan(kv_len: int, kv_heads: int, d: int, sms: int) -> tuple[int, int, int]:
+    """(block, chunk, splits): about two programs per multiprocessor over the kv_len bucket."""
+    block = 64 if d <= 128 else 32
+    splits = max(1, min(triton.cdiv(kv_len, block), (2 * sms) // max(1, kv_heads)))
+    chunk = triton.cdiv(triton.cdiv(kv_len, splits), block) * block
+    return block, chunk, triton.cdiv(kv_len, chunk)
+
+
+def decode_attention(q, k_cache, v_cache, pos, kv_len: int, scale: float, window: int = 0):
+    """One query token: q [1, H, D] over cache slots max(0, pos-window+1)..pos (pos [1] on the device);
+    kv_len bounds the slots any position in this bucket can reach. Returns [1, H*D]."""
+    heads, d = q.shape[1], q.shape[2]
+    kvh, max_len, _ = k_cache.shape
+    g = heads // kvh
+    gp = max(16, triton.next_power_of_2(g))
+    block, chunk, splits = attention_plan(kv_len, kvh, d, _sms(q.device))
+    po = torch.empty((kvh * splits * gp, d), dtype=torch.float32, device=q.device)
+    pm = torch.empty((kvh * splits * gp,), dtype=torch.float32, device=q.device)
+    pl = torch.empty_like(pm)
+    _attn_split[(kvh, splits)](q, k_cache, v_cache, pos, po, pm, pl, scale, window, max_len, chunk,
+                               G=g, GP=gp, D=d, BLOCK=block, SPLITS=splits, num_warps=4)
+    out = torch.empty((1, heads * d), dtype=q.dtype, device=q.device)
+    _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
+                            SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2)
+    return out
+
+
+@triton.jit
+def _act_mul(gu_ptr, out_ptr, I, GELU: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < I
+    dt = out_ptr.dtype.element_ty
+    g = tl.load(gu_ptr + t * 2 * I + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + t * 2 * I + I + offs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        y = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        a = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * y) + 1.0))  # 1 + tanh(y)
+    else:
+        a = g / (1.0 + tl.exp(-g))
+    tl.store(out_ptr + t * I + offs, (a.to(dt).to(tl.float32) * u).to(dt), mask=mask)
+
+
+def act_mul(gate_up, gelu: bool):
+    """[M, 2I] (gate | up) -> act(gate) * up, [M, I]."""
+    m, two_i = gate_up.shape
+    i = two_i // 2
+    out = torch.empty((m, i), dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _act_mul[(m, triton.cdiv(i, block))](gate_up, out, i, GELU=gelu, BLOCK=block, num_warps=4)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
