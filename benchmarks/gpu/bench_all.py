@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--embedded", type=Path, help="the embedded Gemma-3-270M GGUF (assembled on the GPU machine)")
     a = ap.parse_args()
     d = a.models
     rows = [
@@ -34,6 +35,8 @@ def main() -> None:
         (d / "awq", ["--engine", "fast"], "llama-8b AWQ · quantdeploy engine"),
         (d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp"),
     ]
+    if a.embedded and a.embedded.is_file():
+        rows.append((a.embedded, [], "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp"))
     if not a.skip_hf:
         rows += [(d / "gptq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b GPTQ · transformers+gptqmodel marlin"),
                  (d / "awq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b AWQ · transformers+gptqmodel marlin")]

@@ -21,9 +21,13 @@ def rel(a, b) -> float:
 
 def check(path: str) -> None:
     t0 = time.time()
+    torch.cuda.reset_peak_memory_stats()
     m = quantdeploy.load(path, engine="fast", device="cuda")
     eng = m.engine
-    print(f"{path}: loaded in {time.time() - t0:.1f}s, {torch.cuda.memory_allocated() / 1e9:.2f} GB allocated")
+    print(f"{path}: loaded in {time.time() - t0:.1f}s, {torch.cuda.memory_allocated() / 1e9:.2f} GB allocated, "
+          f"peak while loading {torch.cuda.max_memory_allocated() / 1e9:.2f} GB; fused step: {eng.dec.fused}")
+    kv = sum(c.numel() * c.element_size() for c in eng.dec.k_cache + eng.dec.v_cache)
+    print(f"  KV cache {kv / 1e9:.2f} GB for {eng.max_len} positions")
     ids = list(range(1000, 1512))
     print(f"  linear kernel: {eng.dec.gemv}")
     if eng.dec.gemv == "exllamav2-gemm":  # check it against our Triton GEMV on the same weights
@@ -53,13 +57,22 @@ def check(path: str) -> None:
     for _ in range(2):
         g = m.generate(ids, p)
         list(g)
-    print(f"  graph: TTFT(512) {g.usage.ttft_s * 1e3:.1f} ms, decode {g.usage.decode_tok_s:.1f} tok/s")
+    print(f"  graph: TTFT(512) {g.usage.ttft_s * 1e3:.1f} ms, decode {g.usage.decode_tok_s:.1f} tok/s, "
+          f"peak {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
+    if eng.dec.fused:  # the same graph step with torch ops instead of the fused kernels
+        eng.dec.fused, eng.graphs = False, {}
+        g = m.generate(ids, p)
+        list(g)
+        print(f"  graph, torch ops (QUANTDEPLOY_FUSED=0): decode {g.usage.decode_tok_s:.1f} tok/s")
+        with torch.inference_mode():
+            unfused = eng.prefill(ids + [42])
+        eng.dec.fused, eng.graphs = True, {}
+        print(f"  prefill logits fused vs torch ops: rel err {rel(full, unfused):.2e}")
     eng.use_graph = False
     g = m.generate(ids, GenerationParams(max_tokens=32, temperature=0, ignore_eos=True))
     list(g)
     print(f"  eager: decode {g.usage.decode_tok_s:.1f} tok/s")
-    eng.use_graph = True
-    with torch.inference_mode():  # decode steps only (graph replays), after a prefill
+    with torch.inference_mode():  # eager decode steps (the graph's kernels, under their names)
         eng.prefill(ids[:64])
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -68,9 +81,10 @@ def check(path: str) -> None:
             torch.cuda.synchronize()
     rows = sorted(((e.key, e.device_time_total, e.count) for e in prof.key_averages()), key=lambda r: -r[1])
     total = sum(r[1] for r in rows)
-    print(f"  profile of 8 decode steps: {total / 8e3:.2f} ms GPU time per step, {sum(r[2] for r in rows) // 8} "
-          "kernels per step")
-    for k, t, c in rows[:12]:
+    print(f"  profile of 8 eager decode steps: {total / 8e3:.2f} ms GPU time per step, "
+          f"{sum(r[2] for r in rows) // 8} kernels per step")
+    eng.use_graph = True
+    for k, t, c in rows[:16]:
         print(f"    {t / 8e3:7.3f} ms/step {c // 8:5d}x  {k[:90]}")
     m.close()
     del m

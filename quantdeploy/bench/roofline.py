@@ -88,14 +88,27 @@ def roofline(device: str, *, refresh: bool = False) -> dict[str, Any]:
     if not refresh and isinstance(hit, dict) and hit.get("version") == METHOD_VERSION and hit.get("gbps"):
         return {**hit, "device": device, "key": key, "cached": True}
     if device.startswith("cuda") and "torch" not in sys.modules:
-        # torch's CUDA beside llama.cpp's CUDA build crashes: measure from a torch process (any GPTQ/AWQ bench)
-        return {"device": device, "key": key, "gbps": None, "cached": False,
-                "method": "not measured in a llama.cpp process; run a GPTQ/AWQ bench on this GPU first"}
-    entry = measure_cuda(device) if device.startswith("cuda") else measure_cpu()
+        # torch's CUDA beside llama.cpp's CUDA build aborts the process: measure in a child process
+        entry = measure_in_child(device)
+        if entry is None:
+            return {"device": device, "key": key, "gbps": None, "cached": False,
+                    "method": "the copy benchmark failed in a child process; run a GPTQ/AWQ bench on this GPU"}
+    else:
+        entry = measure_cuda(device) if device.startswith("cuda") else measure_cpu()
     entry.update(version=METHOD_VERSION, measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     cache[key] = entry
     _write_cache(path, cache)
     return {**entry, "device": device, "key": key, "cached": False}
+
+
+def measure_in_child(device: str) -> dict[str, Any] | None:
+    code = ("import json, sys; from quantdeploy.bench.roofline import measure_cuda; "
+            "print(json.dumps(measure_cuda(sys.argv[1])))")
+    try:
+        p = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, timeout=300)
+        return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 def measure_cpu(size: int = CPU_BUFFER, repeats: int = 5) -> dict[str, Any]:

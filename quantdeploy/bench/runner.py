@@ -74,8 +74,10 @@ def spread(values: list[float]) -> dict[str, Any]:
             "values": [round(v, 3) for v in vals]}
 
 
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
+def _sync(model: LoadedModel) -> None:
+    """Wait for the GPU (torch models). Never in a llama.cpp process: its generate returns when the GPU is done,
+    and initialising torch's CUDA beside llama.cpp's CUDA build aborts the process (free(): invalid pointer)."""
+    if str(model.device).startswith("cuda") and getattr(model, "format", "") != "gguf":
         import torch
 
         torch.cuda.synchronize()
@@ -83,11 +85,11 @@ def _sync(device: str) -> None:
 
 def run_once(model: LoadedModel, ids: list[int], new_tokens: int) -> dict[str, Any]:
     params = GenerationParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True, seed=0)
-    _sync(model.device)
+    _sync(model)
     gen = model.generate(list(ids), params)
     for _ in gen:
         pass
-    _sync(model.device)
+    _sync(model)
     u = gen.usage
     ttft = u.ttft_s or 0.0
     return {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(ids) / ttft if ttft > 0 else 0.0,

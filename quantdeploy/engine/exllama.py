@@ -37,9 +37,9 @@ class ExllamaLinears:
             raise ValueError("ExLlamaV2 path needs trivial g_idx and integer zero points")
         mod = ExllamaV2Linear(bits=4, group_size=w.group_size, desc_act=False, sym=False, in_features=w.k,
                               out_features=w.n, bias=False)
-        # ExLlama shuffles qweight in place when it builds its matrix: give it its own copy
-        mod.qweight = w.qweight.to(self.device).clone()
-        mod.qzeros = w.qzeros.to(self.device).clone()
+        # ExLlama shuffles qweight in place when it builds its matrix: the caller hands it over (drops its own)
+        mod.qweight = w.qweight.to(self.device)
+        mod.qzeros = w.qzeros.to(self.device)
         mod.scales = w.scales.to(self.device, torch.float16)
         mod.g_idx = (torch.arange(w.k, device=self.device, dtype=torch.int32) // w.group_size)
         self.mods.append(mod)

@@ -168,6 +168,8 @@ class Decoder:
         self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
+        ext = self._exllama_maker() if self.device.type == "cuda" and gemv in ("auto", "exllama", "exllama_v2") \
+            else None
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
             a, m = p + ".self_attn", p + ".mlp"
@@ -176,13 +178,15 @@ class Decoder:
                      if f"{p}.{k}.weight" in tensors}
             if cfg.qk_norm:
                 norms["q_norm"], norms["k_norm"] = t(a + ".q_norm.weight"), t(a + ".k_norm.weight")
-            self.layers.append(Layer(qkv=fused([a + ".q_proj", a + ".k_proj", a + ".v_proj"]),
-                                     o=fused([a + ".o_proj"]), gate_up=fused([m + ".gate_proj", m + ".up_proj"]),
-                                     down=fused([m + ".down_proj"]), norms=norms))
+            layer = Layer(qkv=fused([a + ".q_proj", a + ".k_proj", a + ".v_proj"]), o=fused([a + ".o_proj"]),
+                          gate_up=fused([m + ".gate_proj", m + ".up_proj"]), down=fused([m + ".down_proj"]),
+                          norms=norms)
+            if ext is not None:
+                ext = self._hand_to_exllama(ext, layer, first=i == 0)
+            self.layers.append(layer)
         self.gemv = "torch-dequant-matmul"
         if self.device.type == "cuda":
-            self.gemv = self._attach_exllama(max_len) if gemv in ("auto", "exllama", "exllama_v2") \
-                else "triton-w4a16-gemv"
+            self.gemv = self._finish_exllama(ext, max_len) if ext is not None else "triton-w4a16-gemv"
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -203,28 +207,37 @@ class Decoder:
     def linears(self) -> list[QLinear]:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
-    def _attach_exllama(self, max_len: int, keep_weights: bool = False) -> str:
-        """gptqmodel's ExLlamaV2 kernels for every linear, or our Triton GEMV when they cannot load."""
+    def _exllama_maker(self):
+        """gptqmodel's ExLlamaV2 kernels for the linears, or None (our Triton GEMV) when they cannot load."""
         from . import exllama
 
         ok, why = exllama.available()
         if ok:
-            try:
-                maker = exllama.ExllamaLinears(self.device)
-                for q in self.linears():
-                    q.ext = maker.make(q.w)
-                maker.finish(min(max_len, 2048))
-                self._exllama = maker
-                for q in self.linears():  # ExLlama holds its own copy now; ours would double the memory
-                    q.w = q.w.to(self.device, self.dtype) if keep_weights else None
-                torch.cuda.empty_cache()
-                return "exllamav2-gemm"
-            except Exception as e:
-                why = f"{type(e).__name__}: {e}"
-                for q in self.linears():
-                    q.ext = None
+            return exllama.ExllamaLinears(self.device)
         log.warning("ExLlamaV2 kernels unavailable (%s); using the Triton GEMV", why)
-        return "triton-w4a16-gemv"
+        return None
+
+    def _hand_to_exllama(self, maker, layer: Layer, first: bool):
+        """Layer by layer, so the GPU never holds two copies of the weights: ExLlama takes ours (it shuffles
+        them in place) and our QuantWeight is dropped. A weight it cannot take on the first layer (act-order)
+        means the Triton GEMV for all; later there is no going back."""
+        qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
+        try:
+            exts = [maker.make(q.w) for q in qs]
+        except ValueError as e:
+            if not first:
+                raise
+            log.warning("ExLlamaV2 cannot take these weights (%s); using the Triton GEMV", e)
+            return None
+        for q, e in zip(qs, exts):
+            q.ext, q.w = e, None
+        return maker
+
+    def _finish_exllama(self, maker, max_len: int) -> str:
+        maker.finish(min(max_len, 2048))
+        self._exllama = maker
+        torch.cuda.empty_cache()
+        return "exllamav2-gemm"
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):

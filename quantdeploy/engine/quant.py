@@ -90,10 +90,14 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int)
 
 def from_awq(qweight, qzeros, scales, group_size: int) -> QuantWeight:
     """AWQ GEMM: qweight [K, N/8] and qzeros [G, N/8] packed along N in AWQ order; W = (q - z) * s."""
-    q = unpack_rows(qweight, AWQ_ORDER)  # [K, N]
+    import torch
+
+    # repacked 1024 rows at a time: the int64 intermediates of a whole 4096 x 14336 weight would be ~1 GB
+    packed = torch.cat([pack_cols_k(unpack_rows(qweight[r:r + 1024], AWQ_ORDER))
+                        for r in range(0, qweight.shape[0], 1024)])
     izeros = unpack_rows(qzeros, AWQ_ORDER)
     sc = scales.float()
-    return QuantWeight(pack_cols_k(q.contiguous()), sc, izeros.float() * sc, group_size, None, _pack_n(izeros))
+    return QuantWeight(packed, sc, izeros.float() * sc, group_size, None, _pack_n(izeros))
 
 
 def _pack_n(z):
