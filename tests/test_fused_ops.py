@@ -30,3 +30,34 @@ def test_fused_kernels_match_torch_ops():
 def test_fused_decode_gives_the_torch_path_tokens(model_paths):
     proc = _interpret("fused_engine_check.py", str(model_paths["gptq"]))
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-1500:] + proc.stderr[-2000:]
+
+
+def test_fused_kernels_compile_for_hopper():
+    """The interpreter is lenient about types (an int32/int64 loop-carried variable passed it and failed
+    on the H200): compile every kernel for sm_90 here, no GPU needed."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from quantdeploy.engine import triton_ops as T
+
+    f16, f32, i64 = "*fp16", "*fp32", "*i64"
+    cases = [
+        (T._add_rmsnorm, dict(x_ptr=f16, r_ptr=f16, rw_ptr=f16, w_ptr=f16, out_ptr=f16, N="i32", eps="fp32"),
+         dict(HAS_RES=True, NORM_RES=True, GEMMA=True, BLOCK=4096)),
+        (T._rope_cache, dict(qkv_ptr=f16, pos_ptr=i64, cos_ptr=f16, sin_ptr=f16, qw_ptr=f16, kw_ptr=f16, q_ptr=f16,
+                             kc_ptr=f16, vc_ptr=f16, H="i32", KVH="i32", max_len="i32", stride="i32", eps="fp32"),
+         dict(D=128, HALF=64, QK_NORM=True, GEMMA=False)),
+        (T._attn_split, dict(q_ptr=f16, kc_ptr=f16, vc_ptr=f16, pos_ptr=i64, po_ptr=f32, pm_ptr=f32, pl_ptr=f32,
+                             scale="fp32", window="i32", max_len="i32", chunk="i32"),
+         dict(G=4, GP=16, D=128, BLOCK=64, SPLITS=16)),
+        (T._attn_combine, dict(po_ptr=f32, pm_ptr=f32, pl_ptr=f32, out_ptr=f16), dict(G=4, GP=16, D=128, SPLITS=16,
+                                                                                      SP=16)),
+        (T._act_mul, dict(gu_ptr=f16, out_ptr=f16, I="i32"), dict(GELU=True, BLOCK=1024)),
+    ]
+    for fn, types, consts in cases:
+        names = list(inspect.signature(fn.fn).parameters)
+        sig = {n: types.get(n, "constexpr") for n in names}
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))

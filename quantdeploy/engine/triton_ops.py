@@ -121,7 +121,7 @@ def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, w
                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr):
     kvh = tl.program_id(0)
     sp = tl.program_id(1)
-    pos = tl.load(pos_ptr)
+    pos = tl.load(pos_ptr).to(tl.int32)
     lo = sp * chunk
     hi = tl.minimum(lo + chunk, pos + 1)
     if window > 0:
