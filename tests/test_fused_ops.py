@@ -33,7 +33,7 @@ def test_fused_decode_gives_the_torch_path_tokens(model_paths):
 
 
 def test_fused_kernels_compile_for_hopper():
-    """The interpreter is lenient about types (an int32/int64 loop-carried variable passed it and failed
+    """Every Triton kernel of the engine. The interpreter is lenient about types (an int32/int64 loop-carried variable passed it and failed
     on the H200): compile every kernel for sm_90 here, no GPU needed."""
     import inspect
 
@@ -41,6 +41,7 @@ def test_fused_kernels_compile_for_hopper():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from quantdeploy.engine import triton_gemv as G
     from quantdeploy.engine import triton_ops as T
 
     f16, f32, i64 = "*fp16", "*fp32", "*i64"
@@ -56,7 +57,9 @@ def test_fused_kernels_compile_for_hopper():
         (T._attn_combine, dict(po_ptr=f32, pm_ptr=f32, pl_ptr=f32, out_ptr=f16), dict(G=4, GP=16, D=128, SPLITS=16,
                                                                                       SP=16)),
         (T._act_mul, dict(gu_ptr=f16, out_ptr=f16, I="i32"), dict(GELU=True, BLOCK=1024)),
-    ]
+    ] + [(kern, dict(x_ptr=f16, q_ptr="*i32", s_ptr=f16, z_ptr=f16, y_ptr=f32, N="i32", K="i32",
+                     groups_per_split="i32"), dict(GROUP=128, BLOCK_N=128, ATOMIC=True))
+         for kern in (G._w4a16_gemv, G._w4a16_gemv_h)]
     for fn, types, consts in cases:
         names = list(inspect.signature(fn.fn).parameters)
         sig = {n: types.get(n, "constexpr") for n in names}

@@ -15,6 +15,40 @@ import triton.language as tl
 
 
 @triton.jit
+def _w4a16_gemv_h(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
+                  GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr):
+    """The same product with half-precision math inside a group: nibbles become fp16 through the exponent trick
+    (0x6400 | n is 1024 + n exactly, no int-to-float conversion), dequantize and multiply in fp16 (packed
+    half2 on the GPU), and each group's partial sums join an fp32 accumulator."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    n_groups = K // GROUP
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.arange(0, GROUP // 8)
+    acc = tl.zeros((GROUP // 8, BLOCK_N), dtype=tl.float32)
+    g0 = pid_k * groups_per_split
+    g_end = tl.minimum(g0 + groups_per_split, n_groups)
+    for g in range(g0, g_end):
+        qrow = g * (GROUP // 8) + rows
+        q = tl.load(q_ptr + qrow[:, None] * N + offs_n[None, :], mask=mask_n[None, :], other=0,
+                    eviction_policy="evict_first")
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float16)[None, :]
+        z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float16)[None, :]
+        part = tl.zeros((GROUP // 8, BLOCK_N), dtype=tl.float16)
+        for j in tl.static_range(8):
+            xj = tl.load(x_ptr + g * GROUP + rows * 8 + j).to(tl.float16)[:, None]
+            v = (((q >> (4 * j)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+            part += ((v - 1024.0) * s - z) * xj
+        acc += part.to(tl.float32)
+    out = tl.sum(acc, axis=0)
+    if ATOMIC:
+        tl.atomic_add(y_ptr + offs_n, out, mask=mask_n)
+    else:
+        tl.store(y_ptr + offs_n, out, mask=mask_n)
+
+
+@triton.jit
 def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -42,8 +76,33 @@ def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
         tl.store(y_ptr + offs_n, out, mask=mask_n)
 
 
-# Tuned on an H200 with benchmarks/gpu/gemv_tune.py (block columns, warps, programs per SM).
+# Tuned on an H200 with benchmarks/gpu/gemv_tune.py (block columns, warps, programs per SM); a tuned file for
+# this GPU (gemv_tune.py --save: $QUANTDEPLOY_HOME/gemv/<gpu name>.json, best config per KxN) wins over it.
 CONFIG = {"block_n": 128, "num_warps": 4, "programs_per_sm": 4}
+
+
+def tuned_file(device):
+    import torch
+
+    from ..settings import get_settings
+
+    name = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
+    return get_settings().home / "gemv" / f"{name}.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _tuned(device) -> dict:
+    import json
+
+    try:
+        data = json.loads(tuned_file(device).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def config_for(k: int, n: int, device) -> dict:
+    return _tuned(device).get(f"{k}x{n}") or CONFIG
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,12 +124,13 @@ def _sms(device) -> int:
 
 def w4a16_gemv(x, w, out, config: dict | None = None):
     """x: [K] contiguous; out: fp32 [N], ZEROED by the caller (split-K partial sums are added into it)."""
-    c = config or CONFIG
+    c = config or config_for(w.k, w.n, x.device)
     if w.perm is not None:
         x = x.index_select(0, w.perm)
     n, k = w.n, w.k
     split, gps = plan(n, k, w.group_size, _sms(x.device), c["block_n"], c["programs_per_sm"])
-    _w4a16_gemv[(triton.cdiv(n, c["block_n"]), split)](
+    kernel = _w4a16_gemv_h if c.get("half", False) else _w4a16_gemv
+    kernel[(triton.cdiv(n, c["block_n"]), split)](
         x, w.qweight, w.scales, w.szeros, out, n, k, gps, GROUP=w.group_size, BLOCK_N=c["block_n"],
         ATOMIC=split > 1, num_warps=c["num_warps"])
     return out
