@@ -1,0 +1,39 @@
+import os, sys, time, torch
+from pathlib import Path
+from quantdeploy.engine.runner import FastEngine
+M = Path(sys.argv[1])
+def rel(a, b): return float((a.float() - b.float()).norm() / b.float().norm())
+eng = FastEngine(M, "cuda", torch.float16, 1024)
+print("fused", eng.dec.fused, eng.dec.gemv)
+ids = list(range(1000, 1016))
+layers = eng.dec.layers
+with torch.inference_mode():
+    for n in (1, 2, 4, 32):
+        eng.dec.layers = layers[:n]
+        eng.dec.fused = False
+        c = eng.prefill(ids + [42]).clone()
+        eng.prefill(ids)
+        tok = torch.tensor([42], device="cuda"); pos = torch.tensor([16], device="cuda")
+        b = eng._step_eager(tok, pos, 256).clone()
+        eng.dec.fused = True
+        eng.prefill(ids)
+        a = eng._step_eager(tok, pos, 256).clone()
+        print(n, "layers: finite fused/torch/prefill", bool(a.isfinite().all()), bool(b.isfinite().all()),
+              bool(c.isfinite().all()), "max", float(a.abs().max()), float(b.abs().max()), float(c.abs().max()),
+              "rel fused-torch", rel(a, b), "torch-prefill", rel(b, c))
+    eng.dec.layers = layers
+    for fused in (True, False):
+        eng.dec.fused, eng.graphs = fused, {}
+        eng.prefill(ids)
+        eng.step(tok, pos, 16)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(200):
+            eng.step(tok, pos, 16)
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t) / 200
+        g, out = eng.graphs[256]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            g.replay(); torch.cuda.synchronize()
+        n = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+        print("fused" if fused else "torch", f"graph step {dt*1e3:.3f} ms ({1/dt:.0f} tok/s), kernels in replay {n}, finite", bool(out.isfinite().all()))
