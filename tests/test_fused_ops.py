@@ -57,9 +57,9 @@ def test_fused_kernels_compile_for_hopper():
         (T._attn_combine, dict(po_ptr=f32, pm_ptr=f32, pl_ptr=f32, out_ptr=f16), dict(G=4, GP=16, D=128, SPLITS=16,
                                                                                       SP=16)),
         (T._act_mul, dict(gu_ptr=f16, out_ptr=f16, I="i32"), dict(GELU=True, BLOCK=1024)),
-    ] + [(kern, dict(x_ptr=f16, q_ptr="*i32", s_ptr=f16, z_ptr=f16, y_ptr=f32, N="i32", K="i32",
-                     groups_per_split="i32"), dict(GROUP=128, BLOCK_N=128, ATOMIC=True))
-         for kern in (G._w4a16_gemv, G._w4a16_gemv_h)]
+    ] + [(G._w4a16_gemv, dict(x_ptr=f16, q_ptr="*i32", s_ptr=f16, z_ptr=f16, y_ptr=f32, N="i32", K="i32",
+                     groups_per_split="i32"), dict(GROUP=128, BLOCK_N=128, ATOMIC=True, HALF=half))
+         for half in (False, True)]
     for fn, types, consts in cases:
         names = list(inspect.signature(fn.fn).parameters)
         sig = {n: types.get(n, "constexpr") for n in names}

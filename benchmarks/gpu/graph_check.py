@@ -1,4 +1,12 @@
-import os, sys, time, torch
+"""Does a CUDA-graph replay of the engine's decode step compute what the eager step does? Per layer count, the fused
+step against the torch-ops step; then graph replays timed, with the number of kernels a replay runs.
+
+    python benchmarks/gpu/graph_check.py MODEL_DIR
+"""
+import sys
+import time
+
+import torch
 from pathlib import Path
 from quantdeploy.engine.runner import FastEngine
 M = Path(sys.argv[1])
