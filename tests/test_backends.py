@@ -109,31 +109,22 @@ def test_prompt_longer_than_context_is_a_clean_error(model_paths):
 
 
 # Stated margins: each format's perplexity on the shipped evaluation text (first 128 tokens) over the float32
-# reference's. Measured 2026-11-22: GGUF 1.00x, GPTQ 1.27x, AWQ 1.86x (RTN-packed AWQ, no activation-aware scaling).
+# reference's. Measured 2026-11-22 (by the first version of this test): GGUF 1.00x, GPTQ 1.27x,
+# AWQ 1.86x (RTN-packed AWQ, no activation-aware scaling).
 PPL_MARGIN = {"gguf": 1.10, "gptq": 1.50, "awq": 2.20}
 
 
 @pytest.fixture(scope="module")
-def reference_ppl(reference_path, gguf_model):
-    import math
-    from pathlib import Path
+def reference(reference_path):
+    from quantdeploy.bench.quality import load_reference
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    text = (Path(quantdeploy.__file__).parent / "bench" / "eval_text.txt").read_text(encoding="utf-8")
-    ids = gguf_model.tokenize(text)[:128]
-    ref = AutoModelForCausalLM.from_pretrained(str(reference_path), dtype=torch.float32)
-    with torch.no_grad():
-        lp = torch.log_softmax(ref(torch.tensor([ids])).logits[0].float(), -1)
-    nll = -lp[:-1].gather(1, torch.tensor(ids[1:])[:, None]).mean().item()
-    return ids, math.exp(nll)
+    return load_reference(reference_path, 128)
 
 
-def test_perplexity_within_margin_of_reference(model, reference_ppl):
-    import math
+def test_perplexity_within_margin_of_reference(model, reference):
+    """Through the same code as `quantdeploy bench --quality`."""
+    from quantdeploy.bench.quality import measure_quality
 
-    ids, ref = reference_ppl
-    ppl = math.exp(-sum(model.score(ids)[1:]) / (len(ids) - 1))
-    assert ref < 100, ref  # the reference itself reads English
-    assert ppl <= PPL_MARGIN[model.format] * ref, (model.format, ppl, ref)
+    q = measure_quality(model, 128, reference)
+    assert reference.perplexity < 100, reference.perplexity  # the reference itself reads English
+    assert q["perplexity"] <= PPL_MARGIN[model.format] * reference.perplexity, (model.format, q, reference.perplexity)

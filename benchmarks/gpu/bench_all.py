@@ -62,11 +62,6 @@ def main() -> None:
         else:
             report["results"] += one["results"]
             report["rooflines"].update(one.get("rooflines") or {})
-    known = [r["roofline_gbps"] for r in report["results"] if r.get("roofline_gbps")]
-    for r in report["results"]:  # the GGUF process may not measure it (no torch there): same GPU, same roofline
-        if not r.get("roofline_gbps") and known:
-            r["roofline_gbps"] = known[0]
-            r["roofline_fraction"] = round(r["achieved_gbps"] / known[0], 4)
     gpus = report["environment"].get("gpus") or [{"name": "gpu"}]
     name = str(gpus[0]["name"])
     stem = f"{datetime.date.today()}-{name.replace('NVIDIA ', '').replace(' ', '-').lower()}"
