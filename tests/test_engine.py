@@ -152,6 +152,28 @@ def test_engine_greedy_tokens_equal_transformers(pair, reference_path):
     assert rel < 1e-4, rel
 
 
+def test_a_padded_prompt_gives_the_prompts_logits(pair):
+    """What a prompt's CUDA graph computes (the prompt padded to a power of two, the logits read at its last
+    token), run eagerly on the CPU: the padding after the prompt changes nothing."""
+    _, fast = pair
+    eng = fast.engine
+    ids = fast.tokenize("The capital of France is", add_bos=True)
+    with torch.inference_mode():
+        want = eng.prefill(ids).clone()
+        m = eng.prefill_bucket(len(ids))
+        toks = torch.tensor(ids + [7] * (m - len(ids)))
+        got = eng._prefill_eager(toks, m, last=torch.tensor([len(ids) - 1]))
+    assert m == 16 > len(ids)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), float((got - want).abs().max())
+
+
+def test_the_engine_refuses_a_kernel_it_does_not_run(model_paths):
+    from quantdeploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="--engine fast runs the kernels"):
+        quantdeploy.load(str(model_paths["gptq"]), engine="fast", kernel="marlin")
+
+
 def test_engine_through_the_common_interface(pair):
     _, fast = pair
     rep = fast.kernel_report()

@@ -1,94 +1,173 @@
-"""Batch-1 W4A16 GEMV on the GPU for Llama-3-8B shapes: gptqmodel's ExLlamaV2 kernel (our stream-safe build)
-against our Triton GEMV (fp32 math, and fp16 math within a group) over launch configurations; GB/s of weight
-bytes read, CUDA-graph timing, four copies of each weight rotated so L2 does not help.
+"""Batch-1 W4A16 GEMV on the GPU for Llama-3-8B shapes: quantdeploy's CUDA GEMV (every variant), gptqmodel's
+ExLlamaV2 kernel (our stream-safe build) and our Triton GEMV (fp32 and fp16 math) over launch configurations.
+GB/s of weight bytes read, CUDA-graph timing, enough copies of each weight rotated (>= 256 MB) that L2 cannot help.
+Each kernel is checked against the dequantized reference first.
 
-    python benchmarks/gpu/gemv_tune.py [--save]   (--save: best Triton config per shape for this GPU)
+    python benchmarks/gpu/gemv_tune.py [--save] [--kernels cuda,exllama,triton]
+      --save: the best CUDA variant and the best Triton config per shape for this GPU, under $QUANTDEPLOY_HOME/gemv
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
-import sys
 
 import torch
 import triton
 
+from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.quant import QuantWeight, dequantize
 from quantdeploy.engine.triton_gemv import tuned_file, w4a16_gemv
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 
 
-def weight(k, n, dev):
+def weight(k, n, dev, group=128):
     q = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32, device=dev)
-    qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 128, n // 8), dtype=torch.int32, device=dev)
-    s = (torch.rand(k // 128, n, device=dev) * 1e-2).half()
-    z = (torch.rand(k // 128, n, device=dev) * 1e-2).half()
-    return QuantWeight(q, s, z, 128, None, qz)
+    qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // group, n // 8), dtype=torch.int32, device=dev)
+    s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
+    z = cuda_gemv.unpack_zeros(qz, n).half() * s
+    return QuantWeight(q, s, z, group, None, qz)
 
 
 def bench(fn) -> float:
     return triton.testing.do_bench_cudagraph(fn, rep=20)
 
 
+def rotating(fn_of, items):
+    i = [0]
+
+    def fn():
+        i[0] = (i[0] + 1) % len(items)
+        fn_of(items[i[0]])
+    return fn
+
+
+def rel(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def check_cuda(dev):
+    """Every variant and the dense dequantization against the reference, on the 8B shapes and odd ones (a
+    Gemma-3-270M shape with group 32, an act-order permutation with N = 1000)."""
+    cases = dict(SHAPES, gemma_qkv=(640, 1536), gemma_down=(2048, 640), perm=(1024, 1000))
+    for name, (k, n) in cases.items():
+        group = 32 if name.startswith("gemma") else 128
+        w = weight(k, n, dev, group)
+        if name == "perm":
+            w.perm = torch.randperm(k, device=dev)
+        nk = cuda_gemv.repack(w)
+        x = torch.randn(1, k, device=dev).half()
+        xp = x if w.perm is None else x[:, w.perm]
+        ref = xp.float() @ cuda_gemv.reference(nk).t()
+        errs = []
+        for r, u in cuda_gemv.VARIANTS:
+            if n % r:
+                continue
+            errs.append(rel(cuda_gemv.CudaLinear(nk, dev, (r, u))(x), ref))
+        lin = cuda_gemv.CudaLinear(nk, dev)
+        dense_err = rel(lin.dense(), cuda_gemv.reference(nk))
+        x8 = torch.randn(8, k, device=dev).half()
+        x8p = x8 if w.perm is None else x8[:, w.perm]
+        prompt_err = rel(lin(x8), x8p.float() @ cuda_gemv.reference(nk).t())
+        layout_err = rel(cuda_gemv.reference(nk).t(), dequantize(QuantWeight(
+            w.qweight, w.scales, w.szeros, group, None, w.qzeros), torch.float32))
+        print(f"check {name} {k}x{n} g{group}: gemv rel err max {max(errs):.2e} over {len(errs)} variants, "
+              f"dense {dense_err:.2e}, 8-token prompt {prompt_err:.2e}, layout vs fp16 szeros {layout_err:.2e}",
+              flush=True)
+        assert max(errs) < 5e-3 and dense_err < 1e-3 and prompt_err < 5e-3 and layout_err < 2e-3, name
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--save", action="store_true")
+    ap.add_argument("--kernels", default="cuda,exllama,triton")
+    args = ap.parse_args()
+    kinds = args.kernels.split(",")
     dev = torch.device("cuda")
-    ws = {name: [weight(k, n, dev) for _ in range(4)] for name, (k, n) in SHAPES.items()}
+    print(torch.cuda.get_device_name(dev), "GB/s for", " ".join(f"{n}({k}x{m})" for n, (k, m) in SHAPES.items()))
+    one = {name: weight(k, n, dev) for name, (k, n) in SHAPES.items()}
+    copies = {name: max(4, -(-256 * 2 ** 20 // one[name].nbytes())) for name in SHAPES}
+    ws = {name: [one[name]] + [weight(*SHAPES[name], dev) for _ in range(copies[name] - 1)] for name in SHAPES}
     xs = {name: torch.randn(k, device=dev).half() for name, (k, n) in SHAPES.items()}
-    nbytes = {name: ws[name][0].nbytes() for name in SHAPES}
-    from quantdeploy.engine import exllama
+    nbytes = {name: one[name].nbytes() for name in SHAPES}
+    if "cuda" in kinds:
+        ok, why = cuda_gemv.available(dev)
+        if not ok:
+            raise SystemExit(f"CUDA GEMV unavailable: {why}")
+        check_cuda(dev)
+        best = {}
+        packed = {name: [cuda_gemv.repack(w) for w in ws[name]] for name in SHAPES}
+        for r, u in cuda_gemv.VARIANTS:
+            row = []
+            for name in SHAPES:
+                lins = [cuda_gemv.CudaLinear(nk, dev, (r, u)) for nk in packed[name]]
+                x2 = xs[name].view(1, -1)
+                gbs = packed[name][0].nbytes() / bench(rotating(lambda lin: lin(x2), lins)) / 1e6
+                row.append(gbs)
+                if gbs > best.get(name, (0,))[0]:
+                    best[name] = (gbs, [r, u])
+            print(f"cuda qd_w4a16_gemv<{r}, {u}>", " ".join(f"{v:7.0f}" for v in row), flush=True)
+        print("cuda best:", {name: f"{v[0]:.0f} GB/s {v[1]}" for name, v in best.items()}, flush=True)
+        if args.save:
+            path = cuda_gemv.tuned_file(dev)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items()}, indent=1))
+            print("saved", path)
+        del packed
+    if "exllama" in kinds:
+        from quantdeploy.engine import exllama
 
-    ok, why = exllama.available()
-    if ok:
-        maker = exllama.ExllamaLinears(dev)
-        mods = {name: [maker.make(QuantWeight(w.qweight.clone(), w.scales, w.szeros, 128, None, w.qzeros.clone()))
-                       for w in ws[name]] for name in SHAPES}
-        maker.finish(16)
-        row = []
-        for name in SHAPES:
-            i = [0]
-            x2 = xs[name].view(1, -1)
+        ok, why = exllama.available()
+        if ok:
+            maker = exllama.ExllamaLinears(dev)
+            mods = {name: [maker.make(QuantWeight(w.qweight.clone(), w.scales, w.szeros, 128, None, w.qzeros.clone()))
+                           for w in ws[name]] for name in SHAPES}
+            maker.finish(16)
+            row = []
+            for name in SHAPES:
+                x2 = xs[name].view(1, -1)
+                row.append(nbytes[name] / bench(rotating(lambda m: m(x2), mods[name])) / 1e6)
+            print("exllamav2 (stream-safe build)", " ".join(f"{v:7.0f}" for v in row), flush=True)
+            del mods, maker
+        else:
+            print("exllamav2 unavailable:", why)
+    if "triton" in kinds:
+        triton_sweep(ws, xs, nbytes, dev, args.save)
 
-            def fn():
-                i[0] = (i[0] + 1) % 4
-                mods[name][i[0]](x2)
-            row.append(nbytes[name] / bench(fn) / 1e6)
-        print("exllamav2 (stream-safe build)", " ".join(f"{v:7.0f}" for v in row), flush=True)
-    else:
-        print("exllamav2 unavailable:", why)
+
+def triton_sweep(ws, xs, nbytes, dev, save):
     for name, (k, n) in SHAPES.items():  # correctness once, both math modes
         w = ws[name][0]
         ref = xs[name].float() @ dequantize(w, torch.float32)
         for half in (False, True):
             out = torch.zeros(n, device=dev)
             w4a16_gemv(xs[name], w, out, {"block_n": 128, "num_warps": 4, "programs_per_sm": 4, "half": half})
-            print(f"{name} half={half}: rel err {float((out - ref).norm() / ref.norm()):.2e}")
+            print(f"triton {name} half={half}: rel err {rel(out, ref):.2e}")
     best = {}
     for half, bn, nw, per_sm in itertools.product((False, True), (64, 128, 256), (4, 8), (4, 8, 16)):
         cfg = {"block_n": bn, "num_warps": nw, "programs_per_sm": per_sm, "half": half}
         row = []
         for name, (k, n) in SHAPES.items():
             out = torch.zeros(n, device=dev)
-            i = [0]
 
-            def fn():
-                i[0] = (i[0] + 1) % 4
+            def one(w):
                 out.zero_()
-                w4a16_gemv(xs[name], ws[name][i[0]], out, cfg)
+                w4a16_gemv(xs[name], w, out, cfg)
 
             try:
-                gbs = nbytes[name] / bench(fn) / 1e6
+                gbs = nbytes[name] / bench(rotating(one, ws[name])) / 1e6
             except Exception:  # a config that does not compile
                 row.append(None)
                 continue
             row.append(gbs)
             if gbs > best.get(name, (0,))[0]:
                 best[name] = (gbs, cfg)
-        print(cfg, " ".join(f"{v:7.0f}" if v else "   fail" for v in row), flush=True)
+        print("triton", cfg, " ".join(f"{v:7.0f}" if v else "   fail" for v in row), flush=True)
     for name, (gbs, cfg) in best.items():
-        print(f"best {name}: {gbs:.0f} GB/s with {cfg}")
-    if "--save" in sys.argv:
+        print(f"triton best {name}: {gbs:.0f} GB/s with {cfg}")
+    if save:
         path = tuned_file(dev)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items() if name in best},

@@ -1,7 +1,7 @@
 """Does a CUDA-graph replay of the engine's decode step compute what the eager step does? Per layer count, the fused
 step against the torch-ops step; then graph replays timed, with the number of kernels a replay runs.
 
-    python benchmarks/gpu/graph_check.py MODEL_DIR
+    python benchmarks/gpu/graph_check.py MODEL_DIR [GEMV]   (GEMV: auto, cuda, exllama, triton)
 """
 import sys
 import time
@@ -11,7 +11,8 @@ from pathlib import Path
 from quantdeploy.engine.runner import FastEngine
 M = Path(sys.argv[1])
 def rel(a, b): return float((a.float() - b.float()).norm() / b.float().norm())
-eng = FastEngine(M, "cuda", torch.float16, 1024)
+GEMV = sys.argv[2] if len(sys.argv) > 2 else "auto"
+eng = FastEngine(M, "cuda", torch.float16, 1024, gemv=GEMV)
 print("fused", eng.dec.fused, eng.dec.gemv)
 ids = list(range(1000, 1016))
 layers = eng.dec.layers

@@ -2,25 +2,27 @@
 # The GPU benchmark of record, in one command on the GPU machine (device tool), from the repository root:
 #   source .device-kit/setup.sh; bash benchmarks/gpu/run.sh [RESULTS_DIR] [EMBEDDED.gguf]
 # 1) llama-cpp-python with CUDA (background build, kit script), 2) 8B-shape synthetic GPTQ/AWQ/GGUF models,
-# 3) the Triton GEMV tuned for this GPU (saved per GPU), and a check that CUDA-graph replays reproduce the eager
-# step, 4) quantdeploy bench of the fast engine (ExLlamaV2 and Triton GEMV), transformers+Marlin and llama.cpp side
-# by side (+ the embedded Gemma-3-270M GGUF when its path is given), 5) a deliberate fallback (GGUF with 0 layers
-# offloaded) caught by --require-gpu.
-# The 2026-11-22 results ran these steps in two device calls (1-3, then 4-5 on the same warm machine); the embedded
-# GGUF was carried over in four 61 MB pieces and joined with cat (its sha256 matched the package's).
+# 3) the GEMV kernels (quantdeploy's CUDA GEMV, ExLlamaV2, Triton) checked and tuned for this GPU (saved per GPU),
+# and a check that CUDA-graph replays reproduce the eager step, 4) quantdeploy bench of the fast engine (each
+# GEMV), transformers+Marlin and llama.cpp side by side (+ the embedded Gemma-3-270M GGUF when its path is given),
+# 5) a deliberate fallback (GGUF with 0 layers offloaded) caught by --require-gpu.
+# It runs ~15 minutes: on the device tool start it in the background (nohup ... &) and poll, since one call may
+# last 10 minutes; write RESULTS_DIR under .device-build/ (kept between calls) and copy it to $OUT at the end.
 set -uo pipefail
 OUT=${1:-benchmarks/results/gpu}
 EMB=${2:-}
 M=.device-build/synth
+GPU=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace('NVIDIA ', '').lower())")
 mkdir -p "$OUT"
 bash .device-kit/build-llama-cuda.sh
 python3 benchmarks/gpu/synth.py --out "$M"
 (setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
-python3 benchmarks/gpu/gemv_tune.py --save > "$OUT/gemv-tune-h200.txt" 2>&1
-python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-h200.txt" 2>&1
+python3 benchmarks/gpu/gemv_tune.py --save > "$OUT/gemv-tune-$GPU.txt" 2>&1
+python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1
 bash .device-kit/build-llama-cuda.sh --wait 600
 source .device-kit/setup.sh
 python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" ${EMB:+--embedded "$EMB"}
 python3 -m quantdeploy bench "$M/gguf/llama-8b-Q4_K_M.gguf" --gpu-layers 0 --require-gpu --new-tokens 16 \
   --prompt-tokens 32 --repeat 1 --no-warm-load > "$OUT/gpu-fallback-caught.txt" 2>&1
 echo "exit code $? (3 = --require-gpu caught the CPU fallback)" >> "$OUT/gpu-fallback-caught.txt"
+echo "run.sh finished"

@@ -6,8 +6,12 @@ from typing import Any, Iterator
 
 from ..backends.base import GenerationParams, ModelSpec
 from ..backends.hf_quant import HFTokenizerModel
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, UsageError
 from .detok import IncrementalDetokenizer
+
+
+# --kernel with --engine fast: auto (the CUDA GEMV, then ExLlamaV2), cuda, exllama_v2, triton
+ENGINE_KERNELS = ("auto", "cuda", "exllama_v2", "triton")
 
 
 def engine_supports(spec: ModelSpec) -> tuple[bool, str]:
@@ -50,8 +54,11 @@ class FastQuantModel(HFTokenizerModel):
         else:
             dtype = self._pick_dtype(cfg, spec, torch)
         self.dtype = str(dtype).replace("torch.", "")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx,
-                                 gemv=str(spec.extra.get("gemv") or spec.kernel or "auto"))
+        gemv = str(spec.extra.get("gemv") or spec.kernel or "auto").lower()
+        if gemv not in ENGINE_KERNELS:
+            raise UsageError(f"--engine fast runs the kernels {', '.join(ENGINE_KERNELS)}, not '{gemv}'; "
+                             "use --engine hf for gptqmodel's other kernels")
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv)
         self._ctx = self.engine.max_len
 
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
@@ -68,7 +75,8 @@ class FastQuantModel(HFTokenizerModel):
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")
         kernel = self.engine.dec.gemv
-        label = {"exllamav2-gemm": "ExllamaV2Linear (gptqmodel)", "triton-w4a16-gemv": "W4A16 GEMV (Triton)"}.get(
+        label = {"qd-w4a16-gemv": "W4A16 GEMV (quantdeploy CUDA)", "exllamav2-gemm": "ExllamaV2Linear (gptqmodel)",
+                 "triton-w4a16-gemv": "W4A16 GEMV (Triton)"}.get(
             kernel, "dequantized matmul")
         layers = {name: f"{label}, fused {name}" for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
         return {"backend": self.backend, "format": self.format, "device": self._device, "kernel": kernel,
@@ -83,4 +91,6 @@ class FastQuantModel(HFTokenizerModel):
             return self.engine.prefill(list(token_ids), all_logits=True).float().cpu().numpy()
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         self.engine = None

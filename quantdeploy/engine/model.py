@@ -19,6 +19,9 @@ from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
 
 log = logging.getLogger("quantdeploy.engine")
 
+# gemv="auto" on CUDA: quantdeploy's CUDA GEMV first, then gptqmodel's ExLlamaV2 (then the Triton GEMV)
+GEMV_ORDER = ("cuda", "exllama")
+
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
 
@@ -95,8 +98,8 @@ def _inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
 
 
 class QLinear:
-    """y = x @ W (+ b) for a QuantWeight: on CUDA gptqmodel's ExLlamaV2 kernel when attached (self.ext), else
-    our Triton GEMV for one token; dequantize + matmul otherwise (prefill without ExLlama, the CPU)."""
+    """y = x @ W (+ b) for a QuantWeight: on CUDA the attached kernel (self.ext: our CUDA GEMV or gptqmodel's
+    ExLlamaV2), else our Triton GEMV for one token; dequantize + matmul otherwise (the CPU)."""
 
     def __init__(self, w: QuantWeight, bias: torch.Tensor | None, cache_dense: bool):
         self.w, self.bias, self.cache_dense = w, bias, cache_dense
@@ -168,8 +171,7 @@ class Decoder:
         self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
-        ext = self._exllama_maker() if self.device.type == "cuda" and gemv in ("auto", "exllama", "exllama_v2") \
-            else None
+        ext = self._gemv_maker(gemv) if self.device.type == "cuda" else None
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
             a, m = p + ".self_attn", p + ".mlp"
@@ -182,11 +184,11 @@ class Decoder:
                           gate_up=fused([m + ".gate_proj", m + ".up_proj"]), down=fused([m + ".down_proj"]),
                           norms=norms)
             if ext is not None:
-                ext = self._hand_to_exllama(ext, layer, first=i == 0)
+                ext = self._hand_over(ext, layer, first=i == 0)
             self.layers.append(layer)
         self.gemv = "torch-dequant-matmul"
         if self.device.type == "cuda":
-            self.gemv = self._finish_exllama(ext, max_len) if ext is not None else "triton-w4a16-gemv"
+            self.gemv = self._finish_kernels(ext, max_len) if ext is not None else "triton-w4a16-gemv"
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -207,37 +209,48 @@ class Decoder:
     def linears(self) -> list[QLinear]:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
-    def _exllama_maker(self):
-        """gptqmodel's ExLlamaV2 kernels for the linears, or None (our Triton GEMV) when they cannot load."""
-        from . import exllama
+    def _gemv_maker(self, gemv: str):
+        """The linears' kernels on CUDA: quantdeploy's CUDA GEMV (cuda_gemv), gptqmodel's ExLlamaV2, or None (our
+        Triton GEMV). "auto" takes the first that loads, in GEMV_ORDER."""
+        from . import cuda_gemv, exllama
 
-        ok, why = exllama.available()
-        if ok:
-            return exllama.ExllamaLinears(self.device)
-        log.warning("ExLlamaV2 kernels unavailable (%s); using the Triton GEMV", why)
+        wanted = {"cuda": ("cuda",), "exllama_v2": ("exllama",), "triton": ()}.get(gemv, GEMV_ORDER)
+        for kind in wanted:
+            if kind == "cuda":
+                ok, why = cuda_gemv.available(self.device)
+                if ok:
+                    return cuda_gemv.CudaLinears(self.device)
+            else:
+                ok, why = exllama.available()
+                if ok:
+                    return exllama.ExllamaLinears(self.device)
+            log.warning("%s kernels unavailable (%s)", {"cuda": "CUDA GEMV", "exllama": "ExLlamaV2"}[kind], why)
         return None
 
-    def _hand_to_exllama(self, maker, layer: Layer, first: bool):
-        """Layer by layer, so the GPU never holds two copies of the weights: ExLlama takes ours (it shuffles
-        them in place) and our QuantWeight is dropped. A weight it cannot take on the first layer (act-order)
-        means the Triton GEMV for all; later there is no going back."""
+    def _hand_over(self, maker, layer: Layer, first: bool):
+        """Layer by layer, so the GPU never holds two copies of the weights: the maker takes ours (ExLlama shuffles
+        them in place, the CUDA GEMV repacks them) and our QuantWeight is dropped. A weight it cannot take on the
+        first layer (act-order for ExLlama, odd group sizes) means the Triton GEMV for all; later there is no
+        going back."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
         try:
             exts = [maker.make(q.w) for q in qs]
         except ValueError as e:
             if not first:
                 raise
-            log.warning("ExLlamaV2 cannot take these weights (%s); using the Triton GEMV", e)
+            log.warning("%s cannot take these weights (%s); using the Triton GEMV", type(maker).__name__, e)
             return None
         for q, e in zip(qs, exts):
             q.ext, q.w = e, None
         return maker
 
-    def _finish_exllama(self, maker, max_len: int) -> str:
+    def _finish_kernels(self, maker, max_len: int) -> str:
+        from .cuda_gemv import CudaLinears
+
         maker.finish(min(max_len, 2048))
-        self._exllama = maker
+        self._kernels = maker
         torch.cuda.empty_cache()
-        return "exllamav2-gemm"
+        return "qd-w4a16-gemv" if isinstance(maker, CudaLinears) else "exllamav2-gemm"
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):
@@ -271,17 +284,19 @@ class Decoder:
         return att[0].transpose(0, 1).reshape(m, h * d)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, masks: dict, kv_len: int,
-                all_logits: bool = False, causal_from_zero: bool = False) -> torch.Tensor:
+                all_logits: bool = False, causal_from_zero: bool = False, last: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """tokens, positions: [M] on device; attention reads the first kv_len cache slots (> every position).
         masks: window -> bool [M, kv_len] (True = attend); causal_from_zero: positions are 0..M-1.
-        Returns the last position's logits (float32 [vocab]), or every position's with all_logits."""
+        Returns the last position's logits (float32 [vocab]) (or position `last`, a device index [1], for a padded
+        prompt), or every position's with all_logits."""
         cfg = self.cfg
         m = tokens.shape[0]
         x = F.embedding(tokens, self.embed)
         if self.embed_scale is not None:
             x = x * self.embed_scale.to(x.device)
         if self.fused:
-            return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero)
+            return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero, last)
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
         for i, L in enumerate(self.layers):
             n = L.norms
@@ -312,11 +327,11 @@ class Decoder:
             if "post_feedforward_layernorm" in n:
                 y = self.norm(y, n["post_feedforward_layernorm"])
             x = res + y
-        x = self.norm(x if all_logits else x[-1:], self.final_norm)
+        x = self.norm(x if all_logits else x[-1:] if last is None else x.index_select(0, last), self.final_norm)
         logits = (x @ self.lm_head.t()).float()
         return logits if all_logits else logits[0]
 
-    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero):
+    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
         """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
         x (the residual stream) is updated in place."""
         from . import triton_ops as T
@@ -343,7 +358,9 @@ class Decoder:
                 y = T.add_rmsnorm(x, n["post_attention_layernorm"], eps, gemma, o)
             pending = L.down(T.act_mul(L.gate_up(y), cfg.act == "gelu_tanh"))
             pending_w = n.get("post_feedforward_layernorm")
-        if not all_logits:
+        if not all_logits and last is not None:
+            x, pending = x.index_select(0, last), pending.index_select(0, last)
+        elif not all_logits:
             x, pending = x[-1:].contiguous(), pending[-1:].contiguous()
         y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
         logits = (y @ self.lm_head.t()).float()

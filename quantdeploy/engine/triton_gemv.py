@@ -13,6 +13,8 @@ import functools
 import triton
 import triton.language as tl
 
+from . import tuning
+
 
 @triton.jit
 def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
@@ -61,27 +63,11 @@ CONFIG = {"block_n": 128, "num_warps": 4, "programs_per_sm": 4}
 
 
 def tuned_file(device):
-    import torch
-
-    from ..settings import get_settings
-
-    name = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
-    return get_settings().home / "gemv" / f"{name}.json"
-
-
-@functools.lru_cache(maxsize=8)
-def _tuned(device) -> dict:
-    import json
-
-    try:
-        data = json.loads(tuned_file(device).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return tuning.tuned_file(device, "triton")
 
 
 def config_for(k: int, n: int, device) -> dict:
-    return _tuned(device).get(f"{k}x{n}") or CONFIG
+    return tuning.tuned(device, "triton").get(f"{k}x{n}") or CONFIG
 
 
 @functools.lru_cache(maxsize=None)

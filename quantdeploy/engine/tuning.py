@@ -1,0 +1,28 @@
+"""Per-GPU tuned GEMV choices, written by `benchmarks/gpu/gemv_tune.py --save` under $QUANTDEPLOY_HOME/gemv/:
+<gpu name>.json for the Triton GEMV, <gpu name>-cuda.json for the CUDA GEMV; keys "KxN"."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+SUFFIX = {"triton": "", "cuda": "-cuda"}
+
+
+def tuned_file(device, kind: str) -> Path:
+    import torch
+
+    from ..settings import get_settings
+
+    name = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
+    return get_settings().home / "gemv" / f"{name}{SUFFIX[kind]}.json"
+
+
+@functools.lru_cache(maxsize=16)
+def tuned(device, kind: str) -> dict:
+    try:
+        data = json.loads(tuned_file(device, kind).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
