@@ -27,6 +27,7 @@ def healthy(**over) -> Probes:
         torch=lambda: {"version": "2.14.1", "cuda": "13.0", "cuda_available": True, "devices": [H100]},
         nvidia=lambda: {"driver": "580.65", "cuda": "13.0", "gpus": [H100]},
         nvcc=lambda: {"path": "/usr/local/cuda/bin/nvcc", "version": "13.0"},
+        engine_gemv=lambda: {"ok": True, "arch": "90"},
         jit_kernels=lambda: {"marlin_fp16": True, "marlin_bf16": False, "exllamav2": False},
         cutlass_cached=lambda: False,
         llama_cpp=lambda: {"version": "0.3.36", "gpu_offload": True},
@@ -65,7 +66,8 @@ def test_healthy_gpu_machine_passes_everything():
 
 def test_cpu_machine_skips_the_gpu_checks():
     status = {c.name: c.status for c in run_doctor(cpu_box())}
-    assert status == {"torch-cuda": "skip", "compute-capability": "skip", "nvcc": "skip", "machete-offline": "skip",
+    assert status == {"torch-cuda": "skip", "compute-capability": "skip", "nvcc": "skip", "engine-gemv": "skip",
+                      "machete-offline": "skip",
                       "llama-offload": "ok", "gguf-smoke": "ok", "versions": "ok", "backends": "ok", "disk": "ok",
                       "hub": "ok", "hf-token": "ok"}
 
@@ -93,6 +95,9 @@ CASES = [
      ["nvcc"]),
     ("nvcc too old", dict(nvcc=lambda: {"path": "/usr/bin/nvcc", "version": "12.4"}), "nvcc", "fail",
      ["12.4", "older than 12.8"], ["CUDA toolkit 12.8+"]),
+    ("no NVRTC for the engine's GEMV", dict(engine_gemv=lambda: {"ok": False, "arch": "90", "error":
+                                                              "OSError: libnvrtc.so.13: cannot open shared object"}),
+     "engine-gemv", "warn", ["libnvrtc", "falls back to ExLlamaV2"], ["--force-reinstall torch", "exllama_v2"]),
     ("offline Hopper", dict(reachable=lambda url, timeout: (False, "Name or service not known")),
      "machete-offline", "warn", ["offline Hopper", "CUTLASS"], ["backend='marlin'"]),
     ("offline Hopper forcing machete", dict(reachable=lambda url, timeout: (False, "timed out"),

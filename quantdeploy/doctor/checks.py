@@ -157,6 +157,20 @@ def check_nvcc(p: Probes) -> Check:
     return Check("nvcc", OK, f"nvcc {n.get('version')} at {n.get('path')}; {done}{first}", details=details)
 
 
+def check_engine_gemv(p: Probes) -> Check:
+    if not gpus(p):
+        return Check("engine-gemv", SKIP, "no GPU: the fast engine's CUDA GEMV is not needed")
+    r = p.get("engine_gemv")
+    if r is None:
+        return Check("engine-gemv", SKIP, "torch sees no GPU (see torch-cuda)")
+    if r.get("ok"):
+        return Check("engine-gemv", OK, f"NVRTC compiles the fast engine's CUDA GEMV for sm {r['arch']}", details=r)
+    return Check("engine-gemv", WARN, f"the fast engine's CUDA GEMV does not compile ({r.get('error')}): GPTQ/AWQ "
+                 "decode falls back to ExLlamaV2 or Triton, 22-33 % slower on an H200",
+                 "pip install --force-reinstall torch (its CUDA wheels bring libnvrtc); meanwhile "
+                 "--kernel exllama_v2 with --engine fast", r)
+
+
 def check_machete_offline(p: Probes) -> Check:
     hopper = [g for g in gpus(p) if g.get("capability") and g["capability"][0] == 9]
     if not hopper:
@@ -328,6 +342,7 @@ CHECKS: dict[str, Callable[[Probes], Check]] = {
     "torch-cuda": check_torch_cuda,
     "compute-capability": check_compute_capability,
     "nvcc": check_nvcc,
+    "engine-gemv": check_engine_gemv,
     "machete-offline": check_machete_offline,
     "llama-offload": check_llama_offload,
     "gguf-smoke": check_gguf_smoke,

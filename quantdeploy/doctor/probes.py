@@ -45,6 +45,26 @@ def torch_info() -> dict[str, Any] | None:
     return out
 
 
+def engine_gemv() -> dict[str, Any] | None:
+    """Whether NVRTC compiles the fast engine's CUDA GEMV for GPU 0 (compiled only, nothing launched); None when
+    torch sees no GPU."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        from ..engine import cuda_gemv
+
+        major, minor = torch.cuda.get_device_capability(0)
+    except Exception as e:
+        return {"ok": False, "arch": None, "error": f"{type(e).__name__}: {e}"}
+    try:
+        cuda_gemv.compile_cubin("qd_w4a16_gemv<2, 4>", f"{major}{minor}")
+        return {"ok": True, "arch": f"{major}{minor}"}
+    except Exception as e:  # no libnvrtc, an arch this NVRTC does not know
+        return {"ok": False, "arch": f"{major}{minor}", "error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+
+
 def nvidia_smi() -> dict[str, Any] | None:
     """The driver's view: {"driver", "cuda" (highest CUDA it supports), "gpus": [{"name", "capability"}]};
     None when there is no NVIDIA driver."""
@@ -232,6 +252,7 @@ class Probes:
     torch: Callable[[], dict | None] = torch_info
     nvidia: Callable[[], dict | None] = nvidia_smi
     nvcc: Callable[[], dict | None] = nvcc
+    engine_gemv: Callable[[], dict | None] = engine_gemv
     jit_kernels: Callable[[], dict[str, bool]] = jit_kernels
     cutlass_cached: Callable[[], bool | None] = cutlass_cached
     llama_cpp: Callable[[], dict | None] = llama_cpp_info
