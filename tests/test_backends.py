@@ -108,6 +108,24 @@ def test_prompt_longer_than_context_is_a_clean_error(model_paths):
         m.close()
 
 
+def test_gguf_generation_up_to_a_full_context_then_a_follow_up(model_paths):
+    """The decode of each token is queued before the caller sees it: the last token of a full context must not
+    be decoded (no room), and what the KV cache keeps must match the next call's prompt."""
+    m = quantdeploy.load(str(model_paths["gguf"]), n_ctx=64)
+    try:
+        ids = m.tokenize("The capital of France is")
+        room = m.context_length - len(ids)
+        got = [t for t, _ in m._generate_tokens(ids, GenerationParams(max_tokens=500, temperature=0,
+                                                                      ignore_eos=True))]
+        assert len(got) == room
+        gen = m._generate_tokens(ids + got[:5], GenerationParams(max_tokens=3, temperature=0, ignore_eos=True))
+        again = [t for (t, _), _ in zip(gen, range(3))]
+        gen.close()
+        assert again == got[5:8]  # the reused KV cache continues greedily where the first run went
+    finally:
+        m.close()
+
+
 # Stated margins: each format's perplexity on the shipped evaluation text (first 128 tokens) over the float32
 # reference's. Measured 2026-11-22 (by the first version of this test): GGUF 1.00x, GPTQ 1.27x,
 # AWQ 1.86x (RTN-packed AWQ, no activation-aware scaling).

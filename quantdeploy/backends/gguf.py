@@ -198,16 +198,20 @@ class GGUFModel(LoadedModel):
                 self._decode(lc, ctx, todo[i:i + self._n_batch])
             self._cached = list(prompt_ids)
             buf = (lc.llama_token * 1)()
-            for _ in range(room):
+            for i in range(room):
                 tok = lc.llama_sampler_sample(chain, ctx, -1)
                 if tok in self._eog and not params.ignore_eos:
                     yield tok, ""
                     return
+                if i + 1 < room:
+                    # queue the next step before the caller sees this token: on a GPU llama_decode returns once
+                    # the work is queued (the next sample waits for it), so the caller's per-token Python runs
+                    # while the GPU computes instead of between steps
+                    buf[0] = tok
+                    if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, 1)) != 0:
+                        raise InvalidModel("llama.cpp failed to decode (context full or out of memory)")
+                    self._cached.append(tok)
                 yield tok, decoder.decode(self.llm.detokenize([tok], special=False))
-                buf[0] = tok
-                if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, 1)) != 0:
-                    raise InvalidModel("llama.cpp failed to decode (context full or out of memory)")
-                self._cached.append(tok)
         finally:
             lc.llama_sampler_free(chain)
             self._perf = lc.llama_perf_context(ctx)
