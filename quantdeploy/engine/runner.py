@@ -166,7 +166,9 @@ class FastEngine:
                 want = self._prefill_eager(self.p_tok[:m], m, last=self.p_last).clone()
         torch.cuda.current_stream(dev).wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.p_pool):
+        # capture on the stream the warm-up ran on: a stream's first cuBLAS call allocates its workspace, and one
+        # allocated during a capture lands in that graph's pool (a suspect for the exit aborts; not yet verified)
+        with torch.cuda.graph(g, pool=self.p_pool, stream=s):
             out = self._prefill_eager(self.p_tok[:m], m, last=self.p_last)
         g.replay()
         err = float((out - want).norm() / want.norm().clamp_min(1e-6)) if bool(out.isfinite().all()) \
