@@ -91,6 +91,9 @@ def test_profile_summary_counts_only_quantized_gemms():
     ("mul_mat_vec_q<GGML_TYPE_Q4_K, 1>", True), ("_gptq_gemv_kernel", True), ("machete_mm", True),
     ("dequantize_block_q4_K", False), ("awq_marlin_repack_kernel", False), ("reconstruct_exllama_kernel", False),
     ("ampere_fp16_s16816gemm_fp16_128x128", False), ("gemv2T_kernel_val", False), ("elementwise_kernel", False),
+    # quantdeploy's CUDA GEMV as the profiler names it on the H200; its prompt-time dequantization is not a GEMM
+    ("void qd_w4a16_gemv<2, 4>(uint4 const*, unsigned int const*, uint4 const*, __half*, int, int, int, int)", True),
+    ("qd_w4a16_dequant(unsigned int const*, unsigned int const*, uint4*, int, int, int)", False),
 ])
 def test_quant_gemm_names(name, quant):
     assert is_quant_gemm(name) is quant
