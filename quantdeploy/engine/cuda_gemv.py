@@ -50,6 +50,8 @@ class NKWeight:
 def supports(w) -> str | None:
     """Why a QuantWeight cannot use these kernels, or None."""
     g = w.group_size
+    if w.qzeros is None:
+        return "the CUDA GEMV needs integer zero points (qzeros)"
     if w.k % 32 or g % 32 or (g // 32) & (g // 32 - 1) or w.k % g:
         return f"group size {g} / K {w.k}: the CUDA GEMV needs K and the group size in 32-multiples (powers of 2)"
     return None
@@ -62,19 +64,12 @@ def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
     return unpack_rows(qzeros)[:, :n]
 
 
-def _zeros(w) -> torch.Tensor:
-    """Integer zero points [G, N] of a QuantWeight."""
-    if w.qzeros is not None:
-        return unpack_zeros(w.qzeros, w.n)
-    return torch.round(w.szeros.float() / w.scales.float()).to(torch.int32)
-
-
 def repack(w, cols: int = 4096) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries)."""
     why = supports(w)
     if why:
         raise ValueError(why)
-    zeros = _zeros(w)
+    zeros = unpack_zeros(w.qzeros, w.n)
     scale_bits = w.scales.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
     meta = (scale_bits | (zeros.to(torch.int32) << 16)).t().contiguous()
     parts = []
@@ -224,6 +219,8 @@ class CudaLinear:
 
 class CudaLinears:
     """The engine's maker: ExLlama's interface (make one linear per fused weight, finish)."""
+
+    kernel = "qd-w4a16-gemv"  # the name kernel reports show
 
     def __init__(self, device):
         self.device = torch.device(device)

@@ -84,6 +84,8 @@ def available() -> tuple[bool, str]:
 class ExllamaLinears:
     """Owns the shared scratch space; makes one ExllamaV2Linear per fused weight."""
 
+    kernel = "exllamav2-gemm"  # the name kernel reports show
+
     def __init__(self, device):
         self.device = device
         self.mods = []

@@ -245,12 +245,10 @@ class Decoder:
         return maker
 
     def _finish_kernels(self, maker, max_len: int) -> str:
-        from .cuda_gemv import CudaLinears
-
         maker.finish(min(max_len, 2048))
         self._kernels = maker
         torch.cuda.empty_cache()
-        return "qd-w4a16-gemv" if isinstance(maker, CudaLinears) else "exllamav2-gemm"
+        return maker.kernel
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):

@@ -6,10 +6,8 @@ copied to pinned host memory asynchronously; the host reads token t while the GP
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -19,15 +17,25 @@ from .model import Decoder, DecoderConfig, load_tensors, read_quant
 from .sampling import make_generator, sample
 
 log = logging.getLogger("quantdeploy.engine")
-_LIVE: "weakref.WeakSet[FastEngine]" = weakref.WeakSet()
 
 
-@atexit.register
-def _close_all() -> None:
-    """CUDA graphs still alive at interpreter shutdown are destroyed after parts of the CUDA runtime they need:
-    release them while everything is still up."""
-    for eng in list(_LIVE):
-        eng.close()
+def _capture_checked(device, fn, pool, on_warmup_stream: bool = False):
+    """(graph, its output, the replay's relative error against the eager result) for fn. fn runs twice on a side
+    stream first (compiles Triton kernels, initialises cuBLAS) outside the capture. A kernel launched on another
+    stream than the capture's runs once and is missing from every replay, so the first replay must reproduce the
+    eager result; fn's side effects (KV writes) are the same each time, so the check is safe."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            want = fn().clone()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool, stream=s if on_warmup_stream else None):
+        out = fn()
+    g.replay()
+    err = float((out - want).norm() / want.norm().clamp_min(1e-6)) if bool(out.isfinite().all()) else float("inf")
+    return g, out, err
 
 
 class FastEngine:
@@ -48,7 +56,6 @@ class FastEngine:
         self.prefill_graph = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH") == "1"
         self.arange = torch.arange(self.max_len, device=self.device)
         self.graph_kind = "none"
-        _LIVE.add(self)
 
     def close(self) -> None:
         """Drop the CUDA graphs and their memory pools (the weights go with the engine)."""
@@ -71,21 +78,8 @@ class FastEngine:
         return self.dec.forward(tok, pos, masks, kv_len)
 
     def _capture(self, kv_len: int) -> None:
-        dev = self.device
-        s = torch.cuda.Stream(dev)
-        s.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(s):  # warm up: compile Triton kernels, init cuBLAS, outside the capture
-            for _ in range(2):
-                want = self._step_eager(self.g_tok, self.g_pos, kv_len).clone()
-        torch.cuda.current_stream(dev).wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
-            out = self._step_eager(self.g_tok, self.g_pos, kv_len)
-        # A kernel launched on another stream than the capture's runs once and is missing from every replay: the
-        # replay of this very step must give the eager step's logits (its KV writes are the same, so this is safe)
-        g.replay()
-        err = float((out - want).norm() / want.norm().clamp_min(1e-6)) if bool(out.isfinite().all()) \
-            else float("inf")
+        g, out, err = _capture_checked(self.device, lambda: self._step_eager(self.g_tok, self.g_pos, kv_len),
+                                       self.pool)
         if not err < 1e-2:
             self.use_graph = False
             self.graph_kind = "none (a kernel escaped CUDA-graph capture)"
@@ -158,21 +152,10 @@ class FastEngine:
         return out
 
     def _capture_prefill(self, m: int) -> bool:
-        dev = self.device
-        s = torch.cuda.Stream(dev)
-        s.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                want = self._prefill_eager(self.p_tok[:m], m, last=self.p_last).clone()
-        torch.cuda.current_stream(dev).wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        # capture on the stream the warm-up ran on: a stream's first cuBLAS call allocates its workspace, and one
-        # allocated during a capture lands in that graph's pool (a suspect for the exit aborts; not yet verified)
-        with torch.cuda.graph(g, pool=self.p_pool, stream=s):
-            out = self._prefill_eager(self.p_tok[:m], m, last=self.p_last)
-        g.replay()
-        err = float((out - want).norm() / want.norm().clamp_min(1e-6)) if bool(out.isfinite().all()) \
-            else float("inf")
+        # captured on the warm-up's stream: a stream's first cuBLAS call allocates its workspace, and one allocated
+        # during a capture lands in that graph's pool (a suspect for the exit aborts; not yet verified on a GPU)
+        g, out, err = _capture_checked(self.device, lambda: self._prefill_eager(self.p_tok[:m], m, last=self.p_last),
+                                       self.p_pool, on_warmup_stream=True)
         if not err < 1e-2:
             self.prefill_graph = False
             log.warning("the CUDA graph of a prompt does not reproduce the eager prefill (rel err %.3g); prompts "
