@@ -40,6 +40,16 @@ def test_nk_layout_holds_the_checkpoint_weights(layout):
     assert torch.allclose(ours, dequantize(w, torch.float32), atol=2e-4)
 
 
+def test_interleaved_gate_up_rows():
+    """The gate|up weight for the GEMV with the activation: rows gate 0, up 0, gate 1, ... and `split` says where
+    the up rows start in the original order (the prompt path's dequantization writes them back there)."""
+    w, _ = _weight("gptq", n=192)
+    plain, inter = C.repack(w), C.repack(w, cols=64, interleave=True)
+    assert inter.split == 96 and plain.split == 0
+    order = torch.stack([torch.arange(96), torch.arange(96) + 96], 1).flatten()
+    assert torch.equal(C.reference(inter), C.reference(plain)[order])
+
+
 def test_unsupported_group_size_is_refused_with_the_reason():
     w, _ = _weight("gptq", k=384, n=64)
     w.group_size = 96  # 3 chunks of 32 per group: not a power of two
@@ -59,7 +69,9 @@ def _nvrtc_or_skip():
 def test_every_kernel_variant_compiles_for_hopper():
     """NVRTC compiles the source for sm_90 without a GPU: type and syntax errors show up in CI, not on the H200."""
     _nvrtc_or_skip()
-    names = [f"qd_w4a16_gemv<{r}, {u}>" for r, u in C.VARIANTS] + ["qd_w4a16_dequant"]
+    names = [C.kernel_name(*v) for v in C.VARIANTS] + ["qd_w4a16_dequant"]
+    names += [C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()]
+    assert len(set(names)) == len(names)
     for name in names:
         cubin, mangled = C.compile_cubin(name, "90")
         assert len(cubin) > 1000 and mangled.startswith("_Z"), name
@@ -67,8 +79,12 @@ def test_every_kernel_variant_compiles_for_hopper():
 
 def test_default_variants_divide_the_rows():
     for k, n in ((4096, 6144), (4096, 28672), (14336, 4096), (640, 1000), (640, 1536)):
-        r, u = C.default_variant(k, n)
-        assert (r, u) in C.VARIANTS
+        assert C.default_variant(k, n) in C.VARIANTS
+        for v in C.VARIANTS:
+            r, u, s = C.fit_variant(v, k, n)
+            assert n % r == 0 and (s == 1 or (k // 32) % 4 == 0)
+    assert C.fit_variant((8, 1, 4), 4128, 64) == (2, 4, 1)  # K / 32 = 129: no split
+    assert C.fit_variant((2, 4), 4096, 64) == (2, 4, 1)  # a tuned file of the earlier (rows, chunks) form
 
 
 @pytest.mark.gpu
@@ -80,12 +96,52 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
     w, _ = _weight(layout, k=1024, n=320)
     nk = C.repack(w.to(dev, torch.float16))
     ref = _unpermute(C.reference(nk), nk.perm)  # [N, K] in x's order
-    for r, u in C.VARIANTS:
-        if nk.n % r:
-            continue
-        lin = C.CudaLinear(nk, dev, (r, u))
+    for v in C.VARIANTS:
+        lin = C.CudaLinear(nk, dev, v)
+        r, u = v[:2]
         for m in (1, 8):  # the GEMV, and dequantize + matmul
             x = torch.randn(m, w.k, device=dev).half()
             want = x.float() @ ref.t()
             err = float((lin(x).float() - want).norm() / want.norm())
             assert err < 3e-3, (r, u, m, err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
+    import torch.nn.functional as F
+
+    dev = torch.device("cuda")
+    w, _ = _weight("gptq", k=1024, n=320)
+    nk = C.repack(w.to(dev, torch.float16), interleave=True)
+    ref = C.reference(C.repack(w.to(dev, torch.float16)))  # [N, K], original row order
+    for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4)):
+        lin = C.CudaLinear(nk, dev, (r, u, s), act=act)
+        x = torch.randn(1, w.k, device=dev).half()
+        g, up = (x.float() @ ref.t()).half().chunk(2, -1)
+        a = F.silu(g.float()) if act == "silu" else F.gelu(g.float(), approximate="tanh")
+        want = (a.half().float() * up.float()).half()
+        got = lin(x)
+        assert got.shape == (1, 160)
+        assert float((got.float() - want.float()).norm() / want.float().norm()) < 3e-3, (r, u)
+        x8 = torch.randn(8, w.k, device=dev).half()  # prompts: the plain projection, gate rows then up rows
+        assert float((lin(x8).float() - x8.float() @ ref.t()).norm() / (x8.float() @ ref.t()).norm()) < 3e-3
+
+
+def test_pdl_launch_structs_match_the_driver_abi():
+    """cuLaunchKernelEx reads these through a pointer: sizes and offsets of CUlaunchAttribute / CUlaunchConfig
+    (cuda.h, CUDA 12 and 13)."""
+    import ctypes
+
+    assert ctypes.sizeof(C._LaunchAttr) == 72 and C._LaunchAttr.value.offset == 8
+    assert ctypes.sizeof(C._LaunchConfig) == 56
+    assert (C._LaunchConfig.stream.offset, C._LaunchConfig.attrs.offset, C._LaunchConfig.num_attrs.offset) == \
+        (32, 40, 48)
+
+
+def test_pdl_is_off_on_the_cpu_and_when_asked(monkeypatch):
+    from quantdeploy.engine import pdl
+
+    assert not pdl.enabled("cpu")
+    monkeypatch.setenv("QUANTDEPLOY_PDL", "0")
+    assert not pdl.enabled("cuda:0")  # decided before any CUDA call

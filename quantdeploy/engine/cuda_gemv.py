@@ -17,14 +17,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import tuning
+from . import pdl, tuning
 
 log = logging.getLogger("quantdeploy.engine")
 
 SOURCE = Path(__file__).with_name("kernels") / "w4a16.cu"
 SLOT = (0, 4, 1, 5, 2, 6, 3, 7)  # k offset i within a word lives in nibble SLOT[i]
-# (rows per warp, chunks loaded ahead per lane); tuned per GPU by benchmarks/gpu/gemv_tune.py --save
-VARIANTS = ((1, 4), (1, 8), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2))
+# (rows R, chunks loaded ahead per lane U, warps splitting K S): S = 1, one warp per R rows over all of K
+# (qd_w4a16_gemv); S = 4, a block's 4 warps share R rows, a quarter of K each (qd_w4a16_gemv_sk).
+# Tuned per GPU by benchmarks/gpu/gemv_tune.py --save.
+VARIANTS = ((1, 4, 1), (1, 8, 1), (2, 2, 1), (2, 4, 1), (4, 1, 1), (4, 2, 1), (4, 4, 1), (8, 1, 1), (8, 2, 1),
+            (2, 1, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4), (16, 1, 4))
 THREADS = 128  # the kernels' __launch_bounds__
 
 
@@ -34,6 +37,7 @@ class NKWeight:
     meta: torch.Tensor  # int32 [N, G]: fp16 scale bits | zero << 16
     group_size: int
     perm: torch.Tensor | None = None
+    split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
 
     @property
     def n(self) -> int:
@@ -64,8 +68,9 @@ def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
     return unpack_rows(qzeros)[:, :n]
 
 
-def repack(w, cols: int = 4096) -> NKWeight:
-    """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries)."""
+def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
+    """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
+    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation)."""
     why = supports(w)
     if why:
         raise ValueError(why)
@@ -79,7 +84,12 @@ def repack(w, cols: int = 4096) -> NKWeight:
         for i in range(8):
             out |= ((t >> (4 * i)) & 0xF) << (4 * SLOT[i])
         parts.append(torch.where(out >= 2 ** 31, out - 2 ** 32, out).to(torch.int32))
-    return NKWeight(torch.cat(parts).contiguous(), meta, w.group_size, w.perm)
+    q = torch.cat(parts)
+    if not interleave:
+        return NKWeight(q.contiguous(), meta, w.group_size, w.perm)
+    half = w.n // 2
+    rows = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten().to(q.device)
+    return NKWeight(q[rows].contiguous(), meta[rows].contiguous(), w.group_size, w.perm, split=half)
 
 
 def reference(w: NKWeight) -> torch.Tensor:
@@ -125,11 +135,24 @@ def _kernel(name: str, device_index: int):
         return _cuda_load_module(cubin, [mangled])[mangled].func
 
 
+class _LaunchAttr(ctypes.Structure):  # CUlaunchAttribute
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttr)), ("num_attrs", ctypes.c_uint)]
+
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
 class _Launch:
     """One kernel with its argument block kept alive: per call only the pointers change (a few microseconds of
-    Python, not the ~30 of building ctypes arguments each time)."""
+    Python, not the ~30 of building ctypes arguments each time). pdl: launch with programmatic dependent launch
+    (cuLaunchKernelEx), so the kernel overlaps the one before it (see pdl.py)."""
 
-    def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...]):
+    def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False):
         from torch.cuda._utils import _get_gpu_runtime_library
 
         self.lib = _get_gpu_runtime_library()
@@ -138,14 +161,27 @@ class _Launch:
         self.ints = [ctypes.c_int(v) for v in ints]
         self.argv = (ctypes.c_void_p * (n_ptr + len(ints)))(
             *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in self.ptrs + self.ints])
+        self.config = None
+        if pdl:
+            self.attr = _LaunchAttr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+            self.attr.value[0] = 1
+            self.config = _LaunchConfig(block=(ctypes.c_uint * 3)(THREADS, 1, 1), num_attrs=1,
+                                        attrs=ctypes.pointer(self.attr))
+            self.config.grid[1] = self.config.grid[2] = 1
 
     def __call__(self, grid: int, *tensors: torch.Tensor) -> None:
         for p, t in zip(self.ptrs, tensors):
             p.value = t.data_ptr()
-        stream = ctypes.c_void_p(torch.cuda.current_stream(tensors[0].device).cuda_stream)
-        err = self.lib.cuLaunchKernel(self.func, grid, 1, 1, THREADS, 1, 1, 0, stream, self.argv, None)
+        stream = torch.cuda.current_stream(tensors[0].device).cuda_stream
+        if self.config is not None:
+            self.config.grid[0] = grid
+            self.config.stream = stream
+            err = self.lib.cuLaunchKernelEx(ctypes.byref(self.config), self.func, self.argv, None)
+        else:
+            err = self.lib.cuLaunchKernel(self.func, grid, 1, 1, THREADS, 1, 1, 0, ctypes.c_void_p(stream),
+                                          self.argv, None)
         if err:
-            raise RuntimeError(f"cuLaunchKernel failed with CUDA error {err}")
+            raise RuntimeError(f"cuLaunchKernel{'Ex' if self.config is not None else ''} failed with CUDA error {err}")
 
 
 def available(device) -> tuple[bool, str]:
@@ -156,8 +192,8 @@ def available(device) -> tuple[bool, str]:
             return False, "not a CUDA device"
         if torch.cuda.get_device_capability(device) < (7, 0):
             return False, "needs compute capability 7.0+"
-        _kernel("qd_w4a16_gemv<2, 4>", device.index or 0)
-        _kernel("qd_w4a16_dequant", device.index or 0)
+        for name in ("qd_w4a16_gemv<2, 4>", "qd_w4a16_gemv_sk<8, 1, 0>", "qd_w4a16_dequant"):
+            _kernel(name, device.index or 0)
         return True, ""
     except Exception as e:  # no NVRTC, a driver too old for the cubin, ...
         return False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -167,33 +203,58 @@ def tuned_file(device) -> Path:
     return tuning.tuned_file(device, "cuda")
 
 
-def default_variant(k: int, n: int) -> tuple[int, int]:
+def default_variant(k: int, n: int) -> tuple[int, int, int]:
     """Without a tuned file: the best on an H200 for the Llama-3-8B shapes (benchmarks/results/gpu/gemv-tune-h200.txt):
-    8 rows per warp for a wide gate|up (x reused 8 times, plenty of warps), else 2 rows with 4 chunks in flight."""
-    return (8, 2) if n >= 16384 else (2, 4)
+    4 rows per warp for a wide gate|up (plenty of warps), 8 rows split over 4 warps for a long K (down), else 4 rows
+    split over 4 warps with 2 chunks in flight."""
+    if n >= 16384:
+        return (4, 1, 1)
+    return (8, 1, 4) if k >= 8192 else (4, 2, 4)
 
 
-def variant_for(k: int, n: int, device) -> tuple[int, int]:
+def variant_for(k: int, n: int, device) -> tuple[int, int, int]:
     v = tuning.tuned(device, "cuda").get(f"{k}x{n}")
-    r, u = tuple(v) if v else default_variant(k, n)
-    while n % r:  # a warp's rows must divide N
+    return fit_variant(tuple(v) if v else default_variant(k, n), k, n)
+
+
+def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
+    """v made legal for this shape: split K only when K / 32 divides by 4; rows per warp divide N."""
+    r, u, s = (tuple(v) + (1,))[:3]
+    if s != 1 and (k // 32) % 4:
+        r, u, s = 2, 4, 1
+    while n % r:
         r //= 2
-    return r, u
+    return r, u, s
+
+
+def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
+    if s != 1:
+        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}>"
+    return f"qd_w4a16_gemv_act<{r}, {u}, {act}>" if act else f"qd_w4a16_gemv<{r}, {u}>"
+
+
+ACTS = {"silu": 1, "gelu_tanh": 2}
 
 
 class CudaLinear:
-    """y = x @ W for one NKWeight on CUDA: the GEMV for one token, dequantize + cuBLAS for prompts."""
+    """y = x @ W for one NKWeight on CUDA: the GEMV for one token, dequantize + cuBLAS for prompts. A weight with
+    interleaved gate|up rows (split) and an act: one token gets act(gate) * up [1, N/2] in the same kernel; prompts
+    get the plain [M, N] projection (the caller applies the activation)."""
 
-    def __init__(self, w: NKWeight, device, variant: tuple[int, int] | None = None):
+    def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None):
         self.w = w
         self.device = torch.device(device)
-        r, u = variant or variant_for(w.k, w.n, self.device)
+        self.act = act if w.split else None
+        r, u, s = fit_variant(variant, w.k, w.n) if variant else variant_for(w.k, w.n, self.device)
+        if self.act and r % 2:
+            r = 2
         g = w.k // w.group_size
         gshift = (w.group_size // 32).bit_length() - 1
-        self.rows = r
-        self.gemv = _Launch(f"qd_w4a16_gemv<{r}, {u}>", self.device, 4, (w.n, w.k, g, gshift))
-        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, g))
-        self.label = f"qd_w4a16_gemv<{r}, {u}>"
+        self.rows, self.split_k = r, s
+        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, g, gshift), pdl=pdl.enabled(self.device))
+        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, g, w.split))
+        self.label = name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -203,13 +264,14 @@ class CudaLinear:
             x1 = x.reshape(-1)
             if x1.data_ptr() % 16:
                 x1 = x1.clone()
-            y = torch.empty(w.n, dtype=torch.float16, device=x.device)
-            warps = w.n // self.rows
-            self.gemv((warps * 32 + THREADS - 1) // THREADS, w.q, w.meta, x1, y)
+            y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
+            blocks = w.n // self.rows if self.split_k != 1 else (w.n // self.rows * 32 + THREADS - 1) // THREADS
+            self.gemv(blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
         return F.linear(x, self.dense())
 
     def dense(self) -> torch.Tensor:
+        """The fp16 weight [N, K], rows in the original order."""
         w = self.w
         out = torch.empty(w.n, w.k, dtype=torch.float16, device=self.device)
         words = w.n * w.k // 8
@@ -221,13 +283,16 @@ class CudaLinears:
     """The engine's maker: ExLlama's interface (make one linear per fused weight, finish)."""
 
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
+    fuses_act = True  # make(w, act=...) takes the MLP activation into the gate|up GEMV
 
     def __init__(self, device):
         self.device = torch.device(device)
         self.labels = set()
 
-    def make(self, w) -> CudaLinear:
-        lin = CudaLinear(repack(w), self.device)
+    def make(self, w, act: str | None = None) -> CudaLinear:
+        """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
+        act = act if act in ACTS and w.n % 2 == 0 else None
+        lin = CudaLinear(repack(w, interleave=act is not None), self.device, act=act)
         self.labels.add(lin.label)
         return lin
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,11 @@ class QLinear:
         if self.cache_dense:
             self._dense = d
         return d
+
+    @property
+    def act_fused(self) -> bool:
+        """For one token, the kernel returns act(gate) * up (a gate|up weight on the CUDA GEMV)."""
+        return getattr(self.ext, "act", None) is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.ext is not None:
@@ -233,8 +239,10 @@ class Decoder:
         first layer (act-order for ExLlama, odd group sizes) means the Triton GEMV for all; later there is no
         going back."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
+        act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None \
+            and os.environ.get("QUANTDEPLOY_FUSE_ACT", "1") != "0" else None
         try:
-            exts = [maker.make(q.w) for q in qs]
+            exts = [maker.make(q.w, act=act) if q is layer.gate_up and act else maker.make(q.w) for q in qs]
         except ValueError as e:
             if not first:
                 raise
@@ -320,8 +328,11 @@ class Decoder:
                 x = res + y
                 res = x
                 y = self.norm(x, n["post_attention_layernorm"])
-            g, u = L.gate_up(y).chunk(2, -1)
-            y = L.down(self.act(g) * u)
+            if m == 1 and L.gate_up.act_fused:
+                y = L.down(L.gate_up(y))
+            else:
+                g, u = L.gate_up(y).chunk(2, -1)
+                y = L.down(self.act(g) * u)
             if "post_feedforward_layernorm" in n:
                 y = self.norm(y, n["post_feedforward_layernorm"])
             x = res + y
@@ -354,7 +365,8 @@ class Decoder:
                 y = T.add_rmsnorm(x, n["pre_feedforward_layernorm"], eps, gemma, o, n["post_attention_layernorm"])
             else:
                 y = T.add_rmsnorm(x, n["post_attention_layernorm"], eps, gemma, o)
-            pending = L.down(T.act_mul(L.gate_up(y), cfg.act == "gelu_tanh"))
+            gu = L.gate_up(y)
+            pending = L.down(gu if m == 1 and L.gate_up.act_fused else T.act_mul(gu, cfg.act == "gelu_tanh"))
             pending_w = n.get("post_feedforward_layernorm")
         if not all_logits and last is not None:
             x, pending = x.index_select(0, last), pending.index_select(0, last)

@@ -126,8 +126,9 @@ class FastEngine:
     # H200, about as long as the GPU work): prompts are padded to a power of two and replayed from a graph per
     # length (TTFT 17 ms, steady). The padding comes after the prompt, so causal attention never lets a prompt
     # token see it; its KV slots are overwritten by the decode steps before any of them reads that far.
-    # Off by default: with it on, 5 of 28 benchmark processes on the H200 aborted at exit with a heap error
-    # ("double free or corruption"); the cause is not found yet (see docs/troubleshooting.md).
+    # Off by default: captured on another stream than their warm-up, 5 of 28 benchmark processes on the H200 aborted
+    # at exit with a heap error ("double free or corruption"); captured on the warm-up stream (below), 12 of 12
+    # exited cleanly (benchmarks/gpu/exit_check.py). It stays opt-in until more runs agree.
     PREFILL_GRAPH_MAX = 2048
 
     def prefill_bucket(self, n: int) -> int:
@@ -153,7 +154,7 @@ class FastEngine:
 
     def _capture_prefill(self, m: int) -> bool:
         # captured on the warm-up's stream: a stream's first cuBLAS call allocates its workspace, and one allocated
-        # during a capture lands in that graph's pool (a suspect for the exit aborts; not yet verified on a GPU)
+        # during a capture lands in that graph's pool (the suspected cause of the exit aborts, gone since)
         g, out, err = _capture_checked(self.device, lambda: self._prefill_eager(self.p_tok[:m], m, last=self.p_last),
                                        self.p_pool, on_warmup_stream=True)
         if not err < 1e-2:

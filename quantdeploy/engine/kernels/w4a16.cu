@@ -15,6 +15,20 @@ __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
     return d;
 }
 
+// Programmatic dependent launch (sm_90+; no-ops when the kernel was launched without it): the GEMV lets the next
+// kernel launch early, and streams its first weights before it waits for the previous kernel's output (x).
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ half2 as_h2(unsigned u) { return *reinterpret_cast<half2 *>(&u); }
 __device__ __forceinline__ unsigned as_u(half2 h) { return *reinterpret_cast<unsigned *>(&h); }
 
@@ -61,61 +75,148 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (
 
 // One warp computes R consecutive outputs (N % R == 0); lane l takes the 32-weight chunks l, l + 32, ... and loads
 // U chunks of every row before it computes them (bytes in flight). K % 32 == 0; a group is 2^gshift chunks.
+// The first U chunks are loaded before pdl_wait(): weights never depend on the previous kernel; x does, so it is
+// read only after the wait, and through L1 (ld.ca), not the read-only path.
+template <int R, int U>
+__device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
+                                       uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int cu = c + 32 * u;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            wv[u][r] = __ldcs(qr + r * chunks + cu);
+            mv[u][r] = __ldg(mr + r * G + (cu >> gshift));
+        }
+    }
+}
+
+// One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
+template <int R, int U>
+__device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                          const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
+                                          int cend, float (&acc)[R]) {
+    const int lane = threadIdx.x & 31;
+    const int chunks = K >> 5;
+    const uint4 *qr = q + (size_t)n0 * chunks;
+    const unsigned *mr = meta + (size_t)n0 * G;
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    uint4 wv[U][R];
+    unsigned mv[U][R];
+    int c = cbeg + lane;
+    if (c + 32 * (U - 1) < cend) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+    pdl_wait();
+    for (; c + 32 * (U - 1) < cend; c += 32 * U) {
+        if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+        uint4 xv[U][4];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+#pragma unroll
+        for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+    }
+    for (; c < cend; c += 32) {
+        uint4 wr[R], xr[4];
+        unsigned mr1[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            wr[r] = __ldcs(qr + r * chunks + c);
+            mr1[r] = __ldg(mr + r * G + (c >> gshift));
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xr[i] = __ldca(x + c * 4 + i);
+        chunk_dot<R>(wr, mr1, xr, acc);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+}
+
+// The R outputs of rows n0..: ACT 0 writes y[n0 + r]. ACT 1 (SiLU) / 2 (GELU-tanh): the MLP's gate|up projection
+// with rows interleaved at repack (gate j, up j), written as y[j] = act(gate_j) * up_j, rounded like the separate
+// kernels (the projections to fp16, act to fp16, the product to fp16); R is even.
+template <int R, int ACT>
+__device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const float (&acc)[R]) {
+    if (ACT == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) y[n0 + r] = __float2half_rn(acc[r]);
+        return;
+    }
+#pragma unroll
+    for (int r = 0; r + 1 < R; r += 2) {
+        const float g = __half2float(__float2half_rn(acc[r]));
+        const float u = __half2float(__float2half_rn(acc[r + 1]));
+        float a;
+        if (ACT == 1) {
+            a = g / (1.0f + expf(-g));
+        } else {
+            a = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+        }
+        y[(n0 + r) >> 1] = __float2half_rn(__half2float(__float2half_rn(a)) * u);
+    }
+}
+
+// One warp per R rows over all of K (many warps when N is large).
+template <int R, int U, int ACT>
+__device__ __forceinline__ void gemv_rows(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                          const uint4 *__restrict__ x, half *__restrict__ y, int N, int K, int G,
+                                          int gshift) {
+    pdl_launch_dependents();
+    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
+    if (n0 >= N) return;
+    float acc[R];
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
+}
+
 template <int R, int U>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
                                                      int N, int K, int G, int gshift) {
-    const int lane = threadIdx.x & 31;
-    const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
-    if (n0 >= N) return;
-    const int chunks = K >> 5;
-    const uint4 *qr = q + (size_t)n0 * chunks;
-    const unsigned *mr = meta + (size_t)n0 * G;
+    gemv_rows<R, U, 0>(q, meta, x, y, N, K, G, gshift);
+}
+
+template <int R, int U, int ACT>
+__global__ void __launch_bounds__(128) qd_w4a16_gemv_act(const uint4 *__restrict__ q,
+                                                         const unsigned *__restrict__ meta,
+                                                         const uint4 *__restrict__ x, half *__restrict__ y,
+                                                         int N, int K, int G, int gshift) {
+    gemv_rows<R, U, ACT>(q, meta, x, y, N, K, G, gshift);
+}
+
+// Split K: the block's 4 warps share R rows, each a quarter of K (K / 32 % 4 == 0), summed through shared memory.
+// For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps.
+template <int R, int U, int ACT>
+__global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
+                                                        const unsigned *__restrict__ meta,
+                                                        const uint4 *__restrict__ x, half *__restrict__ y,
+                                                        int N, int K, int G, int gshift) {
+    __shared__ float part[4][R];
+    pdl_launch_dependents();
+    const int n0 = blockIdx.x * R;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int quarter = (K >> 5) >> 2;
     float acc[R];
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
+    if (lane == 0) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    int c = lane;
-    for (; c + 32 * (U - 1) < chunks; c += 32 * U) {
-        uint4 wv[U][R], xv[U][4];
-        unsigned mv[U][R];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int cu = c + 32 * u;
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                wv[u][r] = __ldcs(qr + r * chunks + cu);
-                mv[u][r] = __ldg(mr + r * G + (cu >> gshift));
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i) xv[u][i] = __ldg(x + cu * 4 + i);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+        for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
     }
-    for (; c < chunks; c += 32) {
-        uint4 wv[R], xv[4];
-        unsigned mv[R];
+    __syncthreads();
+    if (threadIdx.x == 0) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-            wv[r] = __ldcs(qr + r * chunks + c);
-            mv[r] = __ldg(mr + r * G + (c >> gshift));
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xv[i] = __ldg(x + c * 4 + i);
-        chunk_dot<R>(wv, mv, xv, acc);
-    }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        float v = acc[r];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[n0 + r] = __float2half_rn(v);
+        for (int r = 0; r < R; ++r) acc[r] = part[0][r] + part[1][r] + part[2][r] + part[3][r];
+        store_rows<R, ACT>(y, n0, acc);
     }
 }
 
-// Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store.
+// Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store. split > 0:
+// the rows are interleaved (gate j, up j), written back in order (gate rows, then the up rows from row split).
 __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned *__restrict__ meta,
-                                 uint4 *__restrict__ out, int N, int K, int G) {
+                                 uint4 *__restrict__ out, int N, int K, int G, int split) {
     const long long words = (long long)N * (K >> 3);
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= words) return;
@@ -133,5 +234,6 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     o.y = as_u(__hmul2(d[1], s));
     o.z = as_u(__hmul2(d[2], s));
     o.w = as_u(__hmul2(d[3], s));
-    out[i] = o;
+    const long long row = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
+    out[row * per_row + j] = o;
 }
