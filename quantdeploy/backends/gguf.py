@@ -175,6 +175,9 @@ class GGUFModel(LoadedModel):
         return TemplateSource(template=md.get("tokenizer.chat_template"), architecture=self.info.get("architecture", ""),
                               bos_token=bos, eos_token=eos)
 
+    # greedy without the sampler chain (see _argmax); False runs llama.cpp's greedy sampler (tests compare the two)
+    fast_greedy = True
+
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
         """llama.cpp's own decode + sampler chain, a few ctypes calls per token (no per-token Python sampling).
         The KV cache keeps the longest common prefix with the previous call (multi-turn chats re-use it),
@@ -189,6 +192,8 @@ class GGUFModel(LoadedModel):
         lc.llama_memory_seq_rm(mem, -1, keep, -1)
         self._cached = list(prompt_ids[:keep])
         chain = self._sampler_chain(lc, params)
+        greedy = params.temperature <= 0 and self.fast_greedy
+        n_vocab = self.llm.n_vocab()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         lc.llama_perf_context_reset(ctx)
         room = self._n_ctx - len(prompt_ids)
@@ -199,7 +204,7 @@ class GGUFModel(LoadedModel):
             self._cached = list(prompt_ids)
             buf = (lc.llama_token * 1)()
             for i in range(room):
-                tok = lc.llama_sampler_sample(chain, ctx, -1)
+                tok = _argmax(lc, ctx, n_vocab) if greedy else lc.llama_sampler_sample(chain, ctx, -1)
                 if tok in self._eog and not params.ignore_eos:
                     yield tok, ""
                     return
@@ -280,6 +285,15 @@ class GGUFModel(LoadedModel):
         if llm is not None:
             llm.close()
             self.llm = None
+
+
+def _argmax(lc, ctx, n_vocab: int) -> int:
+    """The greedy token, read in place from llama.cpp's logits. llama_sampler_sample first copies all n_vocab logits
+    into a candidate array (a 128k-262k vocabulary), and that copy sits between two GPU steps; numpy's argmax
+    takes the first maximum, as llama.cpp's greedy sampler does."""
+    import numpy as np
+
+    return int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).argmax())
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
