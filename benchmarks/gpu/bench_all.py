@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def main() -> None:
     rows = [
         (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine"),
         (d / "awq", ["--engine", "fast"], "llama-8b AWQ · quantdeploy engine"),
+        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine, PDL off",
+         {"QUANTDEPLOY_PDL": "0"}),
         (d / "gptq", ["--engine", "fast", "--kernel", "exllama_v2"], "llama-8b GPTQ · quantdeploy engine, ExLlamaV2"),
         (d / "awq", ["--engine", "fast", "--kernel", "exllama_v2"], "llama-8b AWQ · quantdeploy engine, ExLlamaV2"),
         (d / "gptq", ["--engine", "fast", "--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV"),
@@ -46,14 +49,15 @@ def main() -> None:
                  (d / "awq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b AWQ · transformers+gptqmodel marlin")]
     # One process per model: llama.cpp's CUDA build and torch's CUDA libraries crash when they share one.
     report = None
-    for path, opts, name in rows:
+    for path, opts, name, *env in rows:
         cmd = [sys.executable, "-m", "quantdeploy", "bench", str(path), *opts, "--device", "cuda", "--json",
                "--no-warm-load", "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens),
                "--repeat", str(a.repeat)]
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**os.environ, **(env[0] if env else {})}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            print(f"{name}: failed ({proc.returncode}): {proc.stderr[-800:]}", file=sys.stderr)
+            print(f"{name}: failed ({proc.returncode}): {proc.stderr[-3000:]}", file=sys.stderr)
             continue
         one = json.loads(proc.stdout)
         for r in one["results"]:

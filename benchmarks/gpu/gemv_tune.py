@@ -62,10 +62,8 @@ def check_cuda(dev):
         xp = x if w.perm is None else x[:, w.perm]
         ref = xp.float() @ cuda_gemv.reference(nk).t()
         errs = []
-        for r, u in cuda_gemv.VARIANTS:
-            if n % r:
-                continue
-            errs.append(rel(cuda_gemv.CudaLinear(nk, dev, (r, u))(x), ref))
+        for v in cuda_gemv.VARIANTS:
+            errs.append(rel(cuda_gemv.CudaLinear(nk, dev, v)(x), ref))
         lin = cuda_gemv.CudaLinear(nk, dev)
         dense_err = rel(lin.dense(), cuda_gemv.reference(nk))
         x8 = torch.randn(8, k, device=dev).half()
@@ -99,16 +97,16 @@ def main():
         check_cuda(dev)
         best = {}
         packed = {name: [cuda_gemv.repack(w) for w in ws[name]] for name in SHAPES}
-        for r, u in cuda_gemv.VARIANTS:
+        for v in cuda_gemv.VARIANTS:
             row = []
             for name in SHAPES:
-                lins = [cuda_gemv.CudaLinear(nk, dev, (r, u)) for nk in packed[name]]
+                lins = [cuda_gemv.CudaLinear(nk, dev, v) for nk in packed[name]]
                 x2 = xs[name].view(1, -1)
                 gbs = packed[name][0].nbytes() / bench(rotating(lambda lin: lin(x2), lins)) / 1e6
                 row.append(gbs)
                 if gbs > best.get(name, (0,))[0]:
-                    best[name] = (gbs, [r, u])
-            print(f"cuda qd_w4a16_gemv<{r}, {u}>", " ".join(f"{v:7.0f}" for v in row), flush=True)
+                    best[name] = (gbs, list(v))
+            print(f"cuda {cuda_gemv.kernel_name(*v):30s}", " ".join(f"{g:7.0f}" for g in row), flush=True)
         print("cuda best:", {name: f"{v[0]:.0f} GB/s {v[1]}" for name, v in best.items()}, flush=True)
         if args.save:
             path = cuda_gemv.tuned_file(dev)

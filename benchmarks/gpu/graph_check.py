@@ -37,12 +37,21 @@ with torch.inference_mode():
         eng.step(tok, pos, 16)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        for i in range(200):
+        for i in range(600):
             eng.step(tok, pos, 16)
         torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / 200
+        dt = (time.perf_counter() - t) / 600
         g, out = eng.graphs[256]
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             g.replay(); torch.cuda.synchronize()
         n = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
-        print("fused" if fused else "torch", f"graph step {dt*1e3:.3f} ms ({1/dt:.0f} tok/s), kernels in replay {n}, finite", bool(out.isfinite().all()))
+        print("fused" if fused else "torch", f"graph step {dt*1e3:.3f} ms ({1/dt:.0f} tok/s), kernels in replay {n},",
+              "finite", bool(out.isfinite().all()))
+        if fused:  # where one replay's GPU time goes (kernel durations; gaps between them are not counted)
+            rows = sorted((e for e in prof.key_averages() if e.device_type.name == "CUDA"),
+                          key=lambda e: -e.device_time_total)
+            total = sum(e.device_time_total for e in rows)
+            print(f"  kernel time in one replay {total:.0f} us of {dt*1e6:.0f} us per step")
+            for e in rows[:14]:
+                avg = e.device_time_total / e.count
+                print(f"  {e.device_time_total:8.1f} us {e.count:4d}x {avg:6.2f} us  {e.key[:90]}")
