@@ -93,7 +93,7 @@ def test_profile_summary_counts_only_quantized_gemms():
     ("ampere_fp16_s16816gemm_fp16_128x128", False), ("gemv2T_kernel_val", False), ("elementwise_kernel", False),
     # quantdeploy's CUDA GEMV as the profiler names it on the H200; its prompt-time dequantization is not a GEMM
     ("void qd_w4a16_gemv<2, 4>(uint4 const*, unsigned int const*, uint4 const*, __half*, int, int, int, int)", True),
-    ("void qd_w4a16_gemv_act<8, 2, 1>(uint4 const*, unsigned int const*, uint4 const*, __half*, int, int, int, int)",
+    ("void qd_w4a16_gemv_sk<8, 1, 0>(uint4 const*, unsigned int const*, uint4 const*, __half*, int, int, int, int)",
      True),
     ("qd_w4a16_dequant(unsigned int const*, unsigned int const*, uint4*, int, int, int)", False),
 ])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gemv_tune import SHAPES, bench, rotating, weight
+from gemv_tune import SHAPES, bench, rotated_weights, rotating
 from quantdeploy.engine import cuda_gemv
 
 
@@ -18,9 +18,7 @@ def main():
     ap.add_argument("--variants", nargs="+", default=["2,4,1", "4,1,1", "8,2,1"])
     args = ap.parse_args()
     dev = torch.device("cuda")
-    ws = {name: [weight(k, n, dev) for _ in range(max(4, -(-256 * 2 ** 20 // (k * n // 2))))]
-          for name, (k, n) in SHAPES.items()}
-    packed = {name: [cuda_gemv.repack(w) for w in ws[name]] for name in SHAPES}
+    packed = {name: [cuda_gemv.repack(w) for w in ws] for name, ws in rotated_weights(dev).items()}
     xs = {name: torch.randn(1, k, device=dev).half() for name, (k, n) in SHAPES.items()}
     print("GB/s", " ".join(SHAPES))
     for v in args.variants:

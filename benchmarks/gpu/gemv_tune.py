@@ -4,7 +4,10 @@ GB/s of weight bytes read, CUDA-graph timing, enough copies of each weight rotat
 Each kernel is checked against the dequantized reference first.
 
     python benchmarks/gpu/gemv_tune.py [--save] [--kernels cuda,exllama,triton]
-      --save: the best CUDA variant and the best Triton config per shape for this GPU, under $QUANTDEPLOY_HOME/gemv
+      --save: the best CUDA variant and the best Triton config per shape for this GPU, under $QUANTDEPLOY_HOME/gemv.
+      Best alone is not always best in the decode step, where kernels overlap (PDL): on the H200 the saved
+      down_proj pick decoded at 482 tok/s, the engine's default at 516. Check with graph_check.py before saving.
+Run it with QUANTDEPLOY_PDL=0: with PDL, consecutive GEMVs of the timing loop overlap each other.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ def weight(k, n, dev, group=128):
     s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
     z = cuda_gemv.unpack_zeros(qz, n).half() * s
     return QuantWeight(q, s, z, group, None, qz)
+
+
+def rotated_weights(dev) -> dict:
+    """Per shape, enough random weights (>= 4, >= 256 MB) that a rotation through them never hits L2."""
+    out = {}
+    for name, (k, n) in SHAPES.items():
+        out[name] = [weight(k, n, dev)]
+        out[name] += [weight(k, n, dev) for _ in range(max(4, -(-256 * 2 ** 20 // out[name][0].nbytes())) - 1)]
+    return out
 
 
 def bench(fn) -> float:
@@ -85,9 +97,8 @@ def main():
     kinds = args.kernels.split(",")
     dev = torch.device("cuda")
     print(torch.cuda.get_device_name(dev), "GB/s for", " ".join(f"{n}({k}x{m})" for n, (k, m) in SHAPES.items()))
-    one = {name: weight(k, n, dev) for name, (k, n) in SHAPES.items()}
-    copies = {name: max(4, -(-256 * 2 ** 20 // one[name].nbytes())) for name in SHAPES}
-    ws = {name: [one[name]] + [weight(*SHAPES[name], dev) for _ in range(copies[name] - 1)] for name in SHAPES}
+    ws = rotated_weights(dev)
+    one = {name: ws[name][0] for name in SHAPES}
     xs = {name: torch.randn(k, device=dev).half() for name, (k, n) in SHAPES.items()}
     nbytes = {name: one[name].nbytes() for name in SHAPES}
     if "cuda" in kinds:

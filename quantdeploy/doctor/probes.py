@@ -59,7 +59,7 @@ def engine_gemv() -> dict[str, Any] | None:
     except Exception as e:
         return {"ok": False, "arch": None, "error": f"{type(e).__name__}: {e}"}
     try:
-        cuda_gemv.compile_cubin("qd_w4a16_gemv<2, 4>", f"{major}{minor}")
+        cuda_gemv.compile_cubin(cuda_gemv.kernel_name(2, 4, 1), f"{major}{minor}")
         return {"ok": True, "arch": f"{major}{minor}"}
     except Exception as e:  # no libnvrtc, an arch this NVRTC does not know
         return {"ok": False, "arch": f"{major}{minor}", "error": f"{type(e).__name__}: {str(e).strip()[:300]}"}

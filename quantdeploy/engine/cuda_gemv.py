@@ -115,7 +115,7 @@ def _include_dirs() -> list[str]:
 
 
 def compile_cubin(name: str, arch: str) -> tuple[bytes, str]:
-    """(cubin, mangled name) of one kernel, e.g. name="qd_w4a16_gemv<4, 2>", arch="90"."""
+    """(cubin, mangled name) of one kernel, e.g. name="qd_w4a16_gemv<4, 2, 0>", arch="90"."""
     from torch.cuda._utils import _nvrtc_compile
 
     try:
@@ -192,7 +192,7 @@ def available(device) -> tuple[bool, str]:
             return False, "not a CUDA device"
         if torch.cuda.get_device_capability(device) < (7, 0):
             return False, "needs compute capability 7.0+"
-        for name in ("qd_w4a16_gemv<2, 4>", "qd_w4a16_gemv_sk<8, 1, 0>", "qd_w4a16_dequant"):
+        for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", "qd_w4a16_dequant"):
             _kernel(name, device.index or 0)
         return True, ""
     except Exception as e:  # no NVRTC, a driver too old for the cubin, ...
@@ -228,9 +228,7 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
 
 
 def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
-    if s != 1:
-        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}>"
-    return f"qd_w4a16_gemv_act<{r}, {u}, {act}>" if act else f"qd_w4a16_gemv<{r}, {u}>"
+    return f"qd_w4a16_gemv{'_sk' if s != 1 else ''}<{r}, {u}, {act}>"
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}

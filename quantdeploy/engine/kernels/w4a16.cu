@@ -159,32 +159,17 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
     }
 }
 
-// One warp per R rows over all of K (many warps when N is large).
+// One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
 template <int R, int U, int ACT>
-__device__ __forceinline__ void gemv_rows(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
-                                          const uint4 *__restrict__ x, half *__restrict__ y, int N, int K, int G,
-                                          int gshift) {
+__global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                                     const uint4 *__restrict__ x, half *__restrict__ y,
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
     gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
-}
-
-template <int R, int U>
-__global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
-                                                     const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     int N, int K, int G, int gshift) {
-    gemv_rows<R, U, 0>(q, meta, x, y, N, K, G, gshift);
-}
-
-template <int R, int U, int ACT>
-__global__ void __launch_bounds__(128) qd_w4a16_gemv_act(const uint4 *__restrict__ q,
-                                                         const unsigned *__restrict__ meta,
-                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                         int N, int K, int G, int gshift) {
-    gemv_rows<R, U, ACT>(q, meta, x, y, N, K, G, gshift);
 }
 
 // Split K: the block's 4 warps share R rows, each a quarter of K (K / 32 % 4 == 0), summed through shared memory.
