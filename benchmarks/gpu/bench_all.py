@@ -34,12 +34,12 @@ def main() -> None:
     rows = [
         (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine"),
         (d / "awq", ["--engine", "fast"], "llama-8b AWQ · quantdeploy engine"),
+        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine, 2026-11-30 settings",
+         {"QUANTDEPLOY_PDL_EARLY": "0", "QUANTDEPLOY_FUSE_ATTN": "0", "QUANTDEPLOY_L2_PREFETCH": "0"}),
         (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine, PDL off",
          {"QUANTDEPLOY_PDL": "0"}),
         (d / "gptq", ["--engine", "fast", "--kernel", "exllama_v2"], "llama-8b GPTQ · quantdeploy engine, ExLlamaV2"),
-        (d / "awq", ["--engine", "fast", "--kernel", "exllama_v2"], "llama-8b AWQ · quantdeploy engine, ExLlamaV2"),
         (d / "gptq", ["--engine", "fast", "--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV"),
-        (d / "awq", ["--engine", "fast", "--kernel", "triton"], "llama-8b AWQ · quantdeploy engine, Triton GEMV"),
         (d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp"),
     ]
     if a.embedded and a.embedded.is_file():

@@ -2,6 +2,8 @@
 step against the torch-ops step; then graph replays timed, with the number of kernels a replay runs.
 
     python benchmarks/gpu/graph_check.py MODEL_DIR [GEMV]   (GEMV: auto, cuda, exllama, triton)
+
+Exits 1 when the fused step is not finite or differs from the torch step by more than 1 % (relative).
 """
 import sys
 import time
@@ -16,6 +18,7 @@ eng = FastEngine(M, "cuda", torch.float16, 1024, gemv=GEMV)
 print("fused", eng.dec.fused, eng.dec.gemv)
 ids = list(range(1000, 1016))
 layers = eng.dec.layers
+ok = True
 with torch.inference_mode():
     for n in (1, 2, 4, 32):
         eng.dec.layers = layers[:n]
@@ -27,6 +30,7 @@ with torch.inference_mode():
         eng.dec.fused = True
         eng.prefill(ids)
         a = eng._step_eager(tok, pos, 256).clone()
+        ok = ok and bool(a.isfinite().all()) and rel(a, b) < 1e-2
         print(n, "layers: finite fused/torch/prefill", bool(a.isfinite().all()), bool(b.isfinite().all()),
               bool(c.isfinite().all()), "max", float(a.abs().max()), float(b.abs().max()), float(c.abs().max()),
               "rel fused-torch", rel(a, b), "torch-prefill", rel(b, c))
@@ -55,3 +59,4 @@ with torch.inference_mode():
             for e in rows[:14]:
                 avg = e.device_time_total / e.count
                 print(f"  {e.device_time_total:8.1f} us {e.count:4d}x {avg:6.2f} us  {e.key[:90]}")
+sys.exit(0 if ok else 1)

@@ -2,9 +2,10 @@
 # The GPU benchmark of record, in one command on the GPU machine (device tool), from the repository root:
 #   source .device-kit/setup.sh; bash benchmarks/gpu/run.sh [RESULTS_DIR] [EMBEDDED.gguf]
 # 1) llama-cpp-python with CUDA (background build, kit script), 2) 8B-shape synthetic GPTQ/AWQ/GGUF models,
-# 3) the GEMV kernels (quantdeploy's CUDA GEMV, ExLlamaV2, Triton) checked and tuned for this GPU (saved per GPU),
-# and a check that CUDA-graph replays reproduce the eager step, 4) quantdeploy bench of the fast engine (each
-# GEMV), transformers+Marlin and llama.cpp side by side (+ the embedded Gemma-3-270M GGUF when its path is given),
+# 3) quantdeploy's CUDA GEMV variants checked and timed alone, a check that CUDA-graph replays reproduce the eager
+# step, the step's settings A/B'd in the graph and its GEMV variants swept there (saved per GPU), 4) quantdeploy
+# bench of the fast engine (each GEMV), transformers+Marlin and llama.cpp side by side (+ the embedded
+# Gemma-3-270M GGUF when its path is given),
 # 5) a deliberate fallback (GGUF with 0 layers offloaded) caught by --require-gpu, 6) processes with prompt CUDA
 # graphs exit cleanly (exit_check.py).
 # It runs ~15 minutes: on the device tool start it in the background (nohup ... &) and poll, since one call may
@@ -19,8 +20,14 @@ bash .device-kit/build-llama-cuda.sh
 python3 benchmarks/gpu/synth.py --out "$M"
 # kernels alone, reported, not saved: the engine's defaults are the in-model best (graph_check with PDL); the
 # best kernel alone is not (2026-11-30: a saved down_proj pick of <2, 2, 1> decoded 482 tok/s, the default 516)
-QUANTDEPLOY_PDL=0 python3 benchmarks/gpu/gemv_tune.py > "$OUT/gemv-tune-$GPU.txt" 2>&1
-python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1
+QUANTDEPLOY_PDL=0 python3 benchmarks/gpu/gemv_tune.py --kernels cuda > "$OUT/gemv-tune-$GPU.txt" 2>&1
+python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1 \
+  || { echo "graph_check failed: the fused step does not match the torch step (see $OUT/graph-check-$GPU.txt)"; exit 1; }
+# the decode step's settings A/B'd in its CUDA graph, then each projection's GEMV variant swept there and saved as
+# this GPU's tuned file (the bench below uses it); OLD: the kernel source before this change, if the kit has it
+OLD=.device-kit/ab/w4a16_2026-11-30.cu
+AB=(--sweep --save); [ -f "$OLD" ] && AB+=(--old-source "$OLD")
+python3 benchmarks/gpu/graph_ab.py "$M/gptq" "${AB[@]}" > "$OUT/graph-ab-$GPU.txt" 2>&1
 (setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
 bash .device-kit/build-llama-cuda.sh --wait 600
 source .device-kit/setup.sh

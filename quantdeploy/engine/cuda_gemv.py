@@ -227,6 +227,18 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
     return r, u, s
 
 
+def l2_prefetch() -> int:
+    """Chunks (16 bytes) per row that a GEMV warp asks the L2 for before it waits for its input, beyond the chunks it
+    loads itself (QUANTDEPLOY_L2_PREFETCH; 0 = none). One more batch by default: a gate|up GEMV launched early could
+    otherwise ask for most of its 59 MB at once, more than the L2 holds."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get("QUANTDEPLOY_L2_PREFETCH", "32")))
+    except ValueError:
+        return 32
+
+
 def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
     return f"qd_w4a16_gemv{'_sk' if s != 1 else ''}<{r}, {u}, {act}>"
 
@@ -248,9 +260,10 @@ class CudaLinear:
             r = 2
         g = w.k // w.group_size
         gshift = (w.group_size // 32).bit_length() - 1
-        self.rows, self.split_k = r, s
+        self.rows, self.split_k, self.variant = r, s, (r, u, s)
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
-        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, g, gshift), pdl=pdl.enabled(self.device))
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, g, gshift, l2_prefetch()),
+                            pdl=pdl.enabled(self.device))
         self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, g, w.split))
         self.label = name
 

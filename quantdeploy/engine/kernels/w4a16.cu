@@ -73,29 +73,41 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (
     }
 }
 
+// R rows' 16-byte chunk c (and its group's meta word): weights stream past L1 (ld.cs), meta through the read-only path.
+template <int R>
+__device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
+                                          uint4 (&wv)[R], unsigned (&mv)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        wv[r] = __ldcs(qr + r * chunks + c);
+        mv[r] = __ldg(mr + r * G + (c >> gshift));
+    }
+}
+
 // One warp computes R consecutive outputs (N % R == 0); lane l takes the 32-weight chunks l, l + 32, ... and loads
 // U chunks of every row before it computes them (bytes in flight). K % 32 == 0; a group is 2^gshift chunks.
-// The first U chunks are loaded before pdl_wait(): weights never depend on the previous kernel; x does, so it is
-// read only after the wait, and through L1 (ld.ca), not the read-only path.
+// Before pdl_wait() (weights never depend on the previous kernel; x does, so it is read only after the wait, through
+// L1 with ld.ca): each lane loads its first chunks (U of each row, or the one its tail loop takes first), and lanes
+// 0..R-1 ask the L2 for the next `pf` chunks of row `lane` (cp.async.bulk.prefetch, sm_90+), so that a GEMV whose
+// blocks are resident while the kernels before it run has its weights on the way before its input exists.
 template <int R, int U>
 __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
                                        uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int cu = c + 32 * u;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            wv[u][r] = __ldcs(qr + r * chunks + cu);
-            mv[u][r] = __ldg(mr + r * G + (cu >> gshift));
-        }
-    }
+    for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
+}
+
+__device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
 }
 
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
 template <int R, int U>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                           const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
-                                          int cend, float (&acc)[R]) {
+                                          int cend, int pf, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
@@ -105,7 +117,14 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     uint4 wv[U][R];
     unsigned mv[U][R];
     int c = cbeg + lane;
-    if (c + 32 * (U - 1) < cend) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+    const bool full = c + 32 * (U - 1) < cend;  // the lane's first U chunks all exist: the batched loop runs
+    if (full) {
+        load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+    } else if (c < cend) {
+        load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
+    }
+    const int pbeg = cbeg + 32 * U, pend = min(cend, pbeg + pf);
+    if (lane < R && pbeg < pend) prefetch_l2(qr + lane * chunks + pbeg, (unsigned)(pend - pbeg) * 16u);
     pdl_wait();
     for (; c + 32 * (U - 1) < cend; c += 32 * U) {
         if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
@@ -117,17 +136,14 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
 #pragma unroll
         for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     }
+    bool have = !full;  // the tail's first chunk is already in wv[0]
     for (; c < cend; c += 32) {
-        uint4 wr[R], xr[4];
-        unsigned mr1[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            wr[r] = __ldcs(qr + r * chunks + c);
-            mr1[r] = __ldg(mr + r * G + (c >> gshift));
-        }
+        if (!have) load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
+        have = false;
+        uint4 xr[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) xr[i] = __ldca(x + c * 4 + i);
-        chunk_dot<R>(wr, mr1, xr, acc);
+        chunk_dot<R>(wv[0], mv[0], xr, acc);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -163,12 +179,12 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
 template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     int N, int K, int G, int gshift) {
+                                                     int N, int K, int G, int gshift, int pf) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, pf, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
@@ -178,14 +194,14 @@ template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        int N, int K, int G, int gshift) {
+                                                        int N, int K, int G, int gshift, int pf) {
     __shared__ float part[4][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = (K >> 5) >> 2;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, pf, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
