@@ -69,10 +69,10 @@ def _nvrtc_or_skip():
 def test_every_kernel_variant_compiles_for_hopper():
     """NVRTC compiles the source for sm_90 without a GPU: type and syntax errors show up in CI, not on the H200."""
     _nvrtc_or_skip()
-    names = [C.kernel_name(*v) for v in C.VARIANTS] + ["qd_w4a16_dequant"]
-    names += [C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()]
-    assert len(set(names)) == len(names)
-    for name in names:
+    names = {C.kernel_name(*v) for v in C.VARIANTS} | {"qd_w4a16_dequant"}
+    names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
+    assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
+    for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
         assert len(cubin) > 1000 and mangled.startswith("_Z"), name
 
@@ -82,8 +82,17 @@ def test_default_variants_divide_the_rows():
         assert C.default_variant(k, n) in C.VARIANTS
         for v in C.VARIANTS:
             r, u, s = C.fit_variant(v, k, n)
-            assert n % r == 0 and (s == 1 or (k // 32) % 4 == 0)
+            assert n % r == 0 and (s == 1 or (s > 1 and (k // 32) % 4 == 0) or (s < 0 and (k // 32) % (32 * u) == 0))
     assert C.fit_variant((8, 1, 4), 4128, 64) == (2, 4, 1)  # K / 32 = 129: no split
+    assert C.fit_variant((4, 1, -2), 640, 1536) == (2, 4, 1)  # K / 32 = 20: no whole batches per row for persistence
+    assert C.fit_variant((4, 2, -2), 4096, 4096) == (4, 2, -2)
+
+
+def test_grid_sizes():
+    assert C.grid(4096, 4, 4, 132) == 1024  # split K: a block per 4 rows
+    assert C.grid(4096, 2, 1, 132) == 512  # a warp per 2 rows, 4 warps a block
+    assert C.grid(28672, 4, -2, 132) == 264  # persistent: 2 blocks per SM
+    assert C.grid(64, 4, -2, 132) == 4  # ... or fewer, when there are fewer row groups
     assert C.fit_variant((2, 4), 4096, 64) == (2, 4, 1)  # a tuned file of the earlier (rows, chunks) form
 
 
@@ -115,7 +124,7 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
     w, _ = _weight("gptq", k=1024, n=320)
     nk = C.repack(w.to(dev, torch.float16), interleave=True)
     ref = C.reference(C.repack(w.to(dev, torch.float16)))  # [N, K], original row order
-    for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4)):
+    for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, -2)):
         lin = C.CudaLinear(nk, dev, (r, u, s), act=act)
         x = torch.randn(1, w.k, device=dev).half()
         g, up = (x.float() @ ref.t()).half().chunk(2, -1)

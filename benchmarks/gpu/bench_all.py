@@ -29,32 +29,40 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--embedded", type=Path, help="the embedded Gemma-3-270M GGUF (assembled on the GPU machine)")
+    ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-1130, gguf, hf-gptq, ...)")
     a = ap.parse_args()
     d = a.models
-    rows = [
-        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine"),
-        (d / "awq", ["--engine", "fast"], "llama-8b AWQ · quantdeploy engine"),
-        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine, 2026-11-30 settings",
-         {"QUANTDEPLOY_PDL_EARLY": "0", "QUANTDEPLOY_FUSE_ATTN": "0", "QUANTDEPLOY_L2_PREFETCH": "0"}),
-        (d / "gptq", ["--engine", "fast"], "llama-8b GPTQ · quantdeploy engine, PDL off",
-         {"QUANTDEPLOY_PDL": "0"}),
-        (d / "gptq", ["--engine", "fast", "--kernel", "exllama_v2"], "llama-8b GPTQ · quantdeploy engine, ExLlamaV2"),
-        (d / "gptq", ["--engine", "fast", "--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV"),
-        (d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp"),
+    e = ["--engine", "fast"]
+    rows = [  # (key, model, options, name, extra environment)
+        ("gptq", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine", {}),
+        ("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
+        ("gptq-1130", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, 2026-11-30 settings",
+         {"QUANTDEPLOY_PDL_EARLY": "0", "QUANTDEPLOY_FUSE_ATTN": "0", "QUANTDEPLOY_GREEDY_GRAPH": "0"}),
+        ("gptq-greedy-outside", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph",
+         {"QUANTDEPLOY_GREEDY_GRAPH": "0"}),
+        ("gptq-pdl-off", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, PDL off", {"QUANTDEPLOY_PDL": "0"}),
+        ("gptq-exllama", d / "gptq", e + ["--kernel", "exllama_v2"], "llama-8b GPTQ · quantdeploy engine, ExLlamaV2",
+         {}),
+        ("gptq-triton", d / "gptq", e + ["--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV", {}),
+        ("gguf", d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp", {}),
     ]
     if a.embedded and a.embedded.is_file():
-        rows.append((a.embedded, [], "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp"))
+        rows.append(("embedded", a.embedded, [], "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp", {}))
     if not a.skip_hf:
-        rows += [(d / "gptq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b GPTQ · transformers+gptqmodel marlin"),
-                 (d / "awq", ["--engine", "hf", "--kernel", "marlin"], "llama-8b AWQ · transformers+gptqmodel marlin")]
+        hf = ["--engine", "hf", "--kernel", "marlin"]
+        rows += [("hf-gptq", d / "gptq", hf, "llama-8b GPTQ · transformers+gptqmodel marlin", {}),
+                 ("hf-awq", d / "awq", hf, "llama-8b AWQ · transformers+gptqmodel marlin", {})]
+    if a.only:
+        keep = a.only.split(",")
+        rows = [r for r in rows if r[0] in keep]
     # One process per model: llama.cpp's CUDA build and torch's CUDA libraries crash when they share one.
     report = None
-    for path, opts, name, *env in rows:
+    for _, path, opts, name, env in rows:
         cmd = [sys.executable, "-m", "quantdeploy", "bench", str(path), *opts, "--device", "cuda", "--json",
                "--no-warm-load", "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens),
                "--repeat", str(a.repeat)]
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-        env = {**os.environ, **(env[0] if env else {})}
+        env = {**os.environ, **env}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(f"{name}: failed ({proc.returncode}): {proc.stderr[-3000:]}", file=sys.stderr)
@@ -68,13 +76,18 @@ def main() -> None:
         else:
             report["results"] += one["results"]
             report["rooflines"].update(one.get("rooflines") or {})
+        write(report, a.out)  # after every row: a run cut short keeps what it measured
+    if report is not None:
+        print(render(report, ".md"))
+
+
+def write(report: dict, out: Path) -> None:
     gpus = report["environment"].get("gpus") or [{"name": "gpu"}]
     name = str(gpus[0]["name"])
     stem = f"{datetime.date.today()}-{name.replace('NVIDIA ', '').replace(' ', '-').lower()}"
-    a.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for suffix in (".json", ".md", ".html"):
-        write_report(report, a.out / (stem + suffix))
-    print(render(report, ".md"))
+        write_report(report, out / (stem + suffix))
 
 
 if __name__ == "__main__":

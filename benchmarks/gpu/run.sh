@@ -23,11 +23,9 @@ python3 benchmarks/gpu/synth.py --out "$M"
 QUANTDEPLOY_PDL=0 python3 benchmarks/gpu/gemv_tune.py --kernels cuda > "$OUT/gemv-tune-$GPU.txt" 2>&1
 python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1 \
   || { echo "graph_check failed: the fused step does not match the torch step (see $OUT/graph-check-$GPU.txt)"; exit 1; }
-# the decode step's settings A/B'd in its CUDA graph, then each projection's GEMV variant swept there and saved as
-# this GPU's tuned file (the bench below uses it); OLD: the kernel source before this change, if the kit has it
-OLD=.device-kit/ab/w4a16_2026-11-30.cu
-AB=(--sweep --save); [ -f "$OLD" ] && AB+=(--old-source "$OLD")
-python3 benchmarks/gpu/graph_ab.py "$M/gptq" "${AB[@]}" > "$OUT/graph-ab-$GPU.txt" 2>&1
+# the decode step's settings A/B'd in its CUDA graph, each projection's GEMV variant swept there and saved as this
+# GPU's tuned file (the bench below uses it), the settings again; the bench runs the engine's default settings
+python3 benchmarks/gpu/graph_ab.py "$M/gptq" --sweep --save > "$OUT/graph-ab-$GPU.txt" 2>&1
 (setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
 bash .device-kit/build-llama-cuda.sh --wait 600
 source .device-kit/setup.sh

@@ -23,11 +23,13 @@ log = logging.getLogger("quantdeploy.engine")
 
 SOURCE = Path(__file__).with_name("kernels") / "w4a16.cu"
 SLOT = (0, 4, 1, 5, 2, 6, 3, 7)  # k offset i within a word lives in nibble SLOT[i]
-# (rows R, chunks loaded ahead per lane U, warps splitting K S): S = 1, one warp per R rows over all of K
-# (qd_w4a16_gemv); S = 4, a block's 4 warps share R rows, a quarter of K each (qd_w4a16_gemv_sk).
-# Tuned per GPU by benchmarks/gpu/gemv_tune.py --save.
+# (rows R, chunks loaded ahead per lane U, S): S = 1, one warp per R rows over all of K (qd_w4a16_gemv); S = 4, a
+# block's 4 warps share R rows, a quarter of K each (qd_w4a16_gemv_sk); S = -B, persistent: B blocks per SM, each
+# warp streams row group after row group with the next batch of weights in flight (qd_w4a16_gemv_ps).
+# Tuned per GPU in the decode graph by benchmarks/gpu/graph_ab.py --sweep --save.
 VARIANTS = ((1, 4, 1), (1, 8, 1), (2, 2, 1), (2, 4, 1), (4, 1, 1), (4, 2, 1), (4, 4, 1), (8, 1, 1), (8, 2, 1),
-            (2, 1, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4), (16, 1, 4))
+            (2, 1, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4), (16, 1, 4),
+            (2, 2, -2), (4, 1, -2), (4, 2, -2), (8, 1, -2), (4, 1, -4), (8, 1, -4))
 THREADS = 128  # the kernels' __launch_bounds__
 
 
@@ -204,12 +206,12 @@ def tuned_file(device) -> Path:
 
 
 def default_variant(k: int, n: int) -> tuple[int, int, int]:
-    """Without a tuned file: the best on an H200 for the Llama-3-8B shapes (benchmarks/results/gpu/gemv-tune-h200.txt):
-    4 rows per warp for a wide gate|up (plenty of warps), 8 rows split over 4 warps for a long K (down), else 4 rows
-    split over 4 warps with 2 chunks in flight."""
+    """Without a tuned file: the best on an H200 in the 8B decode graph (benchmarks/results/gpu/graph-ab-h200.txt):
+    4 rows per warp, 2 chunks ahead, for a wide gate|up; 8 rows split over 4 warps for a long K (down); else 2 rows
+    per warp, 2 chunks ahead."""
     if n >= 16384:
-        return (4, 1, 1)
-    return (8, 1, 4) if k >= 8192 else (4, 2, 4)
+        return (4, 2, 1)
+    return (8, 1, 4) if k >= 8192 else (2, 2, 1)
 
 
 def variant_for(k: int, n: int, device) -> tuple[int, int, int]:
@@ -218,29 +220,28 @@ def variant_for(k: int, n: int, device) -> tuple[int, int, int]:
 
 
 def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
-    """v made legal for this shape: split K only when K / 32 divides by 4; rows per warp divide N."""
+    """v made legal for this shape: split K only when K / 32 divides by 4, persistent only when K / 32 divides by
+    32 U; rows per warp divide N."""
     r, u, s = (tuple(v) + (1,))[:3]
-    if s != 1 and (k // 32) % 4:
+    if (s > 1 and (k // 32) % 4) or (s < 0 and (k // 32) % (32 * u)):
         r, u, s = 2, 4, 1
     while n % r:
         r //= 2
     return r, u, s
 
 
-def l2_prefetch() -> int:
-    """Chunks (16 bytes) per row that a GEMV warp asks the L2 for before it waits for its input, beyond the chunks it
-    loads itself (QUANTDEPLOY_L2_PREFETCH; 0 = none). One more batch by default: a gate|up GEMV launched early could
-    otherwise ask for most of its 59 MB at once, more than the L2 holds."""
-    import os
-
-    try:
-        return max(0, int(os.environ.get("QUANTDEPLOY_L2_PREFETCH", "32")))
-    except ValueError:
-        return 32
-
-
 def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
-    return f"qd_w4a16_gemv{'_sk' if s != 1 else ''}<{r}, {u}, {act}>"
+    kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
+    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}>"
+
+
+def grid(n: int, r: int, s: int, sms: int) -> int:
+    """Blocks (of THREADS) for N rows in variant (r, ., s) on a GPU with `sms` multiprocessors."""
+    if s > 1:
+        return n // r
+    warps = n // r
+    blocks = (warps * 32 + THREADS - 1) // THREADS
+    return min(blocks, sms * -s) if s < 0 else blocks
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}
@@ -255,17 +256,22 @@ class CudaLinear:
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
-        r, u, s = fit_variant(variant, w.k, w.n) if variant else variant_for(w.k, w.n, self.device)
+        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
+        self.use(variant or variant_for(w.k, w.n, self.device))
+
+    def use(self, variant: tuple[int, ...]) -> None:
+        """Launch the GEMV as `variant` (made legal for this weight) from now on."""
+        w = self.w
+        r, u, s = fit_variant(variant, w.k, w.n)
         if self.act and r % 2:
             r = 2
-        g = w.k // w.group_size
         gshift = (w.group_size // 32).bit_length() - 1
-        self.rows, self.split_k, self.variant = r, s, (r, u, s)
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
-        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, g, gshift, l2_prefetch()),
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
                             pdl=pdl.enabled(self.device))
-        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, g, w.split))
-        self.label = name
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
+        self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
+        self.blocks = grid(w.n, r, s, sms)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -276,8 +282,7 @@ class CudaLinear:
             if x1.data_ptr() % 16:
                 x1 = x1.clone()
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
-            blocks = w.n // self.rows if self.split_k != 1 else (w.n // self.rows * 32 + THREADS - 1) // THREADS
-            self.gemv(blocks, w.q, w.meta, x1, y)
+            self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
         return F.linear(x, self.dense())
 

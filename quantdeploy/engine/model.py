@@ -341,7 +341,7 @@ class Decoder:
         return logits if all_logits else logits[0]
 
     def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
-        """forward() in Triton kernels around the linears: 7 kernels per decode layer instead of ~70 (see triton_ops).
+        """forward() in Triton kernels around the linears: 8 kernels per decode layer instead of ~70 (see triton_ops).
         x (the residual stream) is updated in place."""
         from . import triton_ops as T
 
@@ -357,8 +357,7 @@ class Decoder:
             qkv = L.qkv(y)
             if m == 1 and attn_mode:
                 att = T.attention_decode(qkv, positions, cos, sin, self.k_cache[i], self.v_cache[i], h, cfg.scale,
-                                         cfg.window[i], kv_len, eps, n.get("q_norm"), n.get("k_norm"), gemma,
-                                         combine=attn_mode == 2)
+                                         cfg.window[i], kv_len, eps, n.get("q_norm"), n.get("k_norm"), gemma)
             else:
                 q = T.rope_cache(qkv, positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
                                  n.get("q_norm"), n.get("k_norm"), gemma)

@@ -1,7 +1,8 @@
 """FastEngine: prefill eagerly, then decode one token per CUDA-graph replay (eager on the CPU).
 
 The sampled token never leaves the device between steps: it is written into the graph's input buffer, and
-copied to pinned host memory asynchronously; the host reads token t while the GPU already runs step t+1.
+copied to pinned host memory asynchronously; the host reads token t while the GPU already runs step t+1. Greedy
+decoding takes its argmax and the position's increment inside the graph (QUANTDEPLOY_GREEDY_GRAPH=0: outside).
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from .sampling import make_generator, sample
 log = logging.getLogger("quantdeploy.engine")
 
 
-def _capture_checked(device, fn, pool, on_warmup_stream: bool = False):
+def _capture_checked(device, fn, pool, on_warmup_stream: bool = False, reset=None):
     """(graph, its output, the replay's relative error against the eager result) for fn. fn runs twice on a side
     stream first (compiles Triton kernels, initialises cuBLAS) outside the capture. A kernel launched on another
     stream than the capture's runs once and is missing from every replay, so the first replay must reproduce the
-    eager result; fn's side effects (KV writes) are the same each time, so the check is safe."""
+    eager result; fn's side effects (KV writes) are the same each time, so the check is safe. reset: restores the
+    inputs that fn itself advances, before each run."""
     s = torch.cuda.Stream(device)
     s.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(s):
         for _ in range(2):
+            if reset:
+                reset()
             want = fn().clone()
     torch.cuda.current_stream(device).wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g, pool=pool, stream=s if on_warmup_stream else None):
         out = fn()
+    if reset:
+        reset()
     g.replay()
     err = float((out - want).norm() / want.norm().clamp_min(1e-6)) if bool(out.isfinite().all()) else float("inf")
     return g, out, err
@@ -51,17 +57,19 @@ class FastEngine:
         self.dec = Decoder(cfg, load_tensors(path), read_quant(path), device, dtype, self.max_len, gemv)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
+        self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.greedy_graph = os.environ.get("QUANTDEPLOY_GREEDY_GRAPH", "1") != "0"
         self.prefill_graphs: dict[int, tuple] = {}
-        self.p_tok = None
+        self.p_tok = self.pool = None
         self.prefill_graph = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH") == "1"
         self.arange = torch.arange(self.max_len, device=self.device)
         self.graph_kind = "none"
 
     def close(self) -> None:
         """Drop the CUDA graphs and their memory pools (the weights go with the engine)."""
-        if self.device.type == "cuda" and (self.graphs or self.prefill_graphs):
+        if self.device.type == "cuda" and (self.graphs or self.greedy_graphs or self.prefill_graphs):
             torch.cuda.synchronize(self.device)
-        self.graphs, self.prefill_graphs, self.p_tok = {}, {}, None
+        self.graphs, self.greedy_graphs, self.prefill_graphs, self.p_tok = {}, {}, {}, None
         self.pool = self.p_pool = None
 
     # --- decode step -------------------------------------------------------------------------------
@@ -89,14 +97,48 @@ class FastEngine:
         self.graphs[kv_len] = (g, out)
         self.graph_kind = "cuda-graph"
 
+    def _graph_inputs(self) -> None:
+        if self.pool is None:
+            self.g_tok = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.g_pos = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.pool = torch.cuda.graph_pool_handle()
+
+    def _step_greedy(self, pos_host: int) -> bool:
+        """One step from the graph inputs (g_tok at g_pos) in a CUDA graph that also takes the greedy token into
+        g_tok and advances g_pos: per token only the replay and the token's copy to the host leave the graph.
+        False (inputs unchanged) when its capture fails; the caller steps another way."""
+        kv_len = self.bucket(pos_host)
+        g = self.greedy_graphs.get(kv_len)
+        if g is not None:
+            g.replay()
+            return True
+        t0, p0 = self.g_tok.clone(), self.g_pos.clone()
+
+        def reset():
+            self.g_tok.copy_(t0)
+            self.g_pos.copy_(p0)
+
+        def fn():
+            logits = self._step_eager(self.g_tok, self.g_pos, kv_len)
+            self.g_tok.copy_(torch.argmax(logits).view(1))
+            self.g_pos.add_(1)
+            return logits
+
+        g, _, err = _capture_checked(self.device, fn, self.pool, reset=reset)
+        if not err < 1e-2:  # its check replay was this step; undo it
+            reset()
+            self.greedy_graph = False
+            log.warning("the greedy decode graph does not reproduce the eager step (rel err %.3g)", err)
+            return False
+        self.greedy_graphs[kv_len] = g
+        self.graph_kind = "cuda-graph"
+        return True
+
     def step(self, tok: torch.Tensor, pos: torch.Tensor, pos_host: int) -> torch.Tensor:
         kv_len = self.bucket(pos_host)
         if not self.use_graph:
             return self._step_eager(tok.view(1), pos.view(1), kv_len)
-        if not self.graphs:
-            self.g_tok = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.g_pos = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.pool = torch.cuda.graph_pool_handle()
+        self._graph_inputs()
         self.g_tok.copy_(tok.view(1))
         self.g_pos.copy_(pos.view(1))
         if kv_len not in self.graphs:  # the warm-up runs this very step, so the KV it writes is the right one
@@ -190,10 +232,20 @@ class FastEngine:
         events = [torch.cuda.Event(), torch.cuda.Event()]
         host[0:1].copy_(tok, non_blocking=True)
         events[0].record()
+        greedy = temperature <= 0 and self.use_graph and self.greedy_graph
+        if greedy:
+            self._graph_inputs()
+            self.g_tok.copy_(tok)
+            self.g_pos.copy_(pos)
         for i in range(room):
             if i + 1 < room:  # queue step i+1 before reading token i
-                nxt = sample(self.step(tok, pos, len(ids) + i), temperature, top_p, top_k, gen).view(1)
-                pos += 1
+                if greedy and not self._step_greedy(len(ids) + i):
+                    greedy, tok, pos = False, self.g_tok.clone(), self.g_pos.clone()
+                if greedy:
+                    nxt = self.g_tok  # the next replay overwrites it, after this copy to the host
+                else:
+                    nxt = sample(self.step(tok, pos, len(ids) + i), temperature, top_p, top_k, gen).view(1)
+                    pos += 1
                 slot = (i + 1) % 2
                 host[slot:slot + 1].copy_(nxt, non_blocking=True)
                 events[slot].record()

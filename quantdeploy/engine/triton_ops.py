@@ -7,8 +7,7 @@ costs a few microseconds however little it does, so the step's non-GEMV work is 
 - decode_attention: split-K (flash-decoding) attention of one query over the cache, GQA heads of one kv head
   together, the length read from the device (no mask tensor), then a small combine kernel;
 - act_mul: SiLU / GELU-tanh of the gate times the up projection.
-- attention_decode (decode, the default): rope_cache + decode_attention in one kernel; its last split of each kv
-  head combines the splits (an atomic count), so one kernel stands between the qkv and the o projection.
+- attention_decode (decode, the default): rope_cache and decode_attention's split kernel in one, then its combine.
 On compute capability 9.0+ they are launched with programmatic dependent launch (pdl.py): each lets the next
 kernel launch (gdc_launch_dependents), then waits for the kernel before it (gdc_wait) before it reads anything.
 Rounding follows the torch path (values are rounded to the model dtype where torch rounds them), so the two
@@ -261,14 +260,13 @@ def _rope_rows(x1, x2, w_ptr, c, s, eps, D: tl.constexpr, HALF: tl.constexpr, QK
 
 @triton.jit
 def _attn_decode(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr, vc_ptr, po_ptr, pm_ptr, pl_ptr,
-                 cnt_ptr, out_ptr, H, KVH, max_len, chunk, scale, window, eps,
+                 out_ptr, H, KVH, max_len, chunk, scale, window, eps,
                  G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
-                 SPLITS: tl.constexpr, SP: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-                 COMBINE: tl.constexpr, PDL: tl.constexpr):
-    """One decode token, from the qkv projection to the attention output: program (kv head, split) norms and
+                 SPLITS: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr, PDL: tl.constexpr):
+    """One decode token, from the qkv projection to the split attention: program (kv head, split) norms and
     rotates its G query heads and the new k (as _rope_cache), split 0 writes k, v into the cache at pos, and each
     split attends over its slots before pos (the new token is added from registers by the split that holds pos).
-    COMBINE: the last split of a kv head to finish (an atomic count, reset after) combines the splits into out."""
+    With one split it writes the output, else _attn_combine does."""
     _pdl_enter(PDL)
     kvh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -343,59 +341,38 @@ def _attn_decode(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr, vc_
         tl.store(po_ptr + row[:, None] * D + HALF + hd[None, :], acc2)
         tl.store(pm_ptr + row, m_i)
         tl.store(pl_ptr + row, l_i)
-        if COMBINE:
-            tl.debug_barrier()  # every thread's partials are out before the count (CUTLASS's semaphore order)
-            done = tl.atomic_add(cnt_ptr + kvh, 1, sem="acq_rel", scope="gpu")
-            if done == SPLITS - 1:
-                tl.store(cnt_ptr + kvh, 0)
-                for gg in range(G):
-                    _combine_head(po_ptr, pm_ptr, pl_ptr, out_ptr, kvh, gg, G, GP, D, SPLITS, SP, ".cg")
 
 
 def fuse_attention_mode() -> int:
-    """QUANTDEPLOY_FUSE_ATTN: 2 (default) one kernel from the qkv projection to the attention output, 1 the same
-    with the splits combined in a second kernel, 0 rope_cache + decode_attention (3 kernels)."""
+    """QUANTDEPLOY_FUSE_ATTN: 1 (default) attention_decode for a decode token (rope, the KV write and the split
+    attention in one kernel, then the combine), 0 rope_cache + decode_attention (3 kernels)."""
     import os
 
-    v = os.environ.get("QUANTDEPLOY_FUSE_ATTN", "2")
-    return int(v) if v in ("0", "1", "2") else 2
-
-
-_COUNTERS: dict = {}
-
-
-def _counter(device, n: int) -> torch.Tensor:
-    """Per-kv-head split counts for _attn_decode (zero between calls: the last split resets its count). Allocated
-    on first use, outside any graph capture (the eager warm-up comes first)."""
-    t = _COUNTERS.get(device)
-    if t is None or t.numel() < n:
-        t = _COUNTERS[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
-    return t
+    return 0 if os.environ.get("QUANTDEPLOY_FUSE_ATTN", "1") == "0" else 1
 
 
 def attention_decode(qkv, pos, cos, sin, k_cache, v_cache, heads: int, scale: float, window: int, kv_len: int,
-                     eps: float = 1e-6, q_norm=None, k_norm=None, gemma: bool = False, combine: bool = True):
+                     eps: float = 1e-6, q_norm=None, k_norm=None, gemma: bool = False):
     """One token: qkv [1, (H + 2 KVH) D] (the projection's output) -> attention output [1, H*D]; k and v written
-    into the caches at pos (a device tensor [1]). What rope_cache + decode_attention do, in one kernel (combine)
-    or two. kv_len bounds the slots any position of this bucket reaches (> pos)."""
+    into the caches at pos (a device tensor [1]). What rope_cache + decode_attention do, in two kernels (one when
+    a single split covers kv_len, the bound on the slots any position of this bucket reaches, > pos)."""
     kvh, max_len, d = k_cache.shape
     g = heads // kvh
     gp = max(16, triton.next_power_of_2(g))
     block, chunk, splits = attention_plan(kv_len, kvh, d, _sms(qkv.device))
-    sp2 = triton.next_power_of_2(splits)
     out = torch.empty((1, heads * d), dtype=qkv.dtype, device=qkv.device)
     po = torch.empty((kvh * splits * gp, d), dtype=torch.float32, device=qkv.device)
     pm = torch.empty((kvh * splits * gp,), dtype=torch.float32, device=qkv.device)
     pl = torch.empty_like(pm)
-    cnt = _counter(qkv.device, kvh)
     _attn_decode[(kvh, splits)](
         qkv, pos, cos, sin, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
-        k_cache, v_cache, po, pm, pl, cnt, out, heads, kvh, max_len, chunk, scale, window, eps,
-        G=g, GP=gp, D=d, HALF=d // 2, BLOCK=block, SPLITS=splits, SP=sp2, QK_NORM=q_norm is not None,
-        GEMMA=gemma, COMBINE=combine, num_warps=4, **_pdl(qkv.device))
-    if splits > 1 and not combine:
-        _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits, SP=sp2,
-                                num_warps=1 if d <= 128 else 2, **_pdl(qkv.device))
+        k_cache, v_cache, po, pm, pl, out, heads, kvh, max_len, chunk, scale, window, eps,
+        G=g, GP=gp, D=d, HALF=d // 2, BLOCK=block, SPLITS=splits, QK_NORM=q_norm is not None, GEMMA=gemma,
+        num_warps=4, **_pdl(qkv.device))
+    if splits > 1:
+        _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
+                                SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
+                                **_pdl(qkv.device))
     return out
 
 

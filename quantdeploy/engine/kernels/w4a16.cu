@@ -87,9 +87,7 @@ __device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, i
 // One warp computes R consecutive outputs (N % R == 0); lane l takes the 32-weight chunks l, l + 32, ... and loads
 // U chunks of every row before it computes them (bytes in flight). K % 32 == 0; a group is 2^gshift chunks.
 // Before pdl_wait() (weights never depend on the previous kernel; x does, so it is read only after the wait, through
-// L1 with ld.ca): each lane loads its first chunks (U of each row, or the one its tail loop takes first), and lanes
-// 0..R-1 ask the L2 for the next `pf` chunks of row `lane` (cp.async.bulk.prefetch, sm_90+), so that a GEMV whose
-// blocks are resident while the kernels before it run has its weights on the way before its input exists.
+// L1 with ld.ca) each lane loads its first chunks: U of each row, or the one its tail loop takes first.
 template <int R, int U>
 __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
                                        uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
@@ -97,17 +95,11 @@ __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int 
     for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
-__device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
 template <int R, int U>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                           const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
-                                          int cend, int pf, float (&acc)[R]) {
+                                          int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
@@ -123,8 +115,6 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     } else if (c < cend) {
         load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
     }
-    const int pbeg = cbeg + 32 * U, pend = min(cend, pbeg + pf);
-    if (lane < R && pbeg < pend) prefetch_l2(qr + lane * chunks + pbeg, (unsigned)(pend - pbeg) * 16u);
     pdl_wait();
     for (; c + 32 * (U - 1) < cend; c += 32 * U) {
         if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
@@ -179,12 +169,12 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
 template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     int N, int K, int G, int gshift, int pf) {
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, pf, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
@@ -194,14 +184,14 @@ template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        int N, int K, int G, int gshift, int pf) {
+                                                        int N, int K, int G, int gshift) {
     __shared__ float part[4][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = (K >> 5) >> 2;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, pf, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -211,6 +201,70 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict_
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = part[0][r] + part[1][r] + part[2][r] + part[3][r];
         store_rows<R, ACT>(y, n0, acc);
+    }
+}
+
+// Persistent (grid-stride): a few blocks per SM, each warp takes row groups gw, gw + warps, ... of R rows over all of
+// K, and loads the next batch of U chunks per row (of this row group or its next one) before it computes the current
+// one, so that bytes stay in flight across row groups; it leaves room on each SM for the next kernel's blocks, which
+// (PDL) load their first weights meanwhile. Needs (K / 32) % (32 U) == 0.
+template <int R, int U>
+__device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int chunks, int G, int gshift, int per,
+                                        int gw, int tw, int t, uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
+    const int n0 = (gw + (t / per) * tw) * R;
+    const int c = (t % per) * 32 * U + (threadIdx.x & 31);
+    load_w<R, U>(q + (size_t)n0 * chunks, meta + (size_t)n0 * G, chunks, G, gshift, c, wv, mv);
+}
+
+template <int R, int U, int ACT>
+__device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
+                                        int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
+                                        float (&acc)[R]) {
+    const int c = (t % per) * 32 * U + (threadIdx.x & 31);
+    uint4 xv[U][4];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+#pragma unroll
+    for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+    if (t % per == per - 1) {  // the row group is done
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+        if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    }
+}
+
+template <int R, int U, int ACT>
+__global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
+                                                        const unsigned *__restrict__ meta,
+                                                        const uint4 *__restrict__ x, half *__restrict__ y,
+                                                        int N, int K, int G, int gshift) {
+    pdl_launch_dependents();
+    const int chunks = K >> 5;
+    const int per = chunks / (32 * U);  // batches per row group
+    const int groups = N / R;
+    const int tw = gridDim.x * (blockDim.x >> 5);
+    const int gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int total = gw < groups ? (groups - gw + tw - 1) / tw * per : 0;  // this warp's batches
+    if (total == 0) return;
+    uint4 wa[U][R], wb[U][R];
+    unsigned ma[U][R], mb[U][R];
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
+    pdl_wait();
+    for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
+        if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc);
+        if (t + 1 >= total) break;
+        if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
 
