@@ -214,3 +214,22 @@ def test_exllama_sources_are_patched_to_launch_on_the_current_stream(tmp_path):
         if launches:
             assert text.startswith("#include <ATen/cuda/CUDAContext.h>")
     assert (root / "cuda" / "q_gemm.cu").read_text().count("getCurrentCUDAStream") == 0  # upstream untouched
+
+
+@pytest.mark.gpu
+def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
+    """Greedy decoding on CUDA takes its argmax and the position step inside the decode graph: the same tokens as
+    the argmax after each replay, across a bucket boundary (a new graph captured mid-generation)."""
+    import torch
+
+    from quantdeploy.engine.runner import FastEngine
+
+    eng = FastEngine(model_paths["gptq"], "cuda", torch.float16, 1024)
+    kw = dict(max_new=300, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
+    ids = list(range(100, 200))
+    a = list(eng.generate(ids, **kw))
+    assert eng.greedy_graphs and eng.graph_kind == "cuda-graph"
+    eng.greedy_graph = False
+    eng.close()
+    b = list(eng.generate(ids, **kw))
+    assert len(a) == 300 and a == b

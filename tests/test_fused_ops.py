@@ -57,19 +57,12 @@ def test_fused_kernels_compile_for_hopper():
         (T._attn_combine, dict(po_ptr=f32, pm_ptr=f32, pl_ptr=f32, out_ptr=f16), dict(G=4, GP=16, D=128, SPLITS=16,
                                                                                       SP=16)),
         (T._act_mul, dict(gu_ptr=f16, out_ptr=f16, I="i32"), dict(GELU=True, BLOCK=1024)),
-    ] + [
-        (T._attn_decode, dict(qkv_ptr=f16, pos_ptr=i64, cos_ptr=f16, sin_ptr=f16, qw_ptr=f16, kw_ptr=f16,
-                              kc_ptr=f16, vc_ptr=f16, po_ptr=f32, pm_ptr=f32, pl_ptr=f32,
-                              out_ptr=f16, H="i32", KVH="i32", max_len="i32", chunk="i32", scale="fp32",
-                              window="i32", eps="fp32"),
-         dict(G=g, GP=16, D=d, HALF=d // 2, BLOCK=64 if d <= 128 else 32, SPLITS=splits, QK_NORM=qk, GEMMA=qk))
-        for g, d, splits, qk in ((4, 128, 32, False), (4, 256, 16, True), (1, 64, 1, False))
     ] + [(G._w4a16_gemv, dict(x_ptr=f16, q_ptr="*i32", s_ptr=f16, z_ptr=f16, y_ptr=f32, N="i32", K="i32",
                      groups_per_split="i32"), dict(GROUP=128, BLOCK_N=128, ATOMIC=True, HALF=half))
          for half in (False, True)]
     for fn, types, consts in cases:
         names = list(inspect.signature(fn.fn).parameters)
         sig = {n: types.get(n, "constexpr") for n in names}
-        for pdl in ((0, 1, 2) if "PDL" in names else (None,)):  # off, wait first, launch the next first
+        for pdl in ((False, True) if "PDL" in names else (None,)):  # without and with the PDL instructions
             c = dict(consts, PDL=pdl) if pdl is not None else consts
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32))

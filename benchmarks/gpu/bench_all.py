@@ -29,15 +29,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--embedded", type=Path, help="the embedded Gemma-3-270M GGUF (assembled on the GPU machine)")
-    ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-1130, gguf, hf-gptq, ...)")
+    ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-pdl-off, gguf, hf-gptq, ...)")
     a = ap.parse_args()
     d = a.models
     e = ["--engine", "fast"]
     rows = [  # (key, model, options, name, extra environment)
         ("gptq", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine", {}),
         ("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
-        ("gptq-1130", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, 2026-11-30 settings",
-         {"QUANTDEPLOY_PDL_EARLY": "0", "QUANTDEPLOY_FUSE_ATTN": "0", "QUANTDEPLOY_GREEDY_GRAPH": "0"}),
         ("gptq-greedy-outside", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph",
          {"QUANTDEPLOY_GREEDY_GRAPH": "0"}),
         ("gptq-pdl-off", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, PDL off", {"QUANTDEPLOY_PDL": "0"}),

@@ -4,10 +4,11 @@ over 600 replays in two interleaved rounds (the faster kept), and its logits are
 
     python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save] [--env-out FILE]
 
-Settings: QUANTDEPLOY_PDL_EARLY, QUANTDEPLOY_FUSE_ATTN (docs/getting-started.md); --old-source: an earlier
-kernels/w4a16.cu with the fastest settings. --sweep: then each projection's GEMV variant in turn, in the graph
-(coordinate descent from the current variants), and the settings again; --save writes the variants to the per-GPU
-tuned file the engine reads, --env-out the fastest settings as shell exports.
+Settings: the defaults and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
+benchmarks/results/gpu/README.md); --old-source: an earlier kernels/w4a16.cu with the fastest settings. --sweep:
+then each projection's GEMV variant in turn, in the graph (coordinate descent from the current variants), and the
+settings again; --save writes the variants to the per-GPU tuned file the engine reads, --env-out the fastest
+settings as shell exports.
 """
 import argparse
 import json
@@ -20,13 +21,8 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-DEFAULTS = {"QUANTDEPLOY_PDL_EARLY": "1", "QUANTDEPLOY_FUSE_ATTN": "1"}
-SETTINGS = [
-    ("PDL late, 3 attention kernels (2026-11-30)", {"QUANTDEPLOY_PDL_EARLY": "0", "QUANTDEPLOY_FUSE_ATTN": "0"}),
-    ("PDL late, rope in the attention", {"QUANTDEPLOY_PDL_EARLY": "0"}),
-    ("PDL early, 3 attention kernels", {"QUANTDEPLOY_FUSE_ATTN": "0"}),
-    ("PDL early, rope in the attention (defaults)", {}),
-]
+DEFAULTS: dict = {}  # the engine's own settings
+SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
     "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4)] + PS,
@@ -41,6 +37,8 @@ def linears(eng, role):
 
 
 def apply(eng, env: dict, variants: dict) -> None:
+    for k in {k for _, e in SETTINGS for k in e}:
+        os.environ.pop(k, None)
     os.environ.update({**DEFAULTS, **env})
     for role, v in variants.items():
         for lin in linears(eng, role):

@@ -207,11 +207,11 @@ def tuned_file(device) -> Path:
 
 def default_variant(k: int, n: int) -> tuple[int, int, int]:
     """Without a tuned file: the best on an H200 in the 8B decode graph (benchmarks/results/gpu/graph-ab-h200.txt):
-    4 rows per warp, 2 chunks ahead, for a wide gate|up; 8 rows split over 4 warps for a long K (down); else 2 rows
-    per warp, 2 chunks ahead."""
+    4 rows per warp for a wide gate|up; 8 rows split over 4 warps for a long K (down) and a square o_proj; the
+    persistent kernel, 4 blocks per SM, for a qkv wider than it is long (a tie with (2, 2, 1) there)."""
     if n >= 16384:
-        return (4, 2, 1)
-    return (8, 1, 4) if k >= 8192 else (2, 2, 1)
+        return (4, 1, 1)
+    return (4, 1, -4) if n > k and k < 8192 else (8, 1, 4)
 
 
 def variant_for(k: int, n: int, device) -> tuple[int, int, int]:

@@ -341,7 +341,7 @@ class Decoder:
         return logits if all_logits else logits[0]
 
     def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
-        """forward() in Triton kernels around the linears: 8 kernels per decode layer instead of ~70 (see triton_ops).
+        """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
         x (the residual stream) is updated in place."""
         from . import triton_ops as T
 
@@ -349,23 +349,17 @@ class Decoder:
         m = x.shape[0]
         h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
         pending, pending_w = None, None  # the last block's output, added into x by the next norm
-        attn_mode = T.fuse_attention_mode()
         for i, L in enumerate(self.layers):
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
             cos, sin = self.rope[cfg.rope_theta[i]]
-            qkv = L.qkv(y)
-            if m == 1 and attn_mode:
-                att = T.attention_decode(qkv, positions, cos, sin, self.k_cache[i], self.v_cache[i], h, cfg.scale,
-                                         cfg.window[i], kv_len, eps, n.get("q_norm"), n.get("k_norm"), gemma)
+            q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
+                             n.get("q_norm"), n.get("k_norm"), gemma)
+            if m == 1:
+                att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
+                                         cfg.window[i])
             else:
-                q = T.rope_cache(qkv, positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                                 n.get("q_norm"), n.get("k_norm"), gemma)
-                if m == 1:
-                    att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
-                                             cfg.window[i])
-                else:
-                    att = self.attend(i, q, masks, kv_len, causal_from_zero)
+                att = self.attend(i, q, masks, kv_len, causal_from_zero)
             o = L.o(att)
             if "pre_feedforward_layernorm" in n:  # gemma: x += norm(o); y = norm(x)
                 y = T.add_rmsnorm(x, n["pre_feedforward_layernorm"], eps, gemma, o, n["post_attention_layernorm"])

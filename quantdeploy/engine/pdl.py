@@ -5,12 +5,6 @@ Launched with PDL, a kernel may start while the previous kernel in the stream is
 GEMV, the fused Triton ops) all do, so each one's launch, and the GEMV's first weight loads, overlap the kernel
 before it: a batch-1 step is ~300 small kernels, and their gaps are a large share of its time.
 QUANTDEPLOY_PDL=0 turns it off (for A/B measurements).
-
-Early (the default; QUANTDEPLOY_PDL_EARLY=0 for the order of 2026-11-30): every kernel lets the next one launch
-before it waits itself, so a GEMV's blocks can be resident, and stream their first weights, while the small
-kernels before it still run. Safe because each kernel waits (griddepcontrol.wait: the kernel before it has
-completed and its writes are visible) before it reads an activation or writes anything, and that kernel waited
-for the one before it: completion is ordered down the chain.
 """
 
 from __future__ import annotations
@@ -31,7 +25,3 @@ def enabled(device) -> bool:
     if device.type != "cuda" or os.environ.get("QUANTDEPLOY_PDL", "1") == "0":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def early() -> bool:
-    return os.environ.get("QUANTDEPLOY_PDL_EARLY", "1") != "0"

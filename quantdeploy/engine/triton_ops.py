@@ -7,9 +7,8 @@ costs a few microseconds however little it does, so the step's non-GEMV work is 
 - decode_attention: split-K (flash-decoding) attention of one query over the cache, GQA heads of one kv head
   together, the length read from the device (no mask tensor), then a small combine kernel;
 - act_mul: SiLU / GELU-tanh of the gate times the up projection.
-- attention_decode (decode, the default): rope_cache and decode_attention's split kernel in one, then its combine.
-On compute capability 9.0+ they are launched with programmatic dependent launch (pdl.py): each lets the next
-kernel launch (gdc_launch_dependents), then waits for the kernel before it (gdc_wait) before it reads anything.
+On compute capability 9.0+ they are launched with programmatic dependent launch (pdl.py): each waits for the
+kernel before it (gdc_wait) first thing, then lets the next one launch.
 Rounding follows the torch path (values are rounded to the model dtype where torch rounds them), so the two
 paths agree to the last bit or two; tests run these kernels under Triton's interpreter on the CPU.
 """
@@ -29,19 +28,15 @@ _HAS_GDC = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait"
 
 @triton.jit
 def _pdl_enter(PDL: tl.constexpr):
-    if PDL == 2:  # early: the next kernel may launch now (it waits for this one, which waits for the one before)
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
-    elif PDL == 1:
+    if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
 
 
 def _pdl(device) -> dict:
-    """The launch keywords: PDL on where the GPU and this Triton support it (PDL=2: let the next kernel launch
-    before waiting, pdl.early())."""
+    """The launch keywords: PDL on where the GPU and this Triton support it."""
     on = _HAS_GDC and pdl.enabled(device)
-    return {"PDL": 2 if pdl.early() else 1, "launch_pdl": True} if on else {"PDL": 0}
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
 @triton.jit
@@ -184,27 +179,23 @@ def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, w
 
 
 @triton.jit
-def _combine_head(po_ptr, pm_ptr, pl_ptr, out_ptr, kvh, g, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                  SPLITS: tl.constexpr, SP: tl.constexpr, CACHE: tl.constexpr):
-    s = tl.arange(0, SP)
-    sm = s < SPLITS
-    row = (kvh * SPLITS + s) * GP + g
-    m = tl.load(pm_ptr + row, mask=sm, other=float("-inf"), cache_modifier=CACHE)
-    ls = tl.load(pl_ptr + row, mask=sm, other=0.0, cache_modifier=CACHE)
-    mx = tl.max(m, 0)
-    wt = tl.where(m > float("-inf"), tl.exp(m - mx), 0.0)
-    d = tl.arange(0, D)
-    acc = tl.load(po_ptr + row[:, None] * D + d[None, :], mask=sm[:, None], other=0.0, cache_modifier=CACHE)
-    o = tl.sum(acc * wt[:, None], 0) / tl.sum(ls * wt, 0)
-    tl.store(out_ptr + (kvh * G + g) * D + d, o.to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
 def _attn_combine(po_ptr, pm_ptr, pl_ptr, out_ptr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                   SPLITS: tl.constexpr, SP: tl.constexpr, PDL: tl.constexpr):
     _pdl_enter(PDL)
     h = tl.program_id(0)
-    _combine_head(po_ptr, pm_ptr, pl_ptr, out_ptr, h // G, h % G, G, GP, D, SPLITS, SP, "")
+    kvh = h // G
+    g = h % G
+    s = tl.arange(0, SP)
+    sm = s < SPLITS
+    row = (kvh * SPLITS + s) * GP + g
+    m = tl.load(pm_ptr + row, mask=sm, other=float("-inf"))
+    ls = tl.load(pl_ptr + row, mask=sm, other=0.0)
+    mx = tl.max(m, 0)
+    wt = tl.where(m > float("-inf"), tl.exp(m - mx), 0.0)
+    d = tl.arange(0, D)
+    acc = tl.load(po_ptr + row[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
+    o = tl.sum(acc * wt[:, None], 0) / tl.sum(ls * wt, 0)
+    tl.store(out_ptr + h * D + d, o.to(out_ptr.dtype.element_ty))
 
 
 def attention_plan(kv_len: int, kv_heads: int, d: int, sms: int) -> tuple[int, int, int]:
@@ -232,147 +223,6 @@ def decode_attention(q, k_cache, v_cache, pos, kv_len: int, scale: float, window
     _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
                             SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
                             **_pdl(q.device))
-    return out
-
-
-@triton.jit
-def _rope_rows(x1, x2, w_ptr, c, s, eps, D: tl.constexpr, HALF: tl.constexpr, QK_NORM: tl.constexpr,
-               GEMMA: tl.constexpr, dt: tl.constexpr):
-    """Rows [R, HALF] x2 (the two halves of R heads, fp32): per-head norm (QK_NORM) and the rotary embedding,
-    rounded to dt where _rope_cache rounds. Returns the two rotated halves in fp32 (values exact in dt)."""
-    a = x1
-    b = x2
-    if QK_NORM:
-        offs = tl.arange(0, HALF)
-        w1 = tl.load(w_ptr + offs).to(tl.float32)[None, :]
-        w2 = tl.load(w_ptr + HALF + offs).to(tl.float32)[None, :]
-        inv = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / D + eps)[:, None]
-        if GEMMA:
-            a = (a * inv * (1.0 + w1)).to(dt).to(tl.float32)
-            b = (b * inv * (1.0 + w2)).to(dt).to(tl.float32)
-        else:
-            a = ((a * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
-            b = ((b * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
-    o1 = ((a * c).to(dt).to(tl.float32) + (-b * s).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    o2 = ((b * c).to(dt).to(tl.float32) + (a * s).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-    return o1, o2
-
-
-@triton.jit
-def _attn_decode(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, kc_ptr, vc_ptr, po_ptr, pm_ptr, pl_ptr,
-                 out_ptr, H, KVH, max_len, chunk, scale, window, eps,
-                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
-                 SPLITS: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr, PDL: tl.constexpr):
-    """One decode token, from the qkv projection to the split attention: program (kv head, split) norms and
-    rotates its G query heads and the new k (as _rope_cache), split 0 writes k, v into the cache at pos, and each
-    split attends over its slots before pos (the new token is added from registers by the split that holds pos).
-    With one split it writes the output, else _attn_combine does."""
-    _pdl_enter(PDL)
-    kvh = tl.program_id(0)
-    sp = tl.program_id(1)
-    dt = kc_ptr.dtype.element_ty
-    pos = tl.load(pos_ptr).to(tl.int32)
-    g = tl.arange(0, GP)
-    gm = g < G
-    hd = tl.arange(0, HALF)
-    c = tl.load(cos_ptr + pos * D + hd).to(tl.float32)[None, :]
-    s = tl.load(sin_ptr + pos * D + hd).to(tl.float32)[None, :]
-    qrow = qkv_ptr + (kvh * G + g)[:, None] * D + hd[None, :]
-    q1, q2 = _rope_rows(tl.load(qrow, mask=gm[:, None], other=0.0).to(tl.float32),
-                        tl.load(qrow + HALF, mask=gm[:, None], other=0.0).to(tl.float32),
-                        qw_ptr, c, s, eps, D, HALF, QK_NORM, GEMMA, dt)
-    one = tl.arange(0, 1)
-    krow = qkv_ptr + (H + kvh) * D + one[:, None] * 0 + hd[None, :]
-    k1, k2 = _rope_rows(tl.load(krow).to(tl.float32), tl.load(krow + HALF).to(tl.float32),
-                        kw_ptr, c, s, eps, D, HALF, QK_NORM, GEMMA, dt)
-    vrow = qkv_ptr + (H + KVH + kvh) * D + hd
-    v1 = tl.load(vrow)
-    v2 = tl.load(vrow + HALF)
-    base = kvh * max_len * D
-    if sp == 0:
-        dst = base + pos * D + hd
-        tl.store(kc_ptr + dst, tl.reshape(k1, (HALF,)).to(dt))
-        tl.store(kc_ptr + dst + HALF, tl.reshape(k2, (HALF,)).to(dt))
-        tl.store(vc_ptr + dst, v1)
-        tl.store(vc_ptr + dst + HALF, v2)
-    lo = sp * chunk
-    hi = tl.minimum(lo + chunk, pos)  # slots before pos; pos itself comes from registers
-    if window > 0:
-        lo = tl.maximum(lo, pos - window + 1)
-    qa = q1.to(dt)
-    qb = q2.to(dt)
-    m_i = tl.full((GP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((GP,), tl.float32)
-    acc1 = tl.zeros((GP, HALF), tl.float32)
-    acc2 = tl.zeros((GP, HALF), tl.float32)
-    for start in range(lo, hi, BLOCK):
-        j = start + tl.arange(0, BLOCK)
-        jm = j < hi
-        kp = kc_ptr + base + j[:, None] * D + hd[None, :]
-        sc = tl.dot(qa, tl.trans(tl.load(kp, mask=jm[:, None], other=0.0)))
-        sc = (sc + tl.dot(qb, tl.trans(tl.load(kp + HALF, mask=jm[:, None], other=0.0)))) * scale
-        sc = tl.where(jm[None, :], sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, 1))
-        p = tl.exp(sc - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        vp = vc_ptr + base + j[:, None] * D + hd[None, :]
-        pv = p.to(dt)
-        acc1 = acc1 * alpha[:, None] + tl.dot(pv, tl.load(vp, mask=jm[:, None], other=0.0))
-        acc2 = acc2 * alpha[:, None] + tl.dot(pv, tl.load(vp + HALF, mask=jm[:, None], other=0.0))
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
-    if (pos >= sp * chunk) & (pos < sp * chunk + chunk):  # the new token
-        sn = (tl.sum(q1 * k1, 1) + tl.sum(q2 * k2, 1)) * scale
-        m_new = tl.maximum(m_i, sn)
-        p = tl.exp(sn - m_new)
-        alpha = tl.exp(m_i - m_new)
-        pv = p.to(dt).to(tl.float32)[:, None]
-        acc1 = acc1 * alpha[:, None] + pv * v1.to(tl.float32)[None, :]
-        acc2 = acc2 * alpha[:, None] + pv * v2.to(tl.float32)[None, :]
-        l_i = l_i * alpha + p
-        m_i = m_new
-    if SPLITS == 1:
-        orow = out_ptr + (kvh * G + g)[:, None] * D + hd[None, :]
-        tl.store(orow, (acc1 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=gm[:, None])
-        tl.store(orow + HALF, (acc2 / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=gm[:, None])
-    else:
-        row = (kvh * SPLITS + sp) * GP + g
-        tl.store(po_ptr + row[:, None] * D + hd[None, :], acc1)
-        tl.store(po_ptr + row[:, None] * D + HALF + hd[None, :], acc2)
-        tl.store(pm_ptr + row, m_i)
-        tl.store(pl_ptr + row, l_i)
-
-
-def fuse_attention_mode() -> int:
-    """QUANTDEPLOY_FUSE_ATTN: 1 (default) attention_decode for a decode token (rope, the KV write and the split
-    attention in one kernel, then the combine), 0 rope_cache + decode_attention (3 kernels)."""
-    import os
-
-    return 0 if os.environ.get("QUANTDEPLOY_FUSE_ATTN", "1") == "0" else 1
-
-
-def attention_decode(qkv, pos, cos, sin, k_cache, v_cache, heads: int, scale: float, window: int, kv_len: int,
-                     eps: float = 1e-6, q_norm=None, k_norm=None, gemma: bool = False):
-    """One token: qkv [1, (H + 2 KVH) D] (the projection's output) -> attention output [1, H*D]; k and v written
-    into the caches at pos (a device tensor [1]). What rope_cache + decode_attention do, in two kernels (one when
-    a single split covers kv_len, the bound on the slots any position of this bucket reaches, > pos)."""
-    kvh, max_len, d = k_cache.shape
-    g = heads // kvh
-    gp = max(16, triton.next_power_of_2(g))
-    block, chunk, splits = attention_plan(kv_len, kvh, d, _sms(qkv.device))
-    out = torch.empty((1, heads * d), dtype=qkv.dtype, device=qkv.device)
-    po = torch.empty((kvh * splits * gp, d), dtype=torch.float32, device=qkv.device)
-    pm = torch.empty((kvh * splits * gp,), dtype=torch.float32, device=qkv.device)
-    pl = torch.empty_like(pm)
-    _attn_decode[(kvh, splits)](
-        qkv, pos, cos, sin, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
-        k_cache, v_cache, po, pm, pl, out, heads, kvh, max_len, chunk, scale, window, eps,
-        G=g, GP=gp, D=d, HALF=d // 2, BLOCK=block, SPLITS=splits, QK_NORM=q_norm is not None, GEMMA=gemma,
-        num_warps=4, **_pdl(qkv.device))
-    if splits > 1:
-        _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
-                                SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
-                                **_pdl(qkv.device))
     return out
 
 

@@ -52,21 +52,6 @@ for dt in (torch.float32, torch.float16):
       j=torch.arange(256); mask=(j<=p)&((j>p-win) if win else True)
       ref=F.scaled_dot_product_attention(q.transpose(0,1).unsqueeze(0).float(),kc[:,:256].unsqueeze(0).float(),vc[:,:256].unsqueeze(0).float(),attn_mask=mask[None,:],scale=D**-0.5,enable_gqa=KVH!=H)
       check((dt,'attn',H,KVH,D,win,p),rel(o,ref[0].transpose(0,1).reshape(1,-1)),1e-3)
-  # attention_decode (one kernel from the qkv projection) against rope_cache + decode_attention
-  for (H,KVH,D,win,qk,gemma) in ((32,32,64,0,False,False),(32,8,128,0,False,False),(4,1,256,0,True,True),(4,1,256,7,True,True),(8,2,64,0,True,False)):
-    L=300; kv_len=256
-    cs=torch.outer(torch.arange(L).float(),1.0/(10000**(torch.arange(0,D,2).float()/D))); emb=torch.cat([cs,cs],-1)
-    cos,sin=emb.cos().to(dt),emb.sin().to(dt)
-    qn=(torch.randn(D)*0.1+1).to(dt) if qk else None; kn=(torch.randn(D)*0.1+1).to(dt) if qk else None
-    kc0=torch.randn(KVH,L,D).to(dt); vc0=torch.randn(KVH,L,D).to(dt)
-    for p in (0,100,255):
-      qkv=torch.randn(1,(H+2*KVH)*D).to(dt); pos=torch.tensor([p])
-      kr,vr=kc0.clone(),vc0.clone()
-      q=T.rope_cache(qkv,pos,cos,sin,kr,vr,H,KVH,1e-6,qn,kn,gemma)
-      ref=T.decode_attention(q,kr,vr,pos,kv_len,D**-0.5,win)
-      kc,vc=kc0.clone(),vc0.clone()
-      o=T.attention_decode(qkv,pos,cos,sin,kc,vc,H,D**-0.5,win,kv_len,1e-6,qn,kn,gemma)
-      check((dt,'attn_decode',H,KVH,D,win,qk,p),max(rel(o,ref),rel(kc,kr),rel(vc,vr)),2e-3 if dt==torch.float16 else 1e-5)
   gu=torch.randn(2,2*300).to(dt)
   for gelu in (False,True):
     g,u=gu.chunk(2,-1); a=F.gelu(g,approximate='tanh') if gelu else F.silu(g)
