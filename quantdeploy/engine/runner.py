@@ -128,7 +128,8 @@ class FastEngine:
         if not err < 1e-2:  # its check replay was this step; undo it
             reset()
             self.greedy_graph = False
-            log.warning("the greedy decode graph does not reproduce the eager step (rel err %.3g)", err)
+            log.warning("the greedy decode graph does not reproduce the eager step (rel err %.3g); taking the "
+                        "argmax after the step's graph instead", err)
             return False
         self.greedy_graphs[kv_len] = g
         self.graph_kind = "cuda-graph"
