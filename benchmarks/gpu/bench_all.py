@@ -3,6 +3,7 @@ path and llama.cpp, side by side in one run on 8B-shape synthetic GPTQ / AWQ / G
 embedded Gemma-3-270M), against the device's measured copy roofline.
 
     python benchmarks/gpu/bench_all.py --models DIR --out benchmarks/results   (DIR from synth.py)
+    python benchmarks/gpu/bench_all.py --out DIR --embedded-fixtures --only embedded,embedded-gptq,embedded-awq
 
 Writes <date>-<gpu>.{json,md,html} in --out.
 """
@@ -22,16 +23,19 @@ from quantdeploy.bench.report import render, write_report
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", type=Path, required=True)
+    ap.add_argument("--models", type=Path, help="DIR from synth.py (the 8B-shape rows)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--embedded", type=Path, help="the embedded Gemma-3-270M GGUF (assembled on the GPU machine)")
-    ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-pdl-off, gguf, hf-gptq, ...)")
+    ap.add_argument("--embedded-fixtures", action="store_true",
+                    help="rows for the embedded model's GGUF and the GPTQ / AWQ test fixtures built from it")
+    ap.add_argument("--require-gpu", action="store_true", help="passed to each bench (exit 3 rows are kept)")
+    ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-pdl-off, gguf, hf-gptq, embedded, ...)")
     a = ap.parse_args()
-    d = a.models
+    d = a.models or Path("-")
     e = ["--engine", "fast"]
     rows = [  # (key, model, options, name, extra environment)
         ("gptq", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine", {}),
@@ -44,9 +48,18 @@ def main() -> None:
         ("gptq-triton", d / "gptq", e + ["--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV", {}),
         ("gguf", d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp", {}),
     ]
+    if not a.models:
+        rows = []
+    if a.embedded_fixtures:
+        from quantdeploy.models import embedded_model_path
+        from quantdeploy.testing.fixtures import awq_model, gptq_model
+
+        a.embedded = embedded_model_path()
+        rows += [("embedded-gptq", gptq_model(), e, "gemma-3-270m GPTQ (fixture) · quantdeploy engine", {}),
+                 ("embedded-awq", awq_model(), e, "gemma-3-270m AWQ (fixture) · quantdeploy engine", {})]
     if a.embedded and a.embedded.is_file():
         rows.append(("embedded", a.embedded, [], "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp", {}))
-    if not a.skip_hf:
+    if not a.skip_hf and a.models:
         hf = ["--engine", "hf", "--kernel", "marlin"]
         rows += [("hf-gptq", d / "gptq", hf, "llama-8b GPTQ · transformers+gptqmodel marlin", {}),
                  ("hf-awq", d / "awq", hf, "llama-8b AWQ · transformers+gptqmodel marlin", {})]
@@ -58,11 +71,13 @@ def main() -> None:
     for _, path, opts, name, env in rows:
         cmd = [sys.executable, "-m", "quantdeploy", "bench", str(path), *opts, "--device", "cuda", "--json",
                "--no-warm-load", "--prompt-tokens", str(a.prompt_tokens), "--new-tokens", str(a.new_tokens),
-               "--repeat", str(a.repeat)]
+               "--repeat", str(a.repeat)] + (["--require-gpu"] if a.require_gpu else [])
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
         env = {**os.environ, **env}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
+        if proc.returncode == 3:  # measured, but a --require-* check failed: keep the row, say so
+            print(f"{name}: exit 3, a --require-gpu check failed (see the row's kernels)", file=sys.stderr)
+        elif proc.returncode != 0:
             print(f"{name}: failed ({proc.returncode}): {proc.stderr[-3000:]}", file=sys.stderr)
             continue
         one = json.loads(proc.stdout)
@@ -75,8 +90,9 @@ def main() -> None:
             report["results"] += one["results"]
             report["rooflines"].update(one.get("rooflines") or {})
         write(report, a.out)  # after every row: a run cut short keeps what it measured
-    if report is not None:
-        print(render(report, ".md"))
+    if report is None:
+        sys.exit("no row was measured")
+    print(render(report, ".md"))
 
 
 def write(report: dict, out: Path) -> None:
