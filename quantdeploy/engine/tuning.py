@@ -1,5 +1,6 @@
-"""Per-GPU tuned GEMV choices, written by `benchmarks/gpu/gemv_tune.py --save` under $QUANTDEPLOY_HOME/gemv/:
-<gpu name>.json for the Triton GEMV, <gpu name>-cuda.json for the CUDA GEMV; keys "KxN"."""
+"""Per-GPU tuned GEMV choices under $QUANTDEPLOY_HOME/gemv/: <gpu name>.json for the Triton GEMV (written by
+`benchmarks/gpu/gemv_tune.py --save`), <gpu name>-cuda.json for the CUDA GEMV (by `benchmarks/gpu/graph_ab.py
+--sweep --save`, tuned in the decode graph); keys "KxN"."""
 
 from __future__ import annotations
 
