@@ -246,6 +246,26 @@ def test_load_failure_is_reported():
     assert isinstance(failures[0], InvalidModel)
 
 
+def test_a_generation_is_counted_before_its_waiter_wakes():
+    """The metrics record a generation on the event loop before the request that waits for it can answer: a client
+    that reads /metrics right after its response sees its tokens counted."""
+    import asyncio
+
+    from quantdeploy.server.runner import Running
+
+    async def main():
+        r = Running(asyncio.get_running_loop())
+        seen = []
+        r.on_end = lambda run: seen.append("counted")
+        threading.Thread(target=r.end, args=(None, None)).start()
+        async for _ in r.batches():
+            pass
+        seen.append("woken")
+        return seen
+
+    assert asyncio.run(main()) == ["counted", "woken"]
+
+
 def test_metrics_count_tokens_and_latency(client):
     before = metric(client, "quantdeploy_completion_tokens_total")
     n_ttft = metric(client, "quantdeploy_time_to_first_token_seconds_count")

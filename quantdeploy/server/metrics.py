@@ -56,7 +56,7 @@ class Metrics:
         self.requests.labels(path if path in ENDPOINTS else "other", str(status)).inc()
 
     def generation(self, running: Running, arrived: float) -> None:
-        """Record a generation that ran (after its thread ended)."""
+        """Record a generation that ran, when it ends (on the event loop, before its response goes out)."""
         if running.error is not None and running.error.status < 500:
             return  # rejected while preparing (a 4xx): it never generated
         u = running.usage

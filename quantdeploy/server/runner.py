@@ -33,9 +33,11 @@ class Running:
         self.t_end: float | None = None
         self._lock = threading.Lock()
         self._pieces: list[str] = []
-        self._ended = False
+        self._ended = False  # set by the slot thread
+        self._ended_loop = False  # set on the event loop, after on_end: what waiters go by
         self._wake_pending = False
         self._event = asyncio.Event()
+        self.on_end = None  # called on the event loop when the generation has ended, before anyone is woken
 
     @property
     def ended(self) -> bool:
@@ -76,9 +78,15 @@ class Running:
             self.error = error
             self._ended = True
         self._call(self._resolve, None, error)
-        self._call(self._wake)
+        self._call(self._ended_on_loop)
 
     # --- event loop side ------------------------------------------------------------------------
+    def _ended_on_loop(self) -> None:
+        if self.on_end is not None:  # metrics count the generation before its response can go out
+            self.on_end(self)
+        self._ended_loop = True
+        self._wake()
+
     def _wake(self) -> None:
         with self._lock:
             self._wake_pending = False
@@ -89,9 +97,9 @@ class Running:
         while True:
             await self._event.wait()
             self._event.clear()
+            ended = self._ended_loop  # read first: every piece was pushed before it was set
             with self._lock:
                 pieces, self._pieces = self._pieces, []
-                ended = self._ended
             if pieces:
                 yield pieces
             if ended:

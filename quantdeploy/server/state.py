@@ -98,13 +98,14 @@ class ServerState:
                            headers={"Retry-After": str(e.retry_after)}) from None
         loop = asyncio.get_running_loop()
         running = Running(loop)
+        running.on_end = lambda r: self.metrics.generation(r, arrived)
         try:
             fut = loop.run_in_executor(slot.executor, run_job, slot.model, job, running, self.settings.template)
         except BaseException:
             pool.release(slot)
             raise
         self._active.add(running)
-        fut.add_done_callback(lambda f: self._finished(pool, slot, running, arrived, f))
+        fut.add_done_callback(lambda f: self._finished(pool, slot, running))
         try:
             await running.ready
         except asyncio.CancelledError:
@@ -112,13 +113,10 @@ class ServerState:
             raise
         return running
 
-    def _finished(self, pool: SlotPool, slot: Slot, running: Running, arrived: float, fut: asyncio.Future) -> None:
+    def _finished(self, pool: SlotPool, slot: Slot, running: Running) -> None:
         self._active.discard(running)
         busy_s = (running.t_end - running.t_start) if running.t_end and running.t_start else None
         pool.release(slot, busy_s)
-        if fut.cancelled() or fut.exception() is not None:  # the executor refused it (shutdown)
-            return
-        self.metrics.generation(running, arrived)
 
     def stop_all(self) -> None:
         """The server is going down: end running generations at their next token, turn the queue away (503)."""
