@@ -35,9 +35,9 @@ def main() -> None:
     ap.add_argument("--require-gpu", action="store_true", help="passed to each bench (exit 3 rows are kept)")
     ap.add_argument("--only", help="comma-separated row keys (gptq, awq, gptq-pdl-off, gguf, hf-gptq, embedded, ...)")
     a = ap.parse_args()
-    d = a.models or Path("-")
+    d = a.models
     e = ["--engine", "fast"]
-    rows = [  # (key, model, options, name, extra environment)
+    rows = [] if d is None else [  # (key, model, options, name, extra environment)
         ("gptq", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine", {}),
         ("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
         ("gptq-greedy-outside", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph",
@@ -48,8 +48,6 @@ def main() -> None:
         ("gptq-triton", d / "gptq", e + ["--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV", {}),
         ("gguf", d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp", {}),
     ]
-    if not a.models:
-        rows = []
     if a.embedded_fixtures:
         from quantdeploy.models import embedded_model_path
         from quantdeploy.testing.fixtures import awq_model, gptq_model
@@ -59,7 +57,7 @@ def main() -> None:
                  ("embedded-awq", awq_model(), e, "gemma-3-270m AWQ (fixture) · quantdeploy engine", {})]
     if a.embedded and a.embedded.is_file():
         rows.append(("embedded", a.embedded, [], "gemma-3-270m GGUF Q4_K_M (embedded) · llama.cpp", {}))
-    if not a.skip_hf and a.models:
+    if not a.skip_hf and d is not None:
         hf = ["--engine", "hf", "--kernel", "marlin"]
         rows += [("hf-gptq", d / "gptq", hf, "llama-8b GPTQ · transformers+gptqmodel marlin", {}),
                  ("hf-awq", d / "awq", hf, "llama-8b AWQ · transformers+gptqmodel marlin", {})]

@@ -2,13 +2,12 @@
 variants alone mislead once kernels overlap under PDL). One model load; each setting recaptures the graph, is timed
 over 600 replays in two interleaved rounds (the faster kept), and its logits are checked against the torch-ops step.
 
-    python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save] [--env-out FILE]
+    python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save]
 
 Settings: the defaults and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
 benchmarks/results/gpu/README.md); --old-source: an earlier kernels/w4a16.cu with the fastest settings. --sweep:
 then each projection's GEMV variant in turn, in the graph (coordinate descent from the current variants), and the
-settings again; --save writes the variants to the per-GPU tuned file the engine reads, --env-out the fastest
-settings as shell exports.
+settings again; --save writes the variants to the per-GPU tuned file the engine reads.
 """
 import argparse
 import json
@@ -21,7 +20,6 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-DEFAULTS: dict = {}  # the engine's own settings
 SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
@@ -39,7 +37,7 @@ def linears(eng, role):
 def apply(eng, env: dict, variants: dict) -> None:
     for k in {k for _, e in SETTINGS for k in e}:
         os.environ.pop(k, None)
-    os.environ.update({**DEFAULTS, **env})
+    os.environ.update(env)
     for role, v in variants.items():
         for lin in linears(eng, role):
             lin.use(v)
@@ -84,9 +82,7 @@ def main():
     ap.add_argument("--old-source", type=Path)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--save", action="store_true")
-    ap.add_argument("--env-out", type=Path, help="write the fastest settings there as shell exports")
     a = ap.parse_args()
-    os.environ.update(DEFAULTS)
     eng = FastEngine(a.model, "cuda", torch.float16, 1024, gemv="cuda")
     ids = list(range(1000, 1016))
     tok, pos = torch.tensor([42], device="cuda"), torch.tensor([16], device="cuda")
@@ -121,7 +117,7 @@ def main():
                 print(f"{role:8s}", "  ".join(f"{v}: {t * 1e3:.3f}" for v, t in times.items()), "->", chosen[role],
                       flush=True)
             print("swept variants", chosen, flush=True)
-            env = fastest(ab_settings(eng, tok, pos, ref, chosen))
+            fastest(ab_settings(eng, tok, pos, ref, chosen))
         if a.save:
             path = cuda_gemv.tuned_file(torch.device("cuda"))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +125,6 @@ def main():
                     for lin in linears(eng, role)[:1]}
             path.write_text(json.dumps(keys, indent=1))
             print("saved", path, keys)
-        if a.env_out:
-            a.env_out.write_text("".join(f"export {k}={v}\n" for k, v in {**DEFAULTS, **env}.items()))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,24 @@ __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int 
     for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
+// x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca).
+template <int U>
+__device__ __forceinline__ void load_x(const uint4 *__restrict__ x, int c, uint4 (&xv)[U][4]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+}
+
+// Each of R partial sums added over the warp (every lane ends with the totals).
+template <int R>
+__device__ __forceinline__ void warp_sum(float (&acc)[R]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+}
+
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
 template <int R, int U>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
@@ -119,10 +137,7 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     for (; c + 32 * (U - 1) < cend; c += 32 * U) {
         if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
         uint4 xv[U][4];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+        load_x<U>(x, c, xv);
 #pragma unroll
         for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     }
@@ -130,15 +145,11 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     for (; c < cend; c += 32) {
         if (!have) load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
         have = false;
-        uint4 xr[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xr[i] = __ldca(x + c * 4 + i);
-        chunk_dot<R>(wv[0], mv[0], xr, acc);
+        uint4 xr[1][4];
+        load_x<1>(x, c, xr);
+        chunk_dot<R>(wv[0], mv[0], xr[0], acc);
     }
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    warp_sum<R>(acc);
 }
 
 // The R outputs of rows n0..: ACT 0 writes y[n0 + r]. ACT 1 (SiLU) / 2 (GELU-tanh): the MLP's gate|up projection
@@ -220,19 +231,12 @@ template <int R, int U, int ACT>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
                                         int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
                                         float (&acc)[R]) {
-    const int c = (t % per) * 32 * U + (threadIdx.x & 31);
     uint4 xv[U][4];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+    load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
 #pragma unroll
     for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+        warp_sum<R>(acc);
         if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.0f;
