@@ -205,7 +205,7 @@ class Decoder:
         shape = (cfg.kv_heads, max_len, d)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
-        self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype) if cfg.gemma else None
+        self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
         self.fused = fused_ops_enabled(self.device)
 
@@ -300,7 +300,7 @@ class Decoder:
         m = tokens.shape[0]
         x = F.embedding(tokens, self.embed)
         if self.embed_scale is not None:
-            x = x * self.embed_scale.to(x.device)
+            x = x * self.embed_scale
         if self.fused:
             return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero, last)
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
