@@ -233,3 +233,68 @@ def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
     eng.close()
     b = list(eng.generate(ids, **kw))
     assert len(a) == 300 and a == b
+
+
+def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000, layers=2, seed=0):
+    """A random Llama-shaped GPTQ checkpoint (no tokenizer): the engine's Llama decode path on a GPU in seconds."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    d = hidden // heads
+    t = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g).half() * 0.5,
+         "lm_head.weight": torch.randn(vocab, hidden, generator=g).half() * 0.05,
+         "model.norm.weight": (torch.rand(hidden, generator=g) + 0.5).half()}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"{p}.{n}.weight"] = (torch.rand(hidden, generator=g) + 0.5).half()
+        for name, k, n in ((".self_attn.q_proj", hidden, hidden), (".self_attn.k_proj", hidden, kv_heads * d),
+                           (".self_attn.v_proj", hidden, kv_heads * d), (".self_attn.o_proj", hidden, hidden),
+                           (".mlp.gate_proj", hidden, inter), (".mlp.up_proj", hidden, inter),
+                           (".mlp.down_proj", inter, hidden)):
+            t[p + name + ".qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), generator=g,
+                                                     dtype=torch.int32)
+            t[p + name + ".qzeros"] = torch.full((k // 128, n // 8), 0x77777777, dtype=torch.int32)
+            t[p + name + ".scales"] = (torch.rand(k // 128, n, generator=g) * 0.02 + 0.01).half()
+            t[p + name + ".g_idx"] = (torch.arange(k) // 128).int()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": inter, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "num_hidden_layers": layers, "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "tie_word_embeddings": False, "hidden_act": "silu", "torch_dtype": "float16",
+        "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                                "sym": True, "checkpoint_format": "gptq"}}))
+    return out
+
+
+@pytest.mark.gpu
+def test_norms_inside_the_gemvs_compute_the_step_of_the_norm_kernels(tmp_path, monkeypatch):
+    """QUANTDEPLOY_NORM_IN_GEMV=1: a Llama decode step on CUDA runs its RMSNorms and residual adds inside the GEMVs:
+    the logits of the step with the norm kernels, and the same greedy tokens in the graph and outside it (no
+    atomics: deterministic)."""
+    import torch
+
+    from quantdeploy.engine.runner import FastEngine
+
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cuda", torch.float16, 1024, gemv="cuda")
+    assert eng.dec.norms_in_gemv and eng.dec.fused
+    ids = list(range(10, 40))
+    tok, pos = torch.tensor([7], device="cuda"), torch.tensor([30], device="cuda")
+    with torch.inference_mode():
+        eng.prefill(ids)
+        b = eng._step_eager(tok, pos, 256).float().clone()
+        monkeypatch.setenv("QUANTDEPLOY_NORM_IN_GEMV", "1")
+        eng.prefill(ids)
+        a = eng._step_eager(tok, pos, 256).float().clone()
+    assert float((a - b).norm() / b.norm()) < 1e-3 and int(a.argmax()) == int(b.argmax())
+    kw = dict(max_new=100, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
+    graph = list(eng.generate(ids, **kw))
+    assert eng.graph_kind == "cuda-graph"
+    eng.use_graph = False
+    eng.close()
+    assert list(eng.generate(ids, **kw)) == graph

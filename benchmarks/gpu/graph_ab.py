@@ -4,8 +4,8 @@ over 600 replays in two interleaved rounds (the faster kept), and its logits are
 
     python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save]
 
-Settings: the defaults and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
-benchmarks/results/gpu/README.md); --old-source: an earlier kernels/w4a16.cu with the fastest settings. --sweep:
+Settings: the defaults, QUANTDEPLOY_PDL=0 and QUANTDEPLOY_NORM_IN_GEMV=1 (on 2026-11-30 it also A/B'd settings since
+removed, see benchmarks/results/gpu/README.md); --old-source: another kernels/w4a16.cu, under every setting. --sweep:
 then each projection's GEMV variant in turn, in the graph (coordinate descent from the current variants), and the
 settings again; --save writes the variants to the per-GPU tuned file the engine reads.
 """
@@ -20,7 +20,8 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
+SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"}),
+            ("norms in GEMV", {"QUANTDEPLOY_NORM_IN_GEMV": "1"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
     "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4)] + PS,
@@ -56,7 +57,7 @@ def timed(eng, tok, pos, ref, n=600) -> tuple[float, float, bool]:
     return dt, err, bool(out.argmax() == ref.argmax())
 
 
-def ab_settings(eng, tok, pos, ref, variants: dict) -> dict:
+def ab_settings(eng, tok, pos, ref, variants: dict, label: str = "") -> dict:
     """SETTINGS in the graph, two interleaved rounds (the faster of each kept): name -> (s/step, rel err, same)."""
     best = {}
     for _ in range(2):
@@ -66,7 +67,7 @@ def ab_settings(eng, tok, pos, ref, variants: dict) -> dict:
             best[name] = min(best.get(name, (9,))[0], dt), err, same
     for name, (dt, err, same) in best.items():
         print(f"{dt * 1e3:7.3f} ms/step {1 / dt:6.0f} tok/s  rel err {err:.1e} argmax {'same' if same else 'DIFFERS'}"
-              f"  {name}", flush=True)
+              f"  {name}{label}", flush=True)
     return best
 
 
@@ -97,9 +98,7 @@ def main():
         if a.old_source:
             cuda_gemv.SOURCE, new_source = a.old_source, cuda_gemv.SOURCE
             cuda_gemv._kernel.cache_clear()
-            apply(eng, env, chosen)
-            dt = min(timed(eng, tok, pos, ref) for _ in range(2))[0]
-            print(f"{dt * 1e3:7.3f} ms/step {1 / dt:6.0f} tok/s  the fastest settings with {a.old_source}", flush=True)
+            ab_settings(eng, tok, pos, ref, chosen, f" with {a.old_source}")
             cuda_gemv.SOURCE = new_source
             cuda_gemv._kernel.cache_clear()
         if a.sweep:
