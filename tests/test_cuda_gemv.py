@@ -71,8 +71,6 @@ def test_every_kernel_variant_compiles_for_hopper():
     _nvrtc_or_skip()
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {"qd_w4a16_dequant"}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
-    names |= {C.kernel_name(*v, 0, mode) for v in C.VARIANTS for mode in (C.NORM, C.RESIDUAL)}
-    names |= {C.kernel_name(*v, 1, C.NORM) for v in C.VARIANTS if v[0] % 2 == 0}
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
@@ -137,33 +135,6 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
         assert float((got.float() - want.float()).norm() / want.float().norm()) < 3e-3, (r, u)
         x8 = torch.randn(8, w.k, device=dev).half()  # prompts: the plain projection, gate rows then up rows
         assert float((lin(x8).float() - x8.float() @ ref.t()).norm() / (x8.float() @ ref.t()).norm()) < 3e-3
-
-
-@pytest.mark.gpu
-def test_norm_and_residual_inside_the_gemv_on_the_gpu():
-    """NORM mode = add_rmsnorm's output through the plain GEMV; RESIDUAL mode = res + the plain GEMV's output in
-    fp16, exactly. Every variant, and the gate|up GEMV with the activation."""
-    from quantdeploy.engine import triton_ops as T
-
-    dev = torch.device("cuda")
-    w, _ = _weight("gptq", k=1024, n=320)
-    res = (torch.randn(1, w.k, device=dev) * 4).half()
-    norm_w = (torch.rand(w.k, device=dev) + 0.5).half()
-    normed = T.add_rmsnorm(res.clone(), norm_w, 1e-5, False)
-    for act in (None, "silu"):
-        nk = C.repack(w.to(dev, torch.float16), interleave=act is not None)
-        for v in C.VARIANTS:
-            lin = C.CudaLinear(nk, dev, v, act=act)
-            want = lin(normed).float()
-            got = lin.norm_gemv(res, norm_w, 1e-5).float()
-            assert float((got - want).norm() / want.norm()) < 1e-3, (v, act)
-            if act is None:
-                base = torch.randn(1, w.n, device=dev).half()
-                x = torch.randn(1, w.k, device=dev).half()
-                out = base.clone()
-                lin.res_gemv(x, out)
-                assert torch.equal(out, (base.float() + lin(x).float()).half()), v
-    assert torch.equal(res, res.clone())  # NORM reads the residual stream, never writes it
 
 
 def test_pdl_launch_structs_match_the_driver_abi():

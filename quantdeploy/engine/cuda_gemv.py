@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,10 +230,9 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
     return r, u, s
 
 
-def kernel_name(r: int, u: int, s: int, act: int = 0, mode: int = 0) -> str:
-    """mode (see the .cu header): 0 y = W x, NORM the RMSNorm done inside, RESIDUAL the residual add after."""
+def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
     kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
-    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{f', {mode}' if mode else ''}>"
+    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}>"
 
 
 def grid(n: int, r: int, s: int, sms: int) -> int:
@@ -247,7 +245,6 @@ def grid(n: int, r: int, s: int, sms: int) -> int:
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}
-NORM, RESIDUAL = 1, 2  # the kernels' MODE
 
 
 class CudaLinear:
@@ -259,7 +256,6 @@ class CudaLinear:
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
-        self.eps = 0.0  # the RMSNorm's, for norm_gemv
         self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, self.device))
 
@@ -269,52 +265,24 @@ class CudaLinear:
         r, u, s = fit_variant(variant, w.k, w.n)
         if self.act and r % 2:
             r = 2
+        gshift = (w.group_size // 32).bit_length() - 1
+        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
+                            pdl=pdl.enabled(self.device))
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
-        self.rows, self.split_k, self.variant = r, s, (r, u, s)
-        self.label = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
+        self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)
-        self._launches = {}
-        self.gemv = self._launch(0)
-
-    def _launch(self, mode: int) -> _Launch:
-        """The GEMV's launch in `mode`, made on first use (each mode is its own compiled kernel)."""
-        if mode not in self._launches:
-            w, (r, u, s) = self.w, self.variant
-            gshift = (w.group_size // 32).bit_length() - 1
-            eps_bits = struct.unpack("<i", struct.pack("<f", self.eps))[0]
-            self._launches[mode] = _Launch(kernel_name(r, u, s, ACTS[self.act] if self.act else 0, mode),
-                                           self.device, 5, (w.n, w.k, w.k // w.group_size, gshift, eps_bits),
-                                           pdl=pdl.enabled(self.device))
-        return self._launches[mode]
-
-    @property
-    def fuses_norm(self) -> bool:
-        """norm_gemv and res_gemv work for this weight (x is read in order: no act-order permutation)."""
-        return self.w.perm is None
-
-    def norm_gemv(self, res: torch.Tensor, norm_w: torch.Tensor, eps: float) -> torch.Tensor:
-        """One token: this projection of rmsnorm(res) * norm_w, the norm done inside the GEMV (no kernel for it).
-        res [1, K] is the residual stream, norm_w [K]; rounded like triton_ops.add_rmsnorm."""
-        if eps != self.eps:
-            self.eps = eps
-            self._launches.pop(NORM, None)
-        w = self.w
-        y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=res.device)
-        self._launch(NORM)(self.blocks, w.q, w.meta, _aligned(res), y, _aligned(norm_w))
-        return y.unsqueeze(0)
-
-    def res_gemv(self, x: torch.Tensor, res: torch.Tensor) -> None:
-        """One token: res += this projection of x, in place (res [1, N] the residual stream, contiguous)."""
-        w = self.w
-        self._launch(RESIDUAL)(self.blocks, w.q, w.meta, _aligned(x), res, res)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
         if w.perm is not None:
             x = x.index_select(-1, w.perm)
         if x.shape[0] == 1:
+            x1 = x.reshape(-1)
+            if x1.data_ptr() % 16:
+                x1 = x1.clone()
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
-            self.gemv(self.blocks, w.q, w.meta, _aligned(x), y)
+            self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
         return F.linear(x, self.dense())
 
@@ -325,12 +293,6 @@ class CudaLinear:
         words = w.n * w.k // 8
         self.deq((words + THREADS - 1) // THREADS, w.q, w.meta, out)
         return out
-
-
-def _aligned(x: torch.Tensor) -> torch.Tensor:
-    """x as one contiguous row at a 16-byte aligned address (the kernels load 16 bytes at a time)."""
-    x = x.reshape(-1)
-    return x if x.data_ptr() % 16 == 0 and x.is_contiguous() else x.clone()
 
 
 class CudaLinears:

@@ -120,20 +120,6 @@ class QLinear:
         """For one token, the kernel returns act(gate) * up (a gate|up weight on the CUDA GEMV)."""
         return getattr(self.ext, "act", None) is not None
 
-    @property
-    def fuses_norm(self) -> bool:
-        """norm_gemv / res_gemv work: the CUDA GEMV reading x in order."""
-        return getattr(self.ext, "fuses_norm", False)
-
-    def norm_gemv(self, res: torch.Tensor, norm_w: torch.Tensor, eps: float) -> torch.Tensor:
-        """One token: this linear of rmsnorm(res) * norm_w, the norm inside the GEMV."""
-        y = self.ext.norm_gemv(res, norm_w, eps)
-        return y + self.bias if self.bias is not None else y
-
-    def res_gemv(self, x: torch.Tensor, res: torch.Tensor) -> None:
-        """One token: res += this linear of x, inside the GEMV (no bias)."""
-        self.ext.res_gemv(x, res)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.ext is not None:
             y = self.ext(x.half()).to(x.dtype)
@@ -209,10 +195,6 @@ class Decoder:
         self.gemv = "torch-dequant-matmul"
         if self.device.type == "cuda":
             self.gemv = self._finish_kernels(ext, max_len) if ext is not None else "triton-w4a16-gemv"
-        # the decode step with the RMSNorms inside the GEMVs (no Gemma: its norms after each block come between)
-        self.norms_in_gemv = dtype == torch.float16 and not cfg.gemma and all(
-            lin.fuses_norm for L in self.layers for lin in (L.qkv, L.o, L.gate_up, L.down)) and all(
-            L.o.bias is None and L.down.bias is None for L in self.layers)
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -319,9 +301,6 @@ class Decoder:
         x = F.embedding(tokens, self.embed)
         if self.embed_scale is not None:
             x = x * self.embed_scale
-        if self.fused and m == 1 and not all_logits and self.norms_in_gemv \
-                and os.environ.get("QUANTDEPLOY_NORM_IN_GEMV") == "1":
-            return self._decode_norms_in_gemv(x, positions, kv_len)
         if self.fused:
             return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero, last)
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -396,26 +375,6 @@ class Decoder:
         y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
         logits = (y @ self.lm_head.t()).float()
         return logits if all_logits else logits[0]
-
-    def _decode_norms_in_gemv(self, x, positions, kv_len):
-        """One token, the RMSNorms inside the CUDA GEMVs (cuda_gemv NORM / RESIDUAL): per layer qkv(norm(x)), rope +
-        KV write, attention (2 kernels), x += o(att), gate|up(norm(x)) with the activation, x += down(.): 7 kernels
-        instead of _forward_fused's 9. x (the residual stream) is updated in place."""
-        from . import triton_ops as T
-
-        cfg = self.cfg
-        h, kvh, eps = cfg.heads, cfg.kv_heads, cfg.eps
-        for i, L in enumerate(self.layers):
-            n = L.norms
-            cos, sin = self.rope[cfg.rope_theta[i]]
-            q = T.rope_cache(L.qkv.norm_gemv(x, n["input_layernorm"], eps), positions, cos, sin, self.k_cache[i],
-                             self.v_cache[i], h, kvh, eps, n.get("q_norm"), n.get("k_norm"), False)
-            L.o.res_gemv(T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
-                                            cfg.window[i]), x)
-            gu = L.gate_up.norm_gemv(x, n["post_attention_layernorm"], eps)
-            L.down.res_gemv(gu if L.gate_up.act_fused else T.act_mul(gu, cfg.act == "gelu_tanh"), x)
-        y = T.add_rmsnorm(x, self.final_norm, eps, False)
-        return (y @ self.lm_head.t()).float()[0]
 
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""

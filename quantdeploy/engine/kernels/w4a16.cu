@@ -7,11 +7,6 @@
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
-//
-// MODE (every GEMV kernel): 0, y = W x. 1, the RMSNorm in front is done here: x is the residual stream, aux the norm
-// weight, and the GEMV multiplies W by norm(x) * aux, rounded like add_rmsnorm in triton_ops.py (each warp sums x^2
-// over all of K itself, in a fixed order). 2, the residual add after: aux is the residual stream, aux[n] += y[n]
-// (rounded like add_rmsnorm), and y is not written. The decode step then needs no norm kernel between the GEMVs.
 #include <cuda_fp16.h>
 
 __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
@@ -100,53 +95,13 @@ __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int 
     for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
-// 8 consecutive k of norm(x) * w: half(half(x * rstd) * w), like add_rmsnorm.
-__device__ __forceinline__ uint4 norm8(uint4 xv, uint4 wv, float rstd) {
-    const unsigned xs[4] = {xv.x, xv.y, xv.z, xv.w}, ws[4] = {wv.x, wv.y, wv.z, wv.w};
-    unsigned o[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const float2 f = __half22float2(as_h2(xs[j]));
-        o[j] = as_u(__hmul2(__floats2half2_rn(f.x * rstd, f.y * rstd), as_h2(ws[j])));
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-
-// MODE 1: 1 / sqrt(mean(x^2) + eps) over x's K halves. Every lane ends with the same value (the butterfly adds
-// commute), every warp too, on every run: no atomics, no order that depends on timing. Leaves x in L1.
-__device__ __forceinline__ float warp_rstd(const uint4 *__restrict__ x, int K, float eps) {
-    float s = 0.0f;
-#pragma unroll 8
-    for (int i = threadIdx.x & 31; i < (K >> 3); i += 32) {
-        const uint4 v = __ldca(x + i);
-        const unsigned w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float2 f = __half22float2(as_h2(w[j]));
-            s = fmaf(f.x, f.x, s);
-            s = fmaf(f.y, f.y, s);
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return rsqrtf(s / (float)K + eps);
-}
-
-// x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca); MODE 1:
-// normed with rstd and the norm weight nw.
-template <int U, int MODE>
-__device__ __forceinline__ void load_x(const uint4 *__restrict__ x, const uint4 *__restrict__ nw, float rstd, int c,
-                                       uint4 (&xv)[U][4]) {
+// x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca).
+template <int U>
+__device__ __forceinline__ void load_x(const uint4 *__restrict__ x, int c, uint4 (&xv)[U][4]) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
-    if (MODE == 1) {
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) xv[u][i] = norm8(xv[u][i], __ldg(nw + (c + 32 * u) * 4 + i), rstd);
-    }
 }
 
 // Each of R partial sums added over the warp (every lane ends with the totals).
@@ -159,10 +114,10 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 }
 
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
-template <int R, int U, int MODE>
+template <int R, int U>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
-                                          const uint4 *__restrict__ x, const uint4 *__restrict__ nw, float eps,
-                                          int K, int G, int gshift, int n0, int cbeg, int cend, float (&acc)[R]) {
+                                          const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
+                                          int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
@@ -179,11 +134,10 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
         load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
     }
     pdl_wait();
-    const float rstd = MODE == 1 ? warp_rstd(x, K, eps) : 1.0f;
     for (; c + 32 * (U - 1) < cend; c += 32 * U) {
         if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
         uint4 xv[U][4];
-        load_x<U, MODE>(x, nw, rstd, c, xv);
+        load_x<U>(x, c, xv);
 #pragma unroll
         for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     }
@@ -192,7 +146,7 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
         if (!have) load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
         have = false;
         uint4 xr[1][4];
-        load_x<1, MODE>(x, nw, rstd, c, xr);
+        load_x<1>(x, c, xr);
         chunk_dot<R>(wv[0], mv[0], xr[0], acc);
     }
     warp_sum<R>(acc);
@@ -200,16 +154,9 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
 
 // The R outputs of rows n0..: ACT 0 writes y[n0 + r]. ACT 1 (SiLU) / 2 (GELU-tanh): the MLP's gate|up projection
 // with rows interleaved at repack (gate j, up j), written as y[j] = act(gate_j) * up_j, rounded like the separate
-// kernels (the projections to fp16, act to fp16, the product to fp16); R is even. MODE 2: res[n0 + r] += y (fp16).
-template <int R, int ACT, int MODE>
-__device__ __forceinline__ void store_rows(half *__restrict__ y, half *__restrict__ res, int n0,
-                                           const float (&acc)[R]) {
-    if (MODE == 2) {
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-            res[n0 + r] = __float2half_rn(__half2float(res[n0 + r]) + __half2float(__float2half_rn(acc[r])));
-        return;
-    }
+// kernels (the projections to fp16, act to fp16, the product to fp16); R is even.
+template <int R, int ACT>
+__device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const float (&acc)[R]) {
     if (ACT == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) y[n0 + r] = __float2half_rn(acc[r]);
@@ -230,36 +177,32 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, half *__restric
 }
 
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
-template <int R, int U, int ACT, int MODE = 0>
+template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     half *__restrict__ aux, int N, int K, int G, int gshift,
-                                                     int eps_bits) {
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U, MODE>(q, meta, x, reinterpret_cast<const uint4 *>(aux), __int_as_float(eps_bits), K, G, gshift,
-                          n0, 0, K >> 5, acc);
-    if ((threadIdx.x & 31) == 0) store_rows<R, ACT, MODE>(y, aux, n0, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
 // Split K: the block's 4 warps share R rows, each a quarter of K (K / 32 % 4 == 0), summed through shared memory.
 // For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps.
-template <int R, int U, int ACT, int MODE = 0>
+template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        half *__restrict__ aux, int N, int K, int G, int gshift,
-                                                        int eps_bits) {
+                                                        int N, int K, int G, int gshift) {
     __shared__ float part[4][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int quarter = (K >> 5) >> 2;
     float acc[R];
-    gemv_part<R, U, MODE>(q, meta, x, reinterpret_cast<const uint4 *>(aux), __int_as_float(eps_bits), K, G, gshift,
-                          n0, warp * quarter, (warp + 1) * quarter, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -268,7 +211,7 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict_
     if (threadIdx.x == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = part[0][r] + part[1][r] + part[2][r] + part[3][r];
-        store_rows<R, ACT, MODE>(y, aux, n0, acc);
+        store_rows<R, ACT>(y, n0, acc);
     }
 }
 
@@ -284,28 +227,27 @@ __device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, in
     load_w<R, U>(q + (size_t)n0 * chunks, meta + (size_t)n0 * G, chunks, G, gshift, c, wv, mv);
 }
 
-template <int R, int U, int ACT, int MODE>
-__device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, half *__restrict__ aux,
-                                        float rstd, int per, int gw, int tw, int t, const uint4 (&wv)[U][R],
-                                        const unsigned (&mv)[U][R], float (&acc)[R]) {
+template <int R, int U, int ACT>
+__device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
+                                        int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
+                                        float (&acc)[R]) {
     uint4 xv[U][4];
-    load_x<U, MODE>(x, reinterpret_cast<const uint4 *>(aux), rstd, (t % per) * 32 * U + (threadIdx.x & 31), xv);
+    load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
 #pragma unroll
     for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
         warp_sum<R>(acc);
-        if ((threadIdx.x & 31) == 0) store_rows<R, ACT, MODE>(y, aux, (gw + (t / per) * tw) * R, acc);
+        if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     }
 }
 
-template <int R, int U, int ACT, int MODE = 0>
+template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        half *__restrict__ aux, int N, int K, int G, int gshift,
-                                                        int eps_bits) {
+                                                        int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int chunks = K >> 5;
     const int per = chunks / (32 * U);  // batches per row group
@@ -321,13 +263,12 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
-    const float rstd = MODE == 1 ? warp_rstd(x, K, __int_as_float(eps_bits)) : 1.0f;
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
         if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
-        ps_step<R, U, ACT, MODE>(x, y, aux, rstd, per, gw, tw, t, wa, ma, acc);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
         if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
-        ps_step<R, U, ACT, MODE>(x, y, aux, rstd, per, gw, tw, t + 1, wb, mb, acc);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
 
