@@ -272,6 +272,47 @@ def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000
     return out
 
 
+def test_llama_path_greedy_tokens_equal_transformers(tmp_path):
+    """The Llama branch of the engine (what the 8B benchmarks decode; the Gemma fixtures take the other branches)
+    against transformers' own LlamaForCausalLM in float32 with the checkpoint's dequantized weights: the same 32
+    greedy tokens and logits within 1e-4, on the CPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantdeploy.engine.runner import FastEngine
+
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cpu", torch.float32, 256)
+    dec = eng.dec
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=2, vocab_size=1000, rms_norm_eps=1e-5, max_position_embeddings=2048,
+                      rope_theta=500000.0, tie_word_embeddings=False, head_dim=64)
+    ref = LlamaForCausalLM(cfg).float().eval()
+    assert ref.model.rotary_emb.inv_freq[1].item() == pytest.approx(500000.0 ** (-2 / 64))
+    for i, L in enumerate(dec.layers):
+        lay = ref.model.layers[i]
+        q, k, v = dequantize(L.qkv.w, torch.float32).t().split([256, 128, 128], 0)
+        g, u = dequantize(L.gate_up.w, torch.float32).t().chunk(2, 0)
+        for lin, w in ((lay.self_attn.q_proj, q), (lay.self_attn.k_proj, k), (lay.self_attn.v_proj, v),
+                       (lay.self_attn.o_proj, dequantize(L.o.w, torch.float32).t()), (lay.mlp.gate_proj, g),
+                       (lay.mlp.up_proj, u), (lay.mlp.down_proj, dequantize(L.down.w, torch.float32).t())):
+            lin.weight.data = w.contiguous()
+        lay.input_layernorm.weight.data = L.norms["input_layernorm"].float().clone()
+        lay.post_attention_layernorm.weight.data = L.norms["post_attention_layernorm"].float().clone()
+    ref.model.norm.weight.data = dec.final_norm.float().clone()
+    ref.model.embed_tokens.weight.data = dec.embed.float().clone()
+    ref.lm_head.weight.data = dec.lm_head.float().clone()
+    ids = [1] + list(range(10, 40))
+    with torch.no_grad():
+        want, seq = [], list(ids)
+        for _ in range(32):
+            seq.append(int(ref(torch.tensor([seq])).logits[0, -1].argmax()))
+            want.append(seq[-1])
+        ref_logits = ref(torch.tensor([ids])).logits[0]
+        ours = eng.prefill(ids, all_logits=True).float()
+    assert list(eng.generate(ids, max_new=32, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())) == want
+    assert len(set(want)) > 3  # a model that says something, not one token over and over
+    assert ((ours - ref_logits).norm() / ref_logits.norm()).item() < 1e-4
+
+
 @pytest.mark.gpu
 def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path):
     """The Llama path the 8B benchmarks run (the Gemma fixtures take the other branches): the fused decode step equals
