@@ -20,7 +20,7 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"}), ("L2 next", {"QUANTDEPLOY_L2_NEXT": "1"})]
+SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
     "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4)] + PS,

@@ -186,13 +186,6 @@ class _Launch:
             raise RuntimeError(f"cuLaunchKernel{'Ex' if self.config is not None else ''} failed with CUDA error {err}")
 
 
-def l2_next_enabled() -> bool:
-    """QUANTDEPLOY_L2_NEXT=1: the GEMVs prefetch the next GEMV's weights into L2 (an experiment, off by default)."""
-    import os
-
-    return os.environ.get("QUANTDEPLOY_L2_NEXT") == "1"
-
-
 def available(device) -> tuple[bool, str]:
     """Whether the kernels compile and load on this device (NVRTC present, compute capability 7.0+)."""
     try:
@@ -263,7 +256,6 @@ class CudaLinear:
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
-        self.next = None  # (tensor, 16-byte units): the weights the decode step reads next, see prefetch_next
         self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, self.device))
 
@@ -275,10 +267,8 @@ class CudaLinear:
             r = 2
         gshift = (w.group_size // 32).bit_length() - 1
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
-        units = self.next[1] if self.next is not None and l2_next_enabled() else 0
-        self.gemv = _Launch(name, self.device, 5, (w.n, w.k, w.k // w.group_size, gshift, units),
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
                             pdl=pdl.enabled(self.device))
-        self.pf = self.next[0] if units else w.q
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
         self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)
@@ -292,17 +282,9 @@ class CudaLinear:
             if x1.data_ptr() % 16:
                 x1 = x1.clone()
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
-            self.gemv(self.blocks, w.q, w.meta, x1, y, self.pf)
+            self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
         return F.linear(x, self.dense())
-
-    def prefetch_next(self, nxt: "CudaLinear", fraction: float = 1.0) -> None:
-        """When QUANTDEPLOY_L2_NEXT=1: each warp, its rows done, asks the L2 for its share of the first `fraction`
-        of nxt's weights (the GEMV the decode step runs next), so they stream in while the small kernels between
-        the two run."""
-        q = nxt.w.q
-        self.next = (q, int(q.numel() * 4 * fraction) // 16)
-        self.use(self.variant)
 
     def dense(self) -> torch.Tensor:
         """The fp16 weight [N, K], rows in the original order."""

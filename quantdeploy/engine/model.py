@@ -195,7 +195,6 @@ class Decoder:
         self.gemv = "torch-dequant-matmul"
         if self.device.type == "cuda":
             self.gemv = self._finish_kernels(ext, max_len) if ext is not None else "triton-w4a16-gemv"
-            self._chain_prefetches()
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -252,18 +251,6 @@ class Decoder:
         for q, e in zip(qs, exts):
             q.ext, q.w = e, None
         return maker
-
-    def _chain_prefetches(self) -> None:
-        """CUDA GEMVs that can: qkv prefetches o's weights (rope and attention run between them), o the first
-        eighth of gate|up's (a norm between), down the next layer's qkv (a norm between)."""
-        lins = [(L.qkv.ext, L.o.ext, L.gate_up.ext, L.down.ext) for L in self.layers]
-        if not all(hasattr(e, "prefetch_next") for four in lins for e in four):
-            return
-        for i, (qkv, o, gate_up, down) in enumerate(lins):
-            qkv.prefetch_next(o)
-            o.prefetch_next(gate_up, 1 / 8)
-            if i + 1 < len(lins):
-                down.prefetch_next(lins[i + 1][0])
 
     def _finish_kernels(self, maker, max_len: int) -> str:
         maker.finish(min(max_len, 2048))

@@ -29,23 +29,6 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// The next GEMV's weights into L2 (cp.async.bulk.prefetch, sm_90+: no registers, nothing waits for it), issued by
-// each warp when its own rows are done: between two GEMVs the decode step runs small latency-bound kernels (rope,
-// attention, norms) while the memory bus idles. Warp idx of count takes its share of `units` 16-byte units of pf,
-// split over its lanes.
-__device__ __forceinline__ void prefetch_share(const uint4 *pf, int units, int idx, int count) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (units <= 0) return;
-    const int per_warp = (units + count - 1) / count;
-    const int per_lane = (per_warp + 31) / 32;
-    const int beg = idx * per_warp + (threadIdx.x & 31) * per_lane;
-    const int end = min(min(beg + per_lane, (idx + 1) * per_warp), units);
-    if (beg < end)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf + beg), "r"((unsigned)(end - beg) * 16u)
-                     : "memory");
-#endif
-}
-
 __device__ __forceinline__ half2 as_h2(unsigned u) { return *reinterpret_cast<half2 *>(&u); }
 __device__ __forceinline__ unsigned as_u(half2 h) { return *reinterpret_cast<unsigned *>(&h); }
 
@@ -197,15 +180,13 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
 template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     const uint4 *__restrict__ pf, int N, int K, int G, int gshift,
-                                                     int pf_units) {
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
     gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
-    prefetch_share(pf, pf_units, n0 / R, N / R);
 }
 
 // Split K: the block's 4 warps share R rows, each a quarter of K (K / 32 % 4 == 0), summed through shared memory.
@@ -214,8 +195,7 @@ template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        const uint4 *__restrict__ pf, int N, int K, int G,
-                                                        int gshift, int pf_units) {
+                                                        int N, int K, int G, int gshift) {
     __shared__ float part[4][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
@@ -223,7 +203,6 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict_
     const int quarter = (K >> 5) >> 2;
     float acc[R];
     gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
-    prefetch_share(pf, pf_units, blockIdx.x * 4 + warp, gridDim.x * 4);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -268,8 +247,7 @@ template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        const uint4 *__restrict__ pf, int N, int K, int G,
-                                                        int gshift, int pf_units) {
+                                                        int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int chunks = K >> 5;
     const int per = chunks / (32 * U);  // batches per row group
@@ -292,7 +270,6 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
         if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
         ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
-    prefetch_share(pf, pf_units, gw, min(groups, tw));
 }
 
 // Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store. split > 0:
