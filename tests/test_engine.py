@@ -127,7 +127,14 @@ def _reference_with_engine_weights(fast, reference_path):
     from transformers import AutoModelForCausalLM
 
     ref = AutoModelForCausalLM.from_pretrained(str(reference_path), dtype=torch.float32)
-    dec = fast.engine.dec
+    _load_engine_weights(ref, fast.engine.dec)
+    ref.lm_head.weight = ref.model.embed_tokens.weight
+    return ref
+
+
+def _load_engine_weights(ref, dec):
+    """Every weight of transformers model `ref` (float32) from the engine's decoder: the linears dequantized from
+    the checkpoint, the rest as the checkpoint stores them."""
     h, kv, d = dec.cfg.heads, dec.cfg.kv_heads, dec.cfg.head_dim
     for i, L in enumerate(dec.layers):
         lay = ref.model.layers[i]
@@ -137,14 +144,12 @@ def _reference_with_engine_weights(fast, reference_path):
                        (lay.self_attn.o_proj, dequantize(L.o.w, torch.float32).t()), (lay.mlp.gate_proj, g),
                        (lay.mlp.up_proj, u), (lay.mlp.down_proj, dequantize(L.down.w, torch.float32).t())):
             lin.weight.data = w.contiguous()
-        # norms too: the checkpoint stores them in its own dtype (bf16 here), not the reference's fp32
+        # norms too: the checkpoint stores them in its own dtype (bf16 for the Gemma fixtures), not fp32
         for name, w in L.norms.items():
             mod = getattr(lay.self_attn, name) if name in ("q_norm", "k_norm") else getattr(lay, name)
             mod.weight.data = w.float().clone()
     ref.model.norm.weight.data = dec.final_norm.float().clone()
     ref.model.embed_tokens.weight.data = dec.embed.float().clone()
-    ref.lm_head.weight = ref.model.embed_tokens.weight
-    return ref
 
 
 def test_engine_greedy_tokens_equal_transformers(pair, reference_path):
@@ -287,18 +292,7 @@ def test_llama_path_greedy_tokens_equal_transformers(tmp_path):
                       rope_theta=500000.0, tie_word_embeddings=False, head_dim=64)
     ref = LlamaForCausalLM(cfg).float().eval()
     assert ref.model.rotary_emb.inv_freq[1].item() == pytest.approx(500000.0 ** (-2 / 64))
-    for i, L in enumerate(dec.layers):
-        lay = ref.model.layers[i]
-        q, k, v = dequantize(L.qkv.w, torch.float32).t().split([256, 128, 128], 0)
-        g, u = dequantize(L.gate_up.w, torch.float32).t().chunk(2, 0)
-        for lin, w in ((lay.self_attn.q_proj, q), (lay.self_attn.k_proj, k), (lay.self_attn.v_proj, v),
-                       (lay.self_attn.o_proj, dequantize(L.o.w, torch.float32).t()), (lay.mlp.gate_proj, g),
-                       (lay.mlp.up_proj, u), (lay.mlp.down_proj, dequantize(L.down.w, torch.float32).t())):
-            lin.weight.data = w.contiguous()
-        lay.input_layernorm.weight.data = L.norms["input_layernorm"].float().clone()
-        lay.post_attention_layernorm.weight.data = L.norms["post_attention_layernorm"].float().clone()
-    ref.model.norm.weight.data = dec.final_norm.float().clone()
-    ref.model.embed_tokens.weight.data = dec.embed.float().clone()
+    _load_engine_weights(ref, dec)
     ref.lm_head.weight.data = dec.lm_head.float().clone()
     ids = [1] + list(range(10, 40))
     with torch.no_grad():
