@@ -82,14 +82,20 @@ def test_default_variants_divide_the_rows():
         assert C.default_variant(k, n) in C.VARIANTS
         for v in C.VARIANTS:
             r, u, s = C.fit_variant(v, k, n)
-            assert n % r == 0 and (s == 1 or (s > 1 and (k // 32) % 4 == 0) or (s < 0 and (k // 32) % (32 * u) == 0))
+            assert n % r == 0 and (s == 1 or (s > 1 and (k // 32) % s == 0) or (s < 0 and (k // 32) % (32 * u) == 0))
     assert C.fit_variant((8, 1, 4), 4128, 64) == (2, 4, 1)  # K / 32 = 129: no split
+    assert C.fit_variant((8, 1, 14), 14336, 4096) == (8, 1, 14)  # K / 32 = 448 = 14 * 32: one chunk per lane
+    assert C.fit_variant((8, 1, 14), 4096, 4096) == (8, 1, 4)  # 128 chunks do not split 14 ways: 4 warps
+    assert C.fit_variant((8, 1, 7), 4128, 64) == (2, 4, 1)
     assert C.fit_variant((4, 1, -2), 640, 1536) == (2, 4, 1)  # K / 32 = 20: no whole batches per row for persistence
     assert C.fit_variant((4, 2, -2), 4096, 4096) == (4, 2, -2)
 
 
 def test_grid_sizes():
     assert C.grid(4096, 4, 4, 132) == 1024  # split K: a block per 4 rows
+    assert C.grid(4096, 8, 14, 132) == 512  # ... of 14 warps here
+    assert C.kernel_name(8, 1, 4) == "qd_w4a16_gemv_sk<8, 1, 0>"  # the names of 4 warps, as in earlier results
+    assert C.kernel_name(8, 1, 14) == "qd_w4a16_gemv_sk<8, 1, 0, 14>"
     assert C.grid(4096, 2, 1, 132) == 512  # a warp per 2 rows, 4 warps a block
     assert C.grid(28672, 4, -2, 132) == 264  # persistent: 2 blocks per SM
     assert C.grid(64, 4, -2, 132) == 4  # ... or fewer, when there are fewer row groups
@@ -102,17 +108,17 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
     dev = torch.device("cuda")
     ok, why = C.available(dev)
     assert ok, why
-    w, _ = _weight(layout, k=1024, n=320)
-    nk = C.repack(w.to(dev, torch.float16))
-    ref = _unpermute(C.reference(nk), nk.perm)  # [N, K] in x's order
-    for v in C.VARIANTS:
-        lin = C.CudaLinear(nk, dev, v)
-        r, u = v[:2]
-        for m in (1, 8):  # the GEMV, and dequantize + matmul
-            x = torch.randn(m, w.k, device=dev).half()
-            want = x.float() @ ref.t()
-            err = float((lin(x).float() - want).norm() / want.norm())
-            assert err < 3e-3, (r, u, m, err)
+    for k in (1024, 1792):  # K / 32 = 56 = 7 * 8: splits over 7 and 14 warps too
+        w, _ = _weight(layout, k=k, n=320)
+        nk = C.repack(w.to(dev, torch.float16))
+        ref = _unpermute(C.reference(nk), nk.perm)  # [N, K] in x's order
+        for v in C.VARIANTS:
+            lin = C.CudaLinear(nk, dev, v)
+            for m in (1, 8):  # the GEMV, and dequantize + matmul
+                x = torch.randn(m, w.k, device=dev).half()
+                want = x.float() @ ref.t()
+                err = float((lin(x).float() - want).norm() / want.norm())
+                assert err < 3e-3, (k, v, lin.variant, m, err)
 
 
 @pytest.mark.gpu
@@ -124,7 +130,7 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
     w, _ = _weight("gptq", k=1024, n=320)
     nk = C.repack(w.to(dev, torch.float16), interleave=True)
     ref = C.reference(C.repack(w.to(dev, torch.float16)))  # [N, K], original row order
-    for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, -2)):
+    for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, 8), (4, 1, -2)):
         lin = C.CudaLinear(nk, dev, (r, u, s), act=act)
         x = torch.randn(1, w.k, device=dev).half()
         g, up = (x.float() @ ref.t()).half().chunk(2, -1)

@@ -23,10 +23,10 @@ from quantdeploy.engine.runner import FastEngine
 SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
-    "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4)] + PS,
-    "o": [(2, 2, 1), (4, 2, 4), (8, 1, 4)] + PS,
-    "gate_up": [(4, 2, 1), (4, 1, 1)] + PS,
-    "down": [(8, 1, 4), (4, 2, 4)] + PS,
+    "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4), (4, 1, 2), (8, 1, 2)] + PS,
+    "o": [(2, 2, 1), (4, 2, 4), (8, 1, 4), (4, 1, 2), (8, 1, 2)] + PS,
+    "gate_up": [(4, 2, 1), (4, 1, 1), (4, 1, 4)] + PS,
+    "down": [(8, 1, 4), (4, 2, 4), (8, 1, 7), (4, 1, 7), (8, 1, 14), (4, 1, 14), (8, 1, 8)] + PS,
 }
 
 

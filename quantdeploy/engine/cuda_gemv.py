@@ -23,14 +23,15 @@ log = logging.getLogger("quantdeploy.engine")
 
 SOURCE = Path(__file__).with_name("kernels") / "w4a16.cu"
 SLOT = (0, 4, 1, 5, 2, 6, 3, 7)  # k offset i within a word lives in nibble SLOT[i]
-# (rows R, chunks loaded ahead per lane U, S): S = 1, one warp per R rows over all of K (qd_w4a16_gemv); S = 4, a
-# block's 4 warps share R rows, a quarter of K each (qd_w4a16_gemv_sk); S = -B, persistent: B blocks per SM, each
+# (rows R, chunks loaded ahead per lane U, S): S = 1, one warp per R rows over all of K (qd_w4a16_gemv); S > 1, a
+# block's S warps share R rows, an S-th of K each (qd_w4a16_gemv_sk); S = -B, persistent: B blocks per SM, each
 # warp streams row group after row group with the next batch of weights in flight (qd_w4a16_gemv_ps).
 # Tuned per GPU in the decode graph by benchmarks/gpu/graph_ab.py --sweep --save.
 VARIANTS = ((1, 4, 1), (1, 8, 1), (2, 2, 1), (2, 4, 1), (4, 1, 1), (4, 2, 1), (4, 4, 1), (8, 1, 1), (8, 2, 1),
             (2, 1, 4), (4, 1, 4), (4, 2, 4), (8, 1, 4), (8, 2, 4), (16, 1, 4),
+            (4, 1, 2), (8, 1, 2), (4, 1, 7), (8, 1, 7), (4, 1, 8), (8, 1, 8), (4, 1, 14), (8, 1, 14), (4, 1, 16),
             (2, 2, -2), (4, 1, -2), (4, 2, -2), (8, 1, -2), (4, 1, -4), (8, 1, -4))
-THREADS = 128  # the kernels' __launch_bounds__
+THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
 
 
 @dataclass
@@ -154,7 +155,8 @@ class _Launch:
     Python, not the ~30 of building ctypes arguments each time). pdl: launch with programmatic dependent launch
     (cuLaunchKernelEx), so the kernel overlaps the one before it (see pdl.py)."""
 
-    def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False):
+    def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False,
+                 threads: int = THREADS):
         from torch.cuda._utils import _get_gpu_runtime_library
 
         self.lib = _get_gpu_runtime_library()
@@ -164,10 +166,11 @@ class _Launch:
         self.argv = (ctypes.c_void_p * (n_ptr + len(ints)))(
             *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in self.ptrs + self.ints])
         self.config = None
+        self.threads = threads
         if pdl:
             self.attr = _LaunchAttr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
             self.attr.value[0] = 1
-            self.config = _LaunchConfig(block=(ctypes.c_uint * 3)(THREADS, 1, 1), num_attrs=1,
+            self.config = _LaunchConfig(block=(ctypes.c_uint * 3)(threads, 1, 1), num_attrs=1,
                                         attrs=ctypes.pointer(self.attr))
             self.config.grid[1] = self.config.grid[2] = 1
 
@@ -180,7 +183,7 @@ class _Launch:
             self.config.stream = stream
             err = self.lib.cuLaunchKernelEx(ctypes.byref(self.config), self.func, self.argv, None)
         else:
-            err = self.lib.cuLaunchKernel(self.func, grid, 1, 1, THREADS, 1, 1, 0, ctypes.c_void_p(stream),
+            err = self.lib.cuLaunchKernel(self.func, grid, 1, 1, self.threads, 1, 1, 0, ctypes.c_void_p(stream),
                                           self.argv, None)
         if err:
             raise RuntimeError(f"cuLaunchKernel{'Ex' if self.config is not None else ''} failed with CUDA error {err}")
@@ -220,10 +223,12 @@ def variant_for(k: int, n: int, device) -> tuple[int, int, int]:
 
 
 def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
-    """v made legal for this shape: split K only when K / 32 divides by 4, persistent only when K / 32 divides by
-    32 U; rows per warp divide N."""
+    """v made legal for this shape: split K over S warps only when K / 32 divides by S (else by 4), persistent
+    only when K / 32 divides by 32 U; rows per warp divide N."""
     r, u, s = (tuple(v) + (1,))[:3]
-    if (s > 1 and (k // 32) % 4) or (s < 0 and (k // 32) % (32 * u)):
+    if s > 1 and (k // 32) % s:
+        s = 4
+    if (s > 1 and (k // 32) % s) or (s < 0 and (k // 32) % (32 * u)):
         r, u, s = 2, 4, 1
     while n % r:
         r //= 2
@@ -231,12 +236,14 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
 
 
 def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
+    if s > 1 and s != 4:
+        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}>"
     kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
     return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}>"
 
 
 def grid(n: int, r: int, s: int, sms: int) -> int:
-    """Blocks (of THREADS) for N rows in variant (r, ., s) on a GPU with `sms` multiprocessors."""
+    """Blocks (of THREADS, or 32 s for split K) for N rows in variant (r, ., s) on a GPU with `sms` multiprocessors."""
     if s > 1:
         return n // r
     warps = n // r
@@ -268,7 +275,7 @@ class CudaLinear:
         gshift = (w.group_size // 32).bit_length() - 1
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
         self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
-                            pdl=pdl.enabled(self.device))
+                            pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
         self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)

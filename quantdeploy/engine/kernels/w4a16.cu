@@ -189,20 +189,21 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
-// Split K: the block's 4 warps share R rows, each a quarter of K (K / 32 % 4 == 0), summed through shared memory.
-// For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps.
-template <int R, int U, int ACT>
-__global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
-                                                        const unsigned *__restrict__ meta,
-                                                        const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        int N, int K, int G, int gshift) {
-    __shared__ float part[4][R];
+// Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
+// For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps; for a
+// long K, a larger S leaves fewer chunks per lane, so more of them are in flight before pdl_wait().
+template <int R, int U, int ACT, int S = 4>
+__global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
+                                                           const unsigned *__restrict__ meta,
+                                                           const uint4 *__restrict__ x, half *__restrict__ y,
+                                                           int N, int K, int G, int gshift) {
+    __shared__ float part[S][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int quarter = (K >> 5) >> 2;
+    const int share = (K >> 5) / S;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * quarter, (warp + 1) * quarter, acc);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -210,7 +211,12 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_sk(const uint4 *__restrict_
     __syncthreads();
     if (threadIdx.x == 0) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = part[0][r] + part[1][r] + part[2][r] + part[3][r];
+        for (int r = 0; r < R; ++r) {
+            float t = 0.0f;
+#pragma unroll
+            for (int w = 0; w < S; ++w) t += part[w][r];
+            acc[r] = t;
+        }
         store_rows<R, ACT>(y, n0, acc);
     }
 }
