@@ -101,10 +101,27 @@ __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int 
     for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
-// The RMSNorm's inverse rms from the P partial sums of squares (every lane of the warp gets the same value).
-__device__ __forceinline__ float norm_scale(const float *__restrict__ parts, int P, int K, float eps) {
+// The RMSNorm's P partial sums of squares, in one round trip for P <= 512: issued right after the wait, next to
+// x's first chunk, and summed by norm_scale once they are needed.
+__device__ __forceinline__ void load_parts(const float *__restrict__ parts, int P, float4 (&pv)[4]) {
+    const float4 *p4 = reinterpret_cast<const float4 *>(parts);
+    const int lane = threadIdx.x & 31, n4 = P >> 2;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) pv[j] = lane + 32 * j < n4 ? __ldcg(p4 + lane + 32 * j) : make_float4(0, 0, 0, 0);
+}
+
+// The inverse rms (every lane of the warp gets the same value, summed in the same order).
+__device__ __forceinline__ float norm_scale(const float *__restrict__ parts, int P, int K, float eps,
+                                            const float4 (&pv)[4]) {
+    const int lane = threadIdx.x & 31, n4 = P >> 2;
     float s = 0.0f;
-    for (int i = threadIdx.x & 31; i < P; i += 32) s += parts[i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s += (pv[j].x + pv[j].y) + (pv[j].z + pv[j].w);
+    for (int i = lane + 128; i < n4; i += 32) {  // P > 512
+        const float4 t = __ldcg(reinterpret_cast<const float4 *>(parts) + i);
+        s += (t.x + t.y) + (t.z + t.w);
+    }
+    for (int i = (n4 << 2) + lane; i < P; i += 32) s += __ldcg(parts + i);  // P % 4
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     return rsqrtf(s / (float)K + eps);
@@ -124,16 +141,22 @@ __device__ __forceinline__ uint4 normalize8(uint4 h, uint4 g, float r) {
 
 // x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca);
 // NRM 1: normalized with the norm weight g and the inverse rms r on the way in.
+template <int U>
+__device__ __forceinline__ void norm_x(uint4 (&xv)[U][4], int c, const uint4 *__restrict__ g, float r) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[u][i] = normalize8(xv[u][i], __ldg(g + (c + 32 * u) * 4 + i), r);
+}
+
 template <int U, int NRM>
 __device__ __forceinline__ void load_x(const uint4 *__restrict__ x, int c, uint4 (&xv)[U][4],
                                        const uint4 *__restrict__ g, float r) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
-            if (NRM == 1) xv[u][i] = normalize8(xv[u][i], __ldg(g + (c + 32 * u) * 4 + i), r);
-        }
+        for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
+    if (NRM == 1) norm_x<U>(xv, c, g, r);
 }
 
 // Each of R partial sums added over the warp (every lane ends with the totals).
@@ -146,11 +169,14 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 }
 
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
+// NRM 1: x is normalized on the way in (its first batch and the partial sums load together); NRM 2: res gets the
+// R residuals y[n0..] right after the wait, so their load hides behind the dot products.
 template <int R, int U, int NRM>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                           const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
                                           int cend, float (&acc)[R], const uint4 *__restrict__ g,
-                                          const float *__restrict__ parts, int P, float eps) {
+                                          const float *__restrict__ parts, int P, float eps,
+                                          const half *__restrict__ y, half (&res)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
@@ -167,13 +193,35 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
         load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
     }
     pdl_wait();
-    const float inv_rms = NRM == 1 ? norm_scale(parts, P, K, eps) : 0.0f;
-    for (; c + 32 * (U - 1) < cend; c += 32 * U) {
-        if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
-        uint4 xv[U][4];
-        load_x<U, NRM>(x, c, xv, g, inv_rms);
+    if (NRM == 2) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+        for (int r = 0; r < R; ++r) res[r] = y[n0 + r];
+    }
+    float inv_rms = 0.0f;
+    if constexpr (NRM == 1) {
+        uint4 xv[U][4];
+        float4 pv[4];
+        load_parts(parts, P, pv);
+        if (full) load_x<U, 0>(x, c, xv, g, 0.0f);
+        inv_rms = norm_scale(parts, P, K, eps, pv);
+        for (; c + 32 * (U - 1) < cend; c += 32 * U) {
+            if (c != cbeg + lane) {
+                load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+                load_x<U, 1>(x, c, xv, g, inv_rms);
+            } else {
+                norm_x<U>(xv, c, g, inv_rms);
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+        }
+    } else {
+        for (; c + 32 * (U - 1) < cend; c += 32 * U) {
+            if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+            uint4 xv[U][4];
+            load_x<U, 0>(x, c, xv, g, 0.0f);
+#pragma unroll
+            for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+        }
     }
     bool have = !full;  // the tail's first chunk is already in wv[0]
     for (; c < cend; c += 32) {
@@ -213,7 +261,7 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
 // store_rows, or (NRM 2) the residual add in place and the row group's sum of squares into parts[n0 / R].
 template <int R, int ACT, int NRM>
 __device__ __forceinline__ void store_out(half *__restrict__ y, int n0, const float (&acc)[R],
-                                          float *__restrict__ parts) {
+                                          float *__restrict__ parts, const half (&res)[R]) {
     if (NRM != 2) {
         store_rows<R, ACT>(y, n0, acc);
         return;
@@ -221,7 +269,7 @@ __device__ __forceinline__ void store_out(half *__restrict__ y, int n0, const fl
     float ss = 0.0f;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const half h = __float2half_rn(__half2float(y[n0 + r]) + __half2float(__float2half_rn(acc[r])));
+        const half h = __float2half_rn(__half2float(res[r]) + __half2float(__float2half_rn(acc[r])));
         y[n0 + r] = h;
         const float f = __half2float(h);
         ss = fmaf(f, f, ss);
@@ -236,13 +284,14 @@ __device__ __forceinline__ void store_out(half *__restrict__ y, int n0, const fl
 
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
 template <int R, int U, int ACT, int NRM = 0>
-__global__ void __launch_bounds__(128) qd_w4a16_gemv(QD_GEMV_ARGS) {
+__global__ void __launch_bounds__(128, NRM == 1 && U == 1 && R <= 4 ? 8 : 0) qd_w4a16_gemv(QD_GEMV_ARGS) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc, g, parts_in, P, eps);
-    if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, n0, acc, parts_out);
+    half res[R];
+    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc, g, parts_in, P, eps, y, res);
+    if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
 }
 
 // Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
@@ -256,7 +305,9 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(QD_GEMV_ARGS) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
     float acc[R];
-    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc, g, parts_in, P, eps);
+    half res[R];
+    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc, g, parts_in, P, eps,
+                         y, res);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -270,7 +321,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(QD_GEMV_ARGS) {
             for (int w = 0; w < S; ++w) t += part[w][r];
             acc[r] = t;
         }
-        store_out<R, ACT, NRM>(y, n0, acc, parts_out);
+        store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
     }
 }
 
@@ -290,14 +341,27 @@ template <int R, int U, int ACT, int NRM>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
                                         int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
                                         float (&acc)[R], const uint4 *__restrict__ g, float inv_rms,
-                                        float *__restrict__ parts_out) {
+                                        float *__restrict__ parts_out, const uint4 (&x0)[U][4]) {
     uint4 xv[U][4];
-    load_x<U, NRM>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv, g, inv_rms);
+    if (NRM == 1 && t == 0) {  // x's first batch, loaded with the partial sums (normalized in the kernel)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) xv[u][i] = x0[u][i];
+    } else {
+        load_x<U, NRM>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv, g, inv_rms);
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
         warp_sum<R>(acc);
-        if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, (gw + (t / per) * tw) * R, acc, parts_out);
+        const int n0 = (gw + (t / per) * tw) * R;
+        half res[R];
+        if (NRM == 2) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) res[r] = y[n0 + r];
+        }
+        if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     }
@@ -320,13 +384,22 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(QD_GEMV_ARGS) {
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
-    const float inv_rms = NRM == 1 ? norm_scale(parts_in, P, K, eps) : 0.0f;
+    float inv_rms = 0.0f;
+    uint4 x0[U][4];
+    if (NRM == 1) {
+        float4 pv[4];
+        load_parts(parts_in, P, pv);
+        const int c0 = threadIdx.x & 31;
+        load_x<U, 0>(x, c0, x0, g, 0.0f);
+        inv_rms = norm_scale(parts_in, P, K, eps, pv);
+        norm_x<U>(x0, c0, g, inv_rms);
+    }
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
         if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
-        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t, wa, ma, acc, g, inv_rms, parts_out);
+        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t, wa, ma, acc, g, inv_rms, parts_out, x0);
         if (t + 1 >= total) break;
         if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
-        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t + 1, wb, mb, acc, g, inv_rms, parts_out);
+        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t + 1, wb, mb, acc, g, inv_rms, parts_out, x0);
     }
 }
 
