@@ -71,8 +71,6 @@ def test_every_kernel_variant_compiles_for_hopper():
     _nvrtc_or_skip()
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {"qd_w4a16_dequant"}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
-    kinds = [(4, 1, 1), (2, 2, 1), (8, 1, 4), (4, 1, 8), (4, 1, -4), (8, 1, -2)]  # the norm and residual-add forms
-    names |= {C.kernel_name(*v, 0, nrm) for v in kinds for nrm in (1, 2)} | {C.kernel_name(*v, 1, 1) for v in kinds}
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
@@ -143,43 +141,6 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
         assert float((got.float() - want.float()).norm() / want.float().norm()) < 3e-3, (r, u)
         x8 = torch.randn(8, w.k, device=dev).half()  # prompts: the plain projection, gate rows then up rows
         assert float((lin(x8).float() - x8.float() @ ref.t()).norm() / (x8.float() @ ref.t()).norm()) < 3e-3
-
-
-def _rel(got, want):
-    return float((got.float() - want.float()).norm() / want.float().norm())
-
-
-@pytest.mark.gpu
-def test_residual_add_and_norm_inside_the_gemv_on_the_gpu():
-    """res_out (o, down): res += W x in place and the sums of squares of res's row groups; norm_in (qkv, gate|up):
-    W (RMSNorm(h) * g) from those sums, rounded like the norm kernel: fp16(fp16(h * r) * g)."""
-    dev = torch.device("cuda")
-    w, _ = _weight("gptq", k=1024, n=320)
-    nk = C.repack(w.to(dev, torch.float16))
-    ref = C.reference(nk)  # [N, K]
-    for v in ((2, 2, 1), (4, 1, 1), (8, 1, 4), (4, 1, 8), (4, 1, -2)):
-        lin = C.CudaLinear(nk, dev, v)
-        x = torch.randn(1, w.k, device=dev).half()
-        res = (torch.randn(1, w.n, device=dev) * 4).half()
-        want = (res.float() + (x.float() @ ref.t()).half().float()).half()
-        parts = torch.full((w.n,), float("nan"), device=dev)
-        p = lin.res_out(x, res, parts)
-        assert p == w.n // lin.rows
-        assert _rel(res, want) < 3e-3, v
-        assert abs(float(parts[:p].sum()) / float(res.float().pow(2).sum()) - 1) < 1e-5, v
-        h = (torch.randn(1, w.k, device=dev) * 4).half()
-        g = (torch.rand(w.k, device=dev) + 0.5).half()
-        hp = h.float().pow(2).reshape(16, -1).sum(1)  # 16 partial sums, as 16 row groups would leave them
-        r = torch.rsqrt(hp.sum() / w.k + 1e-5)
-        normed = ((h.float() * r).half() * g).float()
-        got = lin.norm_in(h, g, hp, 16, 1e-5)
-        assert got.shape == (1, w.n) and _rel(got, normed @ ref.t()) < 3e-3, v
-    inter = C.repack(w.to(dev, torch.float16), interleave=True)  # gate|up with the activation and the norm
-    for v in ((4, 1, 1), (4, 1, -2), (8, 1, 4)):
-        lin = C.CudaLinear(inter, dev, v, act="silu")
-        gate, up = (normed @ ref.t()).half().chunk(2, -1)
-        want = (torch.nn.functional.silu(gate.float()).half().float() * up.float()).half()
-        assert _rel(lin.norm_in(h, g, hp, 16, 1e-5), want) < 3e-3, v
 
 
 def test_pdl_launch_structs_match_the_driver_abi():

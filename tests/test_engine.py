@@ -308,32 +308,25 @@ def test_llama_path_greedy_tokens_equal_transformers(tmp_path):
 
 
 @pytest.mark.gpu
-def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path, monkeypatch):
-    """The Llama path the 8B benchmarks run (the Gemma fixtures take the other branches): the fused decode step, with
-    its RMSNorms inside the GEMVs and without, equals the torch-ops step, and greedy tokens are the same in the CUDA
-    graph and outside it."""
+def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path):
+    """The Llama path the 8B benchmarks run (the Gemma fixtures take the other branches): the fused decode step equals
+    the torch-ops step, and greedy tokens are the same in the CUDA graph and outside it."""
     import torch
 
     from quantdeploy.engine.runner import FastEngine
 
     eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cuda", torch.float16, 1024, gemv="cuda")
-    assert eng.dec.fused and eng.dec.gemv == "qd-w4a16-gemv" and eng.dec.norms_in_gemvs
+    assert eng.dec.fused and eng.dec.gemv == "qd-w4a16-gemv"
     ids = list(range(10, 40))
     tok, pos = torch.tensor([7], device="cuda"), torch.tensor([30], device="cuda")
     with torch.inference_mode():
         eng.prefill(ids)
         a = eng._step_eager(tok, pos, 256).float().clone()
-        monkeypatch.setenv("QUANTDEPLOY_NORM_IN_GEMV", "0")
-        eng.prefill(ids)
-        c = eng._step_eager(tok, pos, 256).float().clone()
-        monkeypatch.delenv("QUANTDEPLOY_NORM_IN_GEMV")
         eng.dec.fused = False
         eng.prefill(ids)
         b = eng._step_eager(tok, pos, 256).float().clone()
         eng.dec.fused = True
-    for got in (a, c):
-        assert float((got - b).norm() / b.norm()) < 1e-2 and int(got.argmax()) == int(b.argmax())
-    assert float((a - c).norm() / c.norm()) < 2e-3
+    assert float((a - b).norm() / b.norm()) < 1e-2 and int(a.argmax()) == int(b.argmax())
     kw = dict(max_new=300, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
     graph = list(eng.generate(ids, **kw))
     assert eng.graph_kind == "cuda-graph"

@@ -4,7 +4,7 @@ over 600 replays in two interleaved rounds (the faster kept), and its logits are
 
     python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save]
 
-Settings: the defaults, QUANTDEPLOY_NORM_IN_GEMV=0 and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
+Settings: the defaults and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
 benchmarks/results/gpu/README.md); --old-source: another kernels/w4a16.cu, under every setting. --sweep:
 then each projection's GEMV variant in turn, in the graph (coordinate descent from the current variants), and the
 settings again; --save writes the variants to the per-GPU tuned file the engine reads.
@@ -20,8 +20,7 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-SETTINGS = [("defaults", {}), ("norms in GEMVs off", {"QUANTDEPLOY_NORM_IN_GEMV": "0"}),
-            ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
+SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
     "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4), (4, 1, 2), (8, 1, 2)] + PS,

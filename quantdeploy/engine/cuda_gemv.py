@@ -156,16 +156,15 @@ class _Launch:
     (cuLaunchKernelEx), so the kernel overlaps the one before it (see pdl.py)."""
 
     def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False,
-                 threads: int = THREADS, floats: tuple[float, ...] = ()):
+                 threads: int = THREADS):
         from torch.cuda._utils import _get_gpu_runtime_library
 
         self.lib = _get_gpu_runtime_library()
         self.func = _kernel(name, device.index or 0)
         self.ptrs = [ctypes.c_void_p() for _ in range(n_ptr)]
         self.ints = [ctypes.c_int(v) for v in ints]
-        self.floats = [ctypes.c_float(v) for v in floats]
-        args = self.ptrs + self.ints + self.floats
-        self.argv = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
+        self.argv = (ctypes.c_void_p * (n_ptr + len(ints)))(
+            *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in self.ptrs + self.ints])
         self.config = None
         self.threads = threads
         if pdl:
@@ -175,9 +174,9 @@ class _Launch:
                                         attrs=ctypes.pointer(self.attr))
             self.config.grid[1] = self.config.grid[2] = 1
 
-    def __call__(self, grid: int, *tensors: torch.Tensor | None) -> None:
+    def __call__(self, grid: int, *tensors: torch.Tensor) -> None:
         for p, t in zip(self.ptrs, tensors):
-            p.value = None if t is None else t.data_ptr()
+            p.value = t.data_ptr()
         stream = torch.cuda.current_stream(tensors[0].device).cuda_stream
         if self.config is not None:
             self.config.grid[0] = grid
@@ -236,12 +235,11 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
     return r, u, s
 
 
-def kernel_name(r: int, u: int, s: int, act: int = 0, nrm: int = 0) -> str:
-    """nrm (see the .cu header): 1, the RMSNorm of x inside the GEMV; 2, the residual add of y inside it."""
-    if s > 1 and (s != 4 or nrm):
-        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}{f', {nrm}' if nrm else ''}>"
+def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
+    if s > 1 and s != 4:
+        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}>"
     kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
-    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{f', {nrm}' if nrm else ''}>"
+    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}>"
 
 
 def grid(n: int, r: int, s: int, sms: int) -> int:
@@ -274,45 +272,13 @@ class CudaLinear:
         r, u, s = fit_variant(variant, w.k, w.n)
         if self.act and r % 2:
             r = 2
+        gshift = (w.group_size // 32).bit_length() - 1
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
+                            pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
         self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)
-        self.row_groups = w.n // r  # the partial sums of squares a residual-add launch writes
-        self._launches = {}
-        self.gemv = self._launch(0)
-
-    def _launch(self, nrm: int) -> _Launch:
-        """The GEMV of this variant: plain (0), with the RMSNorm of x inside (1), or with the residual add (2)."""
-        if nrm not in self._launches:
-            w, (r, u, s) = self.w, self.variant
-            gshift = (w.group_size // 32).bit_length() - 1
-            name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, nrm)
-            self._launches[nrm] = _Launch(name, self.device, 7, (w.n, w.k, w.k // w.group_size, gshift, 0),
-                                          pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS,
-                                          floats=(0.0,))
-        return self._launches[nrm]
-
-    def norm_in(self, h: torch.Tensor, g: torch.Tensor, parts: torch.Tensor, p: int, eps: float) -> torch.Tensor:
-        """One token: this GEMV of RMSNorm(h) * g, the norm inside the kernel. h: the residual [1, K] (fp16), parts:
-        the p sums of squares of h that the residual add before it wrote (res_out)."""
-        w = self.w
-        assert w.perm is None and h.shape[0] == 1
-        launch = self._launch(1)
-        launch.ints[4].value, launch.floats[0].value = p, eps
-        y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=h.device)
-        launch(self.blocks, w.q, w.meta, h.reshape(-1), y, g, parts, None)
-        return y.unsqueeze(0)
-
-    def res_out(self, x: torch.Tensor, res: torch.Tensor, parts: torch.Tensor) -> int:
-        """One token: res += this GEMV of x, in place (res [1, N] fp16), and the sums of squares of res's row groups
-        into parts; returns how many (norm_in's p)."""
-        w = self.w
-        x1 = x.reshape(-1)
-        if x1.data_ptr() % 16:
-            x1 = x1.clone()
-        self._launch(2)(self.blocks, w.q, w.meta, x1, res.reshape(-1), None, None, parts)
-        return self.row_groups
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -323,7 +289,7 @@ class CudaLinear:
             if x1.data_ptr() % 16:
                 x1 = x1.clone()
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
-            self.gemv(self.blocks, w.q, w.meta, x1, y, None, None, None)
+            self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
         return F.linear(x, self.dense())
 

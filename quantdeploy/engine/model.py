@@ -208,10 +208,6 @@ class Decoder:
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
         self.fused = fused_ops_enabled(self.device)
-        self.norms_in_gemvs = self.fused and self._norms_in_gemvs_possible()
-        # the sums of squares of the residual's row groups, written by one GEMV for the norm inside the next
-        self.parts = torch.empty(cfg.hidden, dtype=torch.float32, device=self.device) \
-            if self.norms_in_gemvs else None
 
     def __repr__(self) -> str:
         return f"Decoder({self.cfg.arch}, {self.cfg.layers} layers, {self.device}, gemv={self.gemv})"
@@ -255,23 +251,6 @@ class Decoder:
         for q, e in zip(qs, exts):
             q.ext, q.w = e, None
         return maker
-
-    def _norms_in_gemvs_possible(self) -> bool:
-        """One token can run each RMSNorm inside the GEMV that reads it and each residual add inside the GEMV
-        before (cuda_gemv: norm_in, res_out): Llama-family layers (pre-norm only) in fp16 on our CUDA GEMV, without
-        act-order permutations of x or biases on the projections that end a block."""
-        from .cuda_gemv import CudaLinear
-
-        if self.cfg.gemma or self.dtype != torch.float16:
-            return False
-        for L in self.layers:
-            if not all(isinstance(q.ext, CudaLinear) for q in (L.qkv, L.o, L.gate_up, L.down)):
-                return False
-            if L.qkv.ext.w.perm is not None or L.gate_up.ext.w.perm is not None:
-                return False
-            if L.o.bias is not None or L.down.bias is not None or L.gate_up.bias is not None:
-                return False
-        return True
 
     def _finish_kernels(self, maker, max_len: int) -> str:
         maker.finish(min(max_len, 2048))
@@ -368,9 +347,6 @@ class Decoder:
 
         cfg = self.cfg
         m = x.shape[0]
-        if m == 1 and not all_logits and last is None and self.norms_in_gemvs \
-                and os.environ.get("QUANTDEPLOY_NORM_IN_GEMV", "1") != "0":
-            return self._decode_norms_in_gemvs(x, positions, kv_len)
         h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
         pending, pending_w = None, None  # the last block's output, added into x by the next norm
         for i, L in enumerate(self.layers):
@@ -399,34 +375,6 @@ class Decoder:
         y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
         logits = (y @ self.lm_head.t()).float()
         return logits if all_logits else logits[0]
-
-    def _decode_norms_in_gemvs(self, x, positions, kv_len):
-        """One token through _forward_fused's kernels less the RMSNorm kernels inside the layers: o and down add
-        their output into x (the residual) themselves and leave the sums of squares of x in self.parts, and
-        qkv and gate|up normalize x as they read it. 7 kernels per layer instead of 9."""
-        from . import triton_ops as T
-
-        cfg = self.cfg
-        h, kvh, eps = cfg.heads, cfg.kv_heads, cfg.eps
-        parts, p = self.parts, 0
-        for i, L in enumerate(self.layers):
-            n = L.norms
-            if i == 0:  # x is the embedding: no GEMV wrote its sums of squares
-                qkv = L.qkv(T.add_rmsnorm(x, n["input_layernorm"], eps, False))
-            else:
-                qkv = L.qkv.ext.norm_in(x, n["input_layernorm"], parts, p, eps)
-                if L.qkv.bias is not None:
-                    qkv = qkv + L.qkv.bias
-            cos, sin = self.rope[cfg.rope_theta[i]]
-            q = T.rope_cache(qkv, positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                             n.get("q_norm"), n.get("k_norm"), False)
-            att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
-                                     cfg.window[i])
-            p = L.o.ext.res_out(att, x, parts)
-            gu = L.gate_up.ext.norm_in(x, n["post_attention_layernorm"], parts, p, eps)
-            p = L.down.ext.res_out(gu if L.gate_up.act_fused else T.act_mul(gu, cfg.act == "gelu_tanh"), x, parts)
-        y = T.add_rmsnorm(x, self.final_norm, eps, False)
-        return (y @ self.lm_head.t()).float()[0]
 
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""

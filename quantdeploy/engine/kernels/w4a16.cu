@@ -7,12 +7,6 @@
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
-//
-// NRM (template): 0, y = W x. 1 (the layer's RMSNorm inside the GEMV that reads its output): x is the raw residual
-// h, normalized as it is loaded, fp16(fp16(h * r) * g), with r = rsqrt(sum(h^2) / K + eps) from the P partial sums
-// the previous GEMV wrote (no pass over h before the dot products: the partials come in with the first x chunk).
-// 2 (the residual add inside the GEMV that ends a block): y is the residual, y[n] = fp16(y[n] + fp16(W x)[n]) in
-// place, and each row group of R rows writes the sum of its squares to parts_out[n0 / R] (no atomics).
 #include <cuda_fp16.h>
 
 __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
@@ -101,62 +95,13 @@ __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int 
     for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
-// The RMSNorm's P partial sums of squares, in one round trip for P <= 512: issued right after the wait, next to
-// x's first chunk, and summed by norm_scale once they are needed.
-__device__ __forceinline__ void load_parts(const float *__restrict__ parts, int P, float4 (&pv)[4]) {
-    const float4 *p4 = reinterpret_cast<const float4 *>(parts);
-    const int lane = threadIdx.x & 31, n4 = P >> 2;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) pv[j] = lane + 32 * j < n4 ? __ldcg(p4 + lane + 32 * j) : make_float4(0, 0, 0, 0);
-}
-
-// The inverse rms (every lane of the warp gets the same value, summed in the same order).
-__device__ __forceinline__ float norm_scale(const float *__restrict__ parts, int P, int K, float eps,
-                                            const float4 (&pv)[4]) {
-    const int lane = threadIdx.x & 31, n4 = P >> 2;
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) s += (pv[j].x + pv[j].y) + (pv[j].z + pv[j].w);
-    for (int i = lane + 128; i < n4; i += 32) {  // P > 512
-        const float4 t = __ldcg(reinterpret_cast<const float4 *>(parts) + i);
-        s += (t.x + t.y) + (t.z + t.w);
-    }
-    for (int i = (n4 << 2) + lane; i < P; i += 32) s += __ldcg(parts + i);  // P % 4
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return rsqrtf(s / (float)K + eps);
-}
-
-// 8 halves of h -> fp16(fp16(h * r) * g), as the RMSNorm kernel rounds.
-__device__ __forceinline__ uint4 normalize8(uint4 h, uint4 g, float r) {
-    const unsigned hs[4] = {h.x, h.y, h.z, h.w}, gs[4] = {g.x, g.y, g.z, g.w};
-    unsigned o[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(as_h2(hs[i]));
-        o[i] = as_u(__hmul2(__floats2half2_rn(f.x * r, f.y * r), as_h2(gs[i])));
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-
-// x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca);
-// NRM 1: normalized with the norm weight g and the inverse rms r on the way in.
+// x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca).
 template <int U>
-__device__ __forceinline__ void norm_x(uint4 (&xv)[U][4], int c, const uint4 *__restrict__ g, float r) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xv[u][i] = normalize8(xv[u][i], __ldg(g + (c + 32 * u) * 4 + i), r);
-}
-
-template <int U, int NRM>
-__device__ __forceinline__ void load_x(const uint4 *__restrict__ x, int c, uint4 (&xv)[U][4],
-                                       const uint4 *__restrict__ g, float r) {
+__device__ __forceinline__ void load_x(const uint4 *__restrict__ x, int c, uint4 (&xv)[U][4]) {
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
         for (int i = 0; i < 4; ++i) xv[u][i] = __ldca(x + (c + 32 * u) * 4 + i);
-    if (NRM == 1) norm_x<U>(xv, c, g, r);
 }
 
 // Each of R partial sums added over the warp (every lane ends with the totals).
@@ -169,14 +114,10 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 }
 
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
-// NRM 1: x is normalized on the way in (its first batch and the partial sums load together); NRM 2: res gets the
-// R residuals y[n0..] right after the wait, so their load hides behind the dot products.
-template <int R, int U, int NRM>
+template <int R, int U>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                           const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
-                                          int cend, float (&acc)[R], const uint4 *__restrict__ g,
-                                          const float *__restrict__ parts, int P, float eps,
-                                          const half *__restrict__ y, half (&res)[R]) {
+                                          int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
@@ -193,42 +134,19 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
         load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
     }
     pdl_wait();
-    if (NRM == 2) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) res[r] = y[n0 + r];
-    }
-    float inv_rms = 0.0f;
-    if constexpr (NRM == 1) {
+    for (; c + 32 * (U - 1) < cend; c += 32 * U) {
+        if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
         uint4 xv[U][4];
-        float4 pv[4];
-        load_parts(parts, P, pv);
-        if (full) load_x<U, 0>(x, c, xv, g, 0.0f);
-        inv_rms = norm_scale(parts, P, K, eps, pv);
-        for (; c + 32 * (U - 1) < cend; c += 32 * U) {
-            if (c != cbeg + lane) {
-                load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
-                load_x<U, 1>(x, c, xv, g, inv_rms);
-            } else {
-                norm_x<U>(xv, c, g, inv_rms);
-            }
+        load_x<U>(x, c, xv);
 #pragma unroll
-            for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
-        }
-    } else {
-        for (; c + 32 * (U - 1) < cend; c += 32 * U) {
-            if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
-            uint4 xv[U][4];
-            load_x<U, 0>(x, c, xv, g, 0.0f);
-#pragma unroll
-            for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
-        }
+        for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     }
     bool have = !full;  // the tail's first chunk is already in wv[0]
     for (; c < cend; c += 32) {
         if (!have) load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
         have = false;
         uint4 xr[1][4];
-        load_x<1, NRM>(x, c, xr, g, inv_rms);
+        load_x<1>(x, c, xr);
         chunk_dot<R>(wv[0], mv[0], xr[0], acc);
     }
     warp_sum<R>(acc);
@@ -258,56 +176,34 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
     }
 }
 
-// store_rows, or (NRM 2) the residual add in place and the row group's sum of squares into parts[n0 / R].
-template <int R, int ACT, int NRM>
-__device__ __forceinline__ void store_out(half *__restrict__ y, int n0, const float (&acc)[R],
-                                          float *__restrict__ parts, const half (&res)[R]) {
-    if (NRM != 2) {
-        store_rows<R, ACT>(y, n0, acc);
-        return;
-    }
-    float ss = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const half h = __float2half_rn(__half2float(res[r]) + __half2float(__float2half_rn(acc[r])));
-        y[n0 + r] = h;
-        const float f = __half2float(h);
-        ss = fmaf(f, f, ss);
-    }
-    parts[n0 / R] = ss;
-}
-
-#define QD_GEMV_ARGS                                                                                                 \
-    const uint4 *__restrict__ q, const unsigned *__restrict__ meta, const uint4 *__restrict__ x, half *__restrict__ y, \
-        const uint4 *__restrict__ g, const float *__restrict__ parts_in, float *__restrict__ parts_out, int N, int K,   \
-        int G, int gshift, int P, float eps
-
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
-template <int R, int U, int ACT, int NRM = 0>
-__global__ void __launch_bounds__(128, NRM == 1 && U == 1 && R <= 4 ? 8 : 0) qd_w4a16_gemv(QD_GEMV_ARGS) {
+template <int R, int U, int ACT>
+__global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                                     const uint4 *__restrict__ x, half *__restrict__ y,
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    half res[R];
-    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc, g, parts_in, P, eps, y, res);
-    if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
 // Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
 // For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps; for a
 // long K, a larger S leaves fewer chunks per lane, so more of them are in flight before pdl_wait().
-template <int R, int U, int ACT, int S = 4, int NRM = 0>
-__global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(QD_GEMV_ARGS) {
+template <int R, int U, int ACT, int S = 4>
+__global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
+                                                           const unsigned *__restrict__ meta,
+                                                           const uint4 *__restrict__ x, half *__restrict__ y,
+                                                           int N, int K, int G, int gshift) {
     __shared__ float part[S][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
     float acc[R];
-    half res[R];
-    gemv_part<R, U, NRM>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc, g, parts_in, P, eps,
-                         y, res);
+    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -321,7 +217,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(QD_GEMV_ARGS) {
             for (int w = 0; w < S; ++w) t += part[w][r];
             acc[r] = t;
         }
-        store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
+        store_rows<R, ACT>(y, n0, acc);
     }
 }
 
@@ -337,38 +233,27 @@ __device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, in
     load_w<R, U>(q + (size_t)n0 * chunks, meta + (size_t)n0 * G, chunks, G, gshift, c, wv, mv);
 }
 
-template <int R, int U, int ACT, int NRM>
+template <int R, int U, int ACT>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
                                         int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
-                                        float (&acc)[R], const uint4 *__restrict__ g, float inv_rms,
-                                        float *__restrict__ parts_out, const uint4 (&x0)[U][4]) {
+                                        float (&acc)[R]) {
     uint4 xv[U][4];
-    if (NRM == 1 && t == 0) {  // x's first batch, loaded with the partial sums (normalized in the kernel)
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) xv[u][i] = x0[u][i];
-    } else {
-        load_x<U, NRM>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv, g, inv_rms);
-    }
+    load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
 #pragma unroll
     for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
         warp_sum<R>(acc);
-        const int n0 = (gw + (t / per) * tw) * R;
-        half res[R];
-        if (NRM == 2) {
-#pragma unroll
-            for (int r = 0; r < R; ++r) res[r] = y[n0 + r];
-        }
-        if ((threadIdx.x & 31) == 0) store_out<R, ACT, NRM>(y, n0, acc, parts_out, res);
+        if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     }
 }
 
-template <int R, int U, int ACT, int NRM = 0>
-__global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(QD_GEMV_ARGS) {
+template <int R, int U, int ACT>
+__global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
+                                                        const unsigned *__restrict__ meta,
+                                                        const uint4 *__restrict__ x, half *__restrict__ y,
+                                                        int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int chunks = K >> 5;
     const int per = chunks / (32 * U);  // batches per row group
@@ -384,22 +269,12 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(QD_GEMV_ARGS) {
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
-    float inv_rms = 0.0f;
-    uint4 x0[U][4];
-    if (NRM == 1) {
-        float4 pv[4];
-        load_parts(parts_in, P, pv);
-        const int c0 = threadIdx.x & 31;
-        load_x<U, 0>(x, c0, x0, g, 0.0f);
-        inv_rms = norm_scale(parts_in, P, K, eps, pv);
-        norm_x<U>(x0, c0, g, inv_rms);
-    }
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
         if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
-        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t, wa, ma, acc, g, inv_rms, parts_out, x0);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
         if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
-        ps_step<R, U, ACT, NRM>(x, y, per, gw, tw, t + 1, wb, mb, acc, g, inv_rms, parts_out, x0);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
 
