@@ -66,14 +66,3 @@ def test_fused_kernels_compile_for_hopper():
         for pdl in ((False, True) if "PDL" in names else (None,)):  # without and with the PDL instructions
             c = dict(consts, PDL=pdl) if pdl is not None else consts
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32))
-
-
-def test_pdl_early_names_come_from_the_environment(monkeypatch):
-    from quantdeploy.engine import pdl
-
-    monkeypatch.delenv("QUANTDEPLOY_PDL_EARLY", raising=False)
-    assert pdl.early() == frozenset()
-    monkeypatch.setenv("QUANTDEPLOY_PDL_EARLY", "combine, norm,bogus")
-    assert pdl.early() == {"combine", "norm"}
-    monkeypatch.setenv("QUANTDEPLOY_PDL_EARLY", "all")
-    assert pdl.early() == set(pdl.EARLY_KERNELS)

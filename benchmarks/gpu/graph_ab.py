@@ -20,10 +20,7 @@ import torch
 from quantdeploy.engine import cuda_gemv
 from quantdeploy.engine.runner import FastEngine
 
-SETTINGS = [("defaults", {}), ("early: combine", {"QUANTDEPLOY_PDL_EARLY": "combine"}),
-            ("early: combine, split", {"QUANTDEPLOY_PDL_EARLY": "combine,split"}),
-            ("early: combine, norm", {"QUANTDEPLOY_PDL_EARLY": "combine,norm"}),
-            ("early: all", {"QUANTDEPLOY_PDL_EARLY": "all"}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
+SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
 PS = [(4, 1, -2), (8, 1, -2), (4, 1, -4)]  # persistent variants, tried on every projection
 CANDIDATES = {  # variants tried per projection by --sweep (gate_up: even rows, it carries the activation)
     "qkv": [(2, 2, 1), (4, 2, 4), (8, 1, 4), (4, 1, 2), (8, 1, 2)] + PS,

@@ -25,14 +25,3 @@ def enabled(device) -> bool:
     if device.type != "cuda" or os.environ.get("QUANTDEPLOY_PDL", "1") == "0":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
-
-
-EARLY_KERNELS = ("norm", "rope", "split", "combine", "act")  # the fused Triton kernels (triton_ops)
-
-
-def early() -> frozenset[str]:
-    """The Triton kernels that let the next kernel launch before they wait themselves (QUANTDEPLOY_PDL_EARLY, a
-    comma-separated subset of EARLY_KERNELS; "all"); the others let it launch right after their wait."""
-    flag = os.environ.get("QUANTDEPLOY_PDL_EARLY", "")
-    names = EARLY_KERNELS if flag == "all" else [n.strip() for n in flag.split(",") if n.strip()]
-    return frozenset(n for n in names if n in EARLY_KERNELS)

@@ -27,28 +27,23 @@ _HAS_GDC = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait"
 
 
 @triton.jit
-def _pdl_enter(PDL: tl.constexpr, EARLY: tl.constexpr):
+def _pdl_enter(PDL: tl.constexpr):
     if PDL:
-        if EARLY:  # the next kernel may launch (and load its weights) while this one still waits
-            tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
-        else:
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
-def _pdl(device, kernel: str) -> dict:
-    """The launch keywords: PDL on where the GPU and this Triton support it. EARLY for the kernels named in
-    pdl.early() (the next kernel launches before this one waits)."""
+def _pdl(device) -> dict:
+    """The launch keywords: PDL on where the GPU and this Triton support it."""
     on = _HAS_GDC and pdl.enabled(device)
-    return {"PDL": True, "EARLY": kernel in pdl.early(), "launch_pdl": True} if on else {"PDL": False, "EARLY": False}
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 
 @triton.jit
 def _add_rmsnorm(x_ptr, r_ptr, rw_ptr, w_ptr, out_ptr, N, eps,
                  HAS_RES: tl.constexpr, NORM_RES: tl.constexpr, GEMMA: tl.constexpr, BLOCK: tl.constexpr,
-                 PDL: tl.constexpr, EARLY: tl.constexpr):
-    _pdl_enter(PDL, EARLY)
+                 PDL: tl.constexpr):
+    _pdl_enter(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -81,7 +76,7 @@ def add_rmsnorm(x, w, eps: float, gemma: bool, res=None, res_w=None, out=None):
     block = triton.next_power_of_2(n)
     _add_rmsnorm[(m,)](x, res if res is not None else x, res_w if res_w is not None else w, w, out, n, eps,
                        HAS_RES=res is not None, NORM_RES=res_w is not None, GEMMA=gemma, BLOCK=block,
-                       num_warps=min(16, max(1, block // 256)), **_pdl(x.device, "norm"))
+                       num_warps=min(16, max(1, block // 256)), **_pdl(x.device))
     return out
 
 
@@ -89,8 +84,8 @@ def add_rmsnorm(x, w, eps: float, gemma: bool, res=None, res_w=None, out=None):
 def _rope_cache(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, kc_ptr, vc_ptr,
                 H, KVH, max_len, stride, eps,
                 D: tl.constexpr, HALF: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-                PDL: tl.constexpr, EARLY: tl.constexpr):
-    _pdl_enter(PDL, EARLY)
+                PDL: tl.constexpr):
+    _pdl_enter(PDL)
     t = tl.program_id(0)
     hh = tl.program_id(1)
     pos = tl.load(pos_ptr + t)
@@ -141,15 +136,15 @@ def rope_cache(qkv, positions, cos, sin, k_cache, v_cache, heads: int, kv_heads:
         qkv, positions, cos, sin, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
         q, k_cache, v_cache, heads, kv_heads, max_len, qkv.stride(0), eps, D=d, HALF=d // 2,
         QK_NORM=q_norm is not None, GEMMA=gemma, num_warps=1 if d <= 128 else 2,
-        **_pdl(qkv.device, "rope"))
+        **_pdl(qkv.device))
     return q
 
 
 @triton.jit
 def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, window, max_len, chunk,
                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
-                PDL: tl.constexpr, EARLY: tl.constexpr):
-    _pdl_enter(PDL, EARLY)
+                PDL: tl.constexpr):
+    _pdl_enter(PDL)
     kvh = tl.program_id(0)
     sp = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int32)
@@ -185,8 +180,8 @@ def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, w
 
 @triton.jit
 def _attn_combine(po_ptr, pm_ptr, pl_ptr, out_ptr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                  SPLITS: tl.constexpr, SP: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr):
-    _pdl_enter(PDL, EARLY)
+                  SPLITS: tl.constexpr, SP: tl.constexpr, PDL: tl.constexpr):
+    _pdl_enter(PDL)
     h = tl.program_id(0)
     kvh = h // G
     g = h % G
@@ -223,17 +218,17 @@ def decode_attention(q, k_cache, v_cache, pos, kv_len: int, scale: float, window
     pm = torch.empty((kvh * splits * gp,), dtype=torch.float32, device=q.device)
     pl = torch.empty_like(pm)
     _attn_split[(kvh, splits)](q, k_cache, v_cache, pos, po, pm, pl, scale, window, max_len, chunk,
-                               G=g, GP=gp, D=d, BLOCK=block, SPLITS=splits, num_warps=4, **_pdl(q.device, "split"))
+                               G=g, GP=gp, D=d, BLOCK=block, SPLITS=splits, num_warps=4, **_pdl(q.device))
     out = torch.empty((1, heads * d), dtype=q.dtype, device=q.device)
     _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
                             SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
-                            **_pdl(q.device, "combine"))
+                            **_pdl(q.device))
     return out
 
 
 @triton.jit
-def _act_mul(gu_ptr, out_ptr, I, GELU: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr):
-    _pdl_enter(PDL, EARLY)
+def _act_mul(gu_ptr, out_ptr, I, GELU: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _pdl_enter(PDL)
     t = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < I
@@ -255,7 +250,7 @@ def act_mul(gate_up, gelu: bool):
     out = torch.empty((m, i), dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
     _act_mul[(m, triton.cdiv(i, block))](gate_up, out, i, GELU=gelu, BLOCK=block, num_warps=4,
-                                        **_pdl(gate_up.device, "act"))
+                                        **_pdl(gate_up.device))
     return out
 
 
