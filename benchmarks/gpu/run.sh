@@ -3,7 +3,8 @@
 #   source .device-kit/setup.sh; bash benchmarks/gpu/run.sh [RESULTS_DIR] [EMBEDDED.gguf]
 # 1) llama-cpp-python with CUDA (background build, kit script), 2) 8B-shape synthetic GPTQ/AWQ/GGUF models,
 # 3) quantdeploy's CUDA GEMV variants checked and timed alone, a check that CUDA-graph replays reproduce the eager
-# step, the step's settings A/B'd in the graph and its GEMV variants swept there (saved per GPU), 4) quantdeploy
+# step, the step's settings A/B'd in the graph and its GEMV variants swept there (saved per GPU), the step's
+# kernel-by-kernel timeline, 4) quantdeploy
 # bench of the fast engine (each GEMV), transformers+Marlin and llama.cpp side by side (+ the embedded
 # Gemma-3-270M GGUF when its path is given),
 # 5) a deliberate fallback (GGUF with 0 layers offloaded) caught by --require-gpu, 6) processes with prompt CUDA
@@ -30,6 +31,8 @@ python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>
 # the decode step's settings A/B'd in its CUDA graph, each projection's GEMV variant swept there and saved as this
 # GPU's tuned file (the bench below uses it), the settings again; the bench runs the engine's default settings
 python3 benchmarks/gpu/graph_ab.py "$M/gptq" --sweep --save > "$OUT/graph-ab-$GPU.txt" 2>&1
+# where the step's time goes with those variants: each kernel's marginal time in the decode graph
+python3 benchmarks/gpu/step_timeline.py "$M/gptq" > "$OUT/step-timeline-$GPU.txt" 2>&1
 while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
 bash .device-kit/build-llama-cuda.sh --wait 600
 source .device-kit/setup.sh

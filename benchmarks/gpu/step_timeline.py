@@ -40,7 +40,7 @@ def short(name: str) -> str:
     return name.split("(")[0] if name.startswith("qd_") else name.split("<")[0].split("(")[0][:40]
 
 
-def table(ks, steps: int, layers: int, gemv_bytes: list[int]) -> None:
+def table(ks, steps: int, gemv_bytes: list[int]) -> None:
     per = len(ks) // steps
     assert per * steps == len(ks), (len(ks), steps)
     marg, dur, calls = defaultdict(float), defaultdict(float), defaultdict(int)
@@ -48,7 +48,6 @@ def table(ks, steps: int, layers: int, gemv_bytes: list[int]) -> None:
     for s in range(steps):
         step = ks[s * per:(s + 1) * per]
         spans.append(max(e for _, e, _ in step) - step[0][0])
-        seen = defaultdict(int)
         gemv = 0
         last_end = step[0][0]
         for start, end, name in step:
@@ -58,7 +57,6 @@ def table(ks, steps: int, layers: int, gemv_bytes: list[int]) -> None:
                 gemv += 1
             else:
                 label = f"{'':7s} {n}"
-            seen[label] += 1
             marg[label] += max(end, last_end) - last_end
             dur[label] += end - start
             calls[label] += 1
@@ -115,7 +113,7 @@ def main():
                 torch.cuda.synchronize()
             used = {role: getattr(layers[0], role).ext.variant for role in ROLES}
             print(f"\n{spec}: variants {used}: {dt * 1e3:.3f} ms per replay unprofiled")
-            table(kernels_of(prof), a.steps, len(layers), nbytes)
+            table(kernels_of(prof), a.steps, nbytes)
 
 
 if __name__ == "__main__":
