@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from graph_ab import linears  # this directory: the same way to reach each layer's GEMV
 
 from quantdeploy.engine.runner import FastEngine
 
@@ -71,7 +72,8 @@ def table(ks, steps: int, gemv_bytes: list[int]) -> None:
         role = label[:7].strip()
         if role in ROLES and m > 0:
             gbs = f"{gemv_bytes[ROLES.index(role)] / m / 1e3:6.0f}"
-        print(f"  {label[:58]:58s} {c:8.0f} {dur[label] / calls[label]:8.2f}u {m:12.2f}u {marg[label] / steps:12.1f}u  {gbs}")
+        print(f"  {label[:58]:58s} {c:8.0f} {dur[label] / calls[label]:8.2f}u {m:12.2f}u "
+              f"{marg[label] / steps:12.1f}u  {gbs}")
 
 
 def main():
@@ -82,20 +84,22 @@ def main():
     a = ap.parse_args()
     eng = FastEngine(a.model, "cuda", torch.float16, 1024, gemv="cuda")
     tok, pos = torch.tensor([42], device="cuda"), torch.tensor([16], device="cuda")
-    layers = eng.dec.layers
-    base = {role: getattr(layers[0], role).ext.variant for role in ROLES}
-    nbytes = [getattr(layers[0], role).ext.w.nbytes() for role in ROLES]
+    base = {role: linears(eng, role)[0].variant for role in ROLES}
+    nbytes = [linears(eng, role)[0].w.nbytes() for role in ROLES]
     print(torch.cuda.get_device_name(), "engine variants", base, "weight MB", [round(b / 1e6, 1) for b in nbytes])
     with torch.inference_mode():
         eng.prefill(list(range(1000, 1016)))
+        env = set()  # the settings the previous spec set, undone before the next
         for spec in ["{}"] + a.variants:
             change = json.loads(spec)
-            os.environ.pop("QUANTDEPLOY_PDL", None)
-            os.environ.update({k: v for k, v in change.items() if k.startswith("QUANTDEPLOY_")})
+            for k in env:
+                os.environ.pop(k, None)
+            env = {k for k in change if k.startswith("QUANTDEPLOY_")}
+            os.environ.update({k: change[k] for k in env})
             change = {k: tuple(v) for k, v in change.items() if k in ROLES}
             for role, v in {**base, **change}.items():
-                for L in layers:
-                    getattr(L, role).ext.use(v)
+                for lin in linears(eng, role):
+                    lin.use(v)
             eng.close()
             eng.step(tok, pos, 16)
             g, _ = eng.graphs[256]
@@ -111,7 +115,7 @@ def main():
                 for _ in range(a.steps):
                     g.replay()
                 torch.cuda.synchronize()
-            used = {role: getattr(layers[0], role).ext.variant for role in ROLES}
+            used = {role: linears(eng, role)[0].variant for role in ROLES}
             print(f"\n{spec}: variants {used}: {dt * 1e3:.3f} ms per replay unprofiled")
             table(kernels_of(prof), a.steps, nbytes)
 
