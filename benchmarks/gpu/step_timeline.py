@@ -5,7 +5,7 @@ each kernel is charged its *marginal* time: its end minus the end of the kernel 
 step add up to the step, and a quantized GEMV's weight bytes over its marginal time say how close to the memory
 roofline that part of the step runs.
 
-    python benchmarks/gpu/step_timeline.py MODEL_DIR [--variants '{"down": [8, 1, 14]}' ...] [--steps 20]
+    python benchmarks/gpu/step_timeline.py MODEL_DIR [--variants '{"down": [8, 1, 14]}' ...] [--steps 20] [--pos 16]
 
 Each --variants (JSON: role -> (R, U, S), or an environment setting such as "QUANTDEPLOY_PDL": "0") is applied on
 top of the engine's variants and gets its own table.
@@ -81,14 +81,15 @@ def main():
     ap.add_argument("model", type=Path)
     ap.add_argument("--variants", action="append", default=[])
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--pos", type=int, default=16, help="the step's position (a prompt of that many tokens first)")
     a = ap.parse_args()
     eng = FastEngine(a.model, "cuda", torch.float16, 1024, gemv="cuda")
-    tok, pos = torch.tensor([42], device="cuda"), torch.tensor([16], device="cuda")
+    tok, pos = torch.tensor([42], device="cuda"), torch.tensor([a.pos], device="cuda")
     base = {role: linears(eng, role)[0].variant for role in ROLES}
     nbytes = [linears(eng, role)[0].w.nbytes() for role in ROLES]
     print(torch.cuda.get_device_name(), "engine variants", base, "weight MB", [round(b / 1e6, 1) for b in nbytes])
     with torch.inference_mode():
-        eng.prefill(list(range(1000, 1016)))
+        eng.prefill([1000 + i % 5000 for i in range(a.pos)])
         env = set()  # the settings the previous spec set, undone before the next
         for spec in ["{}"] + a.variants:
             change = json.loads(spec)
@@ -101,8 +102,8 @@ def main():
                 for lin in linears(eng, role):
                     lin.use(v)
             eng.close()
-            eng.step(tok, pos, 16)
-            g, _ = eng.graphs[256]
+            eng.step(tok, pos, a.pos)
+            g, _ = eng.graphs[eng.bucket(a.pos)]
             for _ in range(100):
                 g.replay()
             torch.cuda.synchronize()
@@ -116,7 +117,7 @@ def main():
                     g.replay()
                 torch.cuda.synchronize()
             used = {role: linears(eng, role)[0].variant for role in ROLES}
-            print(f"\n{spec}: variants {used}: {dt * 1e3:.3f} ms per replay unprofiled")
+            print(f"\n{spec}: variants {used}, position {a.pos}: {dt * 1e3:.3f} ms per replay unprofiled")
             table(kernels_of(prof), a.steps, nbytes)
 
 

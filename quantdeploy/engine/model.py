@@ -343,29 +343,23 @@ class Decoder:
     def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
         """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
         x (the residual stream) is updated in place."""
-        from . import triton_attn as A
         from . import triton_ops as T
 
         cfg = self.cfg
         m = x.shape[0]
-        one_attn = A.enabled()
         h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
         pending, pending_w = None, None  # the last block's output, added into x by the next norm
         for i, L in enumerate(self.layers):
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
             cos, sin = self.rope[cfg.rope_theta[i]]
-            if m == 1 and one_attn:  # rope, cache write, attention and combine in one kernel
-                att = A.rope_attention(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                                       kv_len, cfg.scale, cfg.window[i], n.get("q_norm"), n.get("k_norm"), gemma)
+            q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
+                             n.get("q_norm"), n.get("k_norm"), gemma)
+            if m == 1:
+                att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
+                                         cfg.window[i])
             else:
-                q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                                 n.get("q_norm"), n.get("k_norm"), gemma)
-                if m == 1:
-                    att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
-                                             cfg.window[i])
-                else:
-                    att = self.attend(i, q, masks, kv_len, causal_from_zero)
+                att = self.attend(i, q, masks, kv_len, causal_from_zero)
             o = L.o(att)
             if "pre_feedforward_layernorm" in n:  # gemma: x += norm(o); y = norm(x)
                 y = T.add_rmsnorm(x, n["pre_feedforward_layernorm"], eps, gemma, o, n["post_attention_layernorm"])
