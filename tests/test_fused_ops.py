@@ -42,6 +42,7 @@ def test_fused_kernels_compile_for_hopper():
     from triton.compiler import ASTSource
 
     from quantdeploy.engine import triton_gemv as G
+    from quantdeploy.engine import triton_head as L
     from quantdeploy.engine import triton_ops as T
 
     f16, f32, i64 = "*fp16", "*fp32", "*i64"
@@ -57,6 +58,8 @@ def test_fused_kernels_compile_for_hopper():
         (T._attn_combine, dict(po_ptr=f32, pm_ptr=f32, pl_ptr=f32, out_ptr=f16), dict(G=4, GP=16, D=128, SPLITS=16,
                                                                                       SP=16)),
         (T._act_mul, dict(gu_ptr=f16, out_ptr=f16, I="i32"), dict(GELU=True, BLOCK=1024)),
+        (L._int8_gemv, dict(x_ptr=f16, q_ptr="*i8", s_ptr=f32, out_ptr=f32, N="i32", K="i32"),
+         dict(BLOCK_N=L.BLOCK_N, BLOCK_K=L.BLOCK_K)),
     ] + [(G._w4a16_gemv, dict(x_ptr=f16, q_ptr="*i32", s_ptr=f16, z_ptr=f16, y_ptr=f32, N="i32", K="i32",
                      groups_per_split="i32"), dict(GROUP=128, BLOCK_N=128, ATOMIC=True, HALF=half))
          for half in (False, True)]

@@ -43,6 +43,8 @@ def main() -> None:
         ("gptq-greedy-outside", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph",
          {"QUANTDEPLOY_GREEDY_GRAPH": "0"}),
         ("gptq-pdl-off", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, PDL off", {"QUANTDEPLOY_PDL": "0"}),
+        ("gptq-int8-head", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, int8 lm_head (opt-in)",
+         {"QUANTDEPLOY_LM_HEAD": "int8"}),
         ("gptq-exllama", d / "gptq", e + ["--kernel", "exllama_v2"], "llama-8b GPTQ · quantdeploy engine, ExLlamaV2",
          {}),
         ("gptq-triton", d / "gptq", e + ["--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV", {}),

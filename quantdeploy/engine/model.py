@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import head
 from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
 
 log = logging.getLogger("quantdeploy.engine")
@@ -175,6 +176,11 @@ class Decoder:
 
         self.embed = t("model.embed_tokens.weight")
         self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
+        self.head = None  # the int8 lm_head (head.py), opt-in
+        if head.wanted(self.lm_head is self.embed):
+            self.head, self.lm_head = head.Int8Head(self.lm_head), None
+        elif os.environ.get("QUANTDEPLOY_LM_HEAD") == "int8":
+            log.warning("QUANTDEPLOY_LM_HEAD=int8 ignored: this model's lm_head is its embedding table")
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
         ext = self._gemv_maker(gemv) if self.device.type == "cuda" else None
@@ -337,7 +343,7 @@ class Decoder:
                 y = self.norm(y, n["post_feedforward_layernorm"])
             x = res + y
         x = self.norm(x if all_logits else x[-1:] if last is None else x.index_select(0, last), self.final_norm)
-        logits = (x @ self.lm_head.t()).float()
+        logits = self.logits(x)
         return logits if all_logits else logits[0]
 
     def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
@@ -373,8 +379,12 @@ class Decoder:
         elif not all_logits:
             x, pending = x[-1:].contiguous(), pending[-1:].contiguous()
         y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
-        logits = (y @ self.lm_head.t()).float()
+        logits = self.logits(y)
         return logits if all_logits else logits[0]
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed hidden states [M, hidden] -> fp32 logits [M, vocab]."""
+        return self.head(x) if self.head is not None else (x @ self.lm_head.t()).float()
 
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""
