@@ -2,7 +2,12 @@
 corruption", in 5 of 28 benchmark processes with QUANTDEPLOY_PREFILL_GRAPH=1.) Runs RUNS child processes, PARALLEL
 at a time; each loads MODEL on the fast engine, prompts it with prompt graphs on, decodes, returns normally.
 
-    python benchmarks/gpu/exit_check.py MODEL_DIR [RUNS] [PARALLEL]
+    python benchmarks/gpu/exit_check.py MODEL_DIR [RUNS] [PARALLEL] [--close]
+
+--close: each child also decodes across a cache bucket and then closes the engine before it exits, as
+`quantdeploy bench` does (close() drops the graphs and their shared memory pools while the process goes on). The
+aborts after the runs seen so far were all in bench processes, which close their model; these children, whose decode graphs of
+several buckets also share one pool, exited cleanly without --close (12 of 12 on 2026-11-30).
 """
 import os
 import subprocess
@@ -18,20 +23,33 @@ for n in (512, 100, 512, 20):
     out = list(eng.generate(list(range(1000, 1000 + n)), max_new=8, temperature=0.0, top_p=1.0, top_k=0, seed=0,
                             stop_ids=set()))
 assert eng.prefill_graphs, "no prompt graph was captured"
-print("ok", len(eng.prefill_graphs), "prompt graphs")
+if "--close" in sys.argv:
+    list(eng.generate(list(range(1000, 1250)), max_new=12, temperature=0.0, top_p=1.0, top_k=0, seed=0,
+                      stop_ids=set()))  # positions 250-261: across the 256 bucket
+    assert len(eng.greedy_graphs) >= 2, eng.greedy_graphs
+    n = len(eng.prefill_graphs)
+    eng.close()
+    torch.cuda.synchronize()
+    print("ok", n, "prompt graphs, closed")
+else:
+    print("ok", len(eng.prefill_graphs), "prompt graphs")
 """
 
 
 def one(model: str) -> tuple[int, str]:
     env = dict(os.environ, QUANTDEPLOY_PREFILL_GRAPH="1")
-    p = subprocess.run([sys.executable, "-c", CHILD, model], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-c", CHILD, model] + (["--close"] if CLOSE else []), capture_output=True,
+                       text=True, env=env)
     return p.returncode, (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
 
 
+CLOSE = "--close" in sys.argv
+
 if __name__ == "__main__":
-    model = sys.argv[1]
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 12
-    par = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    args = [a for a in sys.argv[1:] if a != "--close"]
+    model = args[0]
+    runs = int(args[1]) if len(args) > 1 else 12
+    par = int(args[2]) if len(args) > 2 else 4
     with ThreadPoolExecutor(par) as ex:
         results = list(ex.map(one, [model] * runs))
     for rc, last in results:
