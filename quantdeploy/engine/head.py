@@ -10,19 +10,26 @@ inputs (prompts, the CPU) dequantize a slice of rows at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+log = logging.getLogger("quantdeploy.engine")
 
 ROWS = 8192  # rows quantized / dequantized at a time: bounds the temporary memory
 
 
 def wanted(tied: bool) -> bool:
+    """QUANTDEPLOY_LM_HEAD=int8 asks for it; a tied lm_head (the embedding table, still needed in full) keeps its
+    checkpoint dtype, with a warning."""
     mode = os.environ.get("QUANTDEPLOY_LM_HEAD", "")
-    if mode not in ("", "fp16", "int8"):
+    if mode not in ("", "int8"):
         from ..errors import UsageError
 
         raise UsageError(f"QUANTDEPLOY_LM_HEAD={mode}: use int8 (or leave it unset for the checkpoint's lm_head)")
+    if mode and tied:
+        log.warning("QUANTDEPLOY_LM_HEAD=int8 ignored: this model's lm_head is its embedding table")
     return mode == "int8" and not tied
 
 

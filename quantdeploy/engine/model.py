@@ -179,8 +179,6 @@ class Decoder:
         self.head = None  # the int8 lm_head (head.py), opt-in
         if head.wanted(self.lm_head is self.embed):
             self.head, self.lm_head = head.Int8Head(self.lm_head), None
-        elif os.environ.get("QUANTDEPLOY_LM_HEAD") == "int8":
-            log.warning("QUANTDEPLOY_LM_HEAD=int8 ignored: this model's lm_head is its embedding table")
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
         ext = self._gemv_maker(gemv) if self.device.type == "cuda" else None

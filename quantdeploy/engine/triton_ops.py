@@ -16,7 +16,6 @@ paths agree to the last bit or two; tests run these kernels under Triton's inter
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -199,15 +198,10 @@ def _attn_combine(po_ptr, pm_ptr, pl_ptr, out_ptr, G: tl.constexpr, GP: tl.const
     tl.store(out_ptr + h * D + d, o.to(out_ptr.dtype.element_ty))
 
 
-def _knob(name: str, default: float) -> float:
-    """QUANTDEPLOY_ATTN_<name>: the attention's launch shape, for A/B measurements (read at capture time)."""
-    return float(os.environ.get(f"QUANTDEPLOY_ATTN_{name}", default))
-
-
 def attention_plan(kv_len: int, kv_heads: int, d: int, sms: int) -> tuple[int, int, int]:
     """(block, chunk, splits): about two programs per multiprocessor over the kv_len bucket."""
-    block = int(_knob("BLOCK", 64 if d <= 128 else 32))
-    splits = max(1, min(triton.cdiv(kv_len, block), int(_knob("PER_SM", 2) * sms) // max(1, kv_heads)))
+    block = 64 if d <= 128 else 32
+    splits = max(1, min(triton.cdiv(kv_len, block), (2 * sms) // max(1, kv_heads)))
     chunk = triton.cdiv(triton.cdiv(kv_len, splits), block) * block
     return block, chunk, triton.cdiv(kv_len, chunk)
 
@@ -224,12 +218,11 @@ def decode_attention(q, k_cache, v_cache, pos, kv_len: int, scale: float, window
     pm = torch.empty((kvh * splits * gp,), dtype=torch.float32, device=q.device)
     pl = torch.empty_like(pm)
     _attn_split[(kvh, splits)](q, k_cache, v_cache, pos, po, pm, pl, scale, window, max_len, chunk,
-                               G=g, GP=gp, D=d, BLOCK=block, SPLITS=splits, num_warps=int(_knob("WARPS", 4)),
-                               **_pdl(q.device))
+                               G=g, GP=gp, D=d, BLOCK=block, SPLITS=splits, num_warps=4, **_pdl(q.device))
     out = torch.empty((1, heads * d), dtype=q.dtype, device=q.device)
     _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
-                            SP=triton.next_power_of_2(splits),
-                            num_warps=int(_knob("COMBINE_WARPS", 1 if d <= 128 else 2)), **_pdl(q.device))
+                            SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
+                            **_pdl(q.device))
     return out
 
 
