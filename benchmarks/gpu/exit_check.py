@@ -37,10 +37,12 @@ else:
 
 
 def one(model: str) -> tuple[int, str]:
-    env = dict(os.environ, QUANTDEPLOY_PREFILL_GRAPH="1")
+    # faulthandler prints the Python stack of every thread on SIGABRT: where the heap error is found
+    env = dict(os.environ, QUANTDEPLOY_PREFILL_GRAPH="1", PYTHONFAULTHANDLER="1")
     p = subprocess.run([sys.executable, "-c", CHILD, model] + (["--close"] if CLOSE else []), capture_output=True,
                        text=True, env=env)
-    return p.returncode, (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    return p.returncode, (lines[-1:] if p.returncode == 0 else lines[-14:]) or [""]
 
 
 CLOSE = "--close" in sys.argv
@@ -53,7 +55,7 @@ if __name__ == "__main__":
     with ThreadPoolExecutor(par) as ex:
         results = list(ex.map(one, [model] * runs))
     for rc, last in results:
-        print(f"exit {rc}: {last[0][:160]}")
+        print(f"exit {rc}: " + "\n    ".join(x[:160] for x in last))
     bad = sum(rc != 0 for rc, _ in results)
     print(f"{runs - bad} of {runs} processes exited cleanly (exit code 0), {bad} did not")
     sys.exit(1 if bad else 0)

@@ -17,6 +17,7 @@ QUANT_GEMM_PATTERNS = ("marlin", "machete", "exllama", "gemm_half_q_half", "gptq
                        "awq", "gemm_forward_4bit", "gemv_forward", "quant_matmul", "mul_mat_vec_q", "mul_mat_q",
                        "mmvq", "bitblas", "qgemm", "w4a16")
 # Kernels that turn the weights back into floats: a fallback sign at batch 1, or load-time work.
+CUPTI_USED = False  # set once torch.profiler has traced CUDA in this process (see cli._exit)
 NOT_A_GEMM = ("dequant", "reconstruct", "repack", "permute")
 
 LLAMA_CUDA_FIX = ('rebuild llama-cpp-python with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
@@ -82,6 +83,8 @@ def profile_decode(model, prompt_ids: list[int], tokens: int = 16) -> dict[str, 
         it = iter(gen)
         next(it, None)
         torch.cuda.synchronize()
+        global CUPTI_USED
+        CUPTI_USED = True  # the CLI then skips the exit-time teardown that crashes in CUPTI (cli/__init__.py)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in it:
                 pass

@@ -23,6 +23,15 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+        code: int | str | None = 0
+    except SystemExit as e:
+        code = e.code
+    _exit(code)
+
+
+def _main(argv: list[str] | None) -> None:
     prepare_process_env()
     _register()
     debug = get_settings().debug
@@ -42,3 +51,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: internal error ({type(e).__name__}: {str(e)[:300]}); rerun with QUANTDEPLOY_DEBUG=1 "
               "for the traceback and report it", file=sys.stderr)
         sys.exit(70)
+
+
+def _exit(code: int | str | None) -> None:
+    """sys.exit(code), except after a CUDA profile (bench's kernel evidence): then the process ends at once, output
+    flushed, without the exit-time teardown. There, CUDA's primary-context release calls back into CUPTI, which
+    hands torch's profiler (kineto) buffers it already freed: "double free or corruption" / "free(): invalid
+    pointer" and SIGABRT after a finished run (native backtrace on an H200, 2026-12-01; pytorch/pytorch#195207)."""
+    kernels = sys.modules.get("quantdeploy.bench.kernels")
+    if not getattr(kernels, "CUPTI_USED", False):
+        sys.exit(code)
+    import logging
+    import os
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
