@@ -234,20 +234,12 @@ class FastEngine:
         host[0:1].copy_(tok, non_blocking=True)
         events[0].record()
         greedy = temperature <= 0 and self.use_graph and self.greedy_graph
-        mark = os.environ.get("QUANTDEPLOY_PDL_MARK", "") if self.dec.fused else ""
-        if mark:
-            from .triton_ops import pdl_mark
-
-            buf = torch.zeros(1, dtype=torch.int32, device=self.device)
-            pdl_mark(buf)
         if greedy:
             self._graph_inputs()
             self.g_tok.copy_(tok)
             self.g_pos.copy_(pos)
         for i in range(room):
             if i + 1 < room:  # queue step i+1 before reading token i
-                if mark == "each":
-                    pdl_mark(buf)
                 if greedy and not self._step_greedy(len(ids) + i):
                     greedy, tok, pos = False, self.g_tok.clone(), self.g_pos.clone()
                 if greedy:

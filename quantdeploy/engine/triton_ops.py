@@ -257,14 +257,3 @@ def act_mul(gate_up, gelu: bool):
 @functools.lru_cache(maxsize=8)
 def _sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-
-
-@triton.jit
-def _pdl_mark(out_ptr, PDL: tl.constexpr):
-    _pdl_enter(PDL)
-    tl.store(out_ptr, 1)
-
-
-def pdl_mark(buf: torch.Tensor) -> None:
-    """One tiny kernel launched with PDL (experiment: QUANTDEPLOY_PDL_MARK, runner.generate)."""
-    _pdl_mark[(1,)](buf, **_pdl(buf.device))
