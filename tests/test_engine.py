@@ -333,3 +333,24 @@ def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path):
     eng.use_graph = False
     eng.close()
     assert list(eng.generate(ids, **kw)) == graph
+
+
+@pytest.mark.gpu
+def test_prompt_graphs_give_the_eager_prompts_logits(tmp_path):
+    """Prompts replayed from CUDA graphs (QUANTDEPLOY_PREFILL_GRAPH=1; padded to a power of two): the logits of the
+    eager prefill, one graph per padded length, and a second prompt of a length reuses its graph."""
+    import torch
+
+    from quantdeploy.engine.runner import FastEngine
+
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cuda", torch.float16, 1024, gemv="cuda")
+    eng.prefill_graph = True
+    with torch.inference_mode():
+        for n in (5, 30, 100, 30):
+            ids = list(range(10, 10 + n))
+            got = eng.prefill(ids).float().clone()
+            eng.prefill_graph = False
+            want = eng.prefill(ids).float().clone()
+            eng.prefill_graph = True
+            assert float((got - want).norm() / want.norm()) < 1e-2 and int(got.argmax()) == int(want.argmax()), n
+    assert sorted(eng.prefill_graphs) == [16, 32, 128]

@@ -5,9 +5,9 @@ at a time; each loads MODEL on the fast engine, prompts it with prompt graphs on
     python benchmarks/gpu/exit_check.py MODEL_DIR [RUNS] [PARALLEL] [--close]
 
 --close: each child also decodes across a cache bucket and then closes the engine before it exits, as
-`quantdeploy bench` does (close() drops the graphs and their shared memory pools while the process goes on). The
-aborts after the runs seen so far were all in bench processes, which close their model; these children, whose decode graphs of
-several buckets also share one pool, exited cleanly without --close (12 of 12 on 2026-11-30).
+`quantdeploy bench` does (close() drops the graphs and their shared memory pools while the process goes on).
+2026-12-01: 16 of 16 with --close (exit-abort-h200.txt). The bench's aborts were CUPTI's, after its profiler: this
+script does not profile.
 """
 import os
 import subprocess

@@ -169,9 +169,10 @@ class FastEngine:
     # H200, about as long as the GPU work): prompts are padded to a power of two and replayed from a graph per
     # length (TTFT 17 ms, steady). The padding comes after the prompt, so causal attention never lets a prompt
     # token see it; its KV slots are overwritten by the decode steps before any of them reads that far.
-    # Off by default: captured on another stream than their warm-up, 5 of 28 benchmark processes on the H200 aborted
-    # at exit with a heap error ("double free or corruption"); captured on the warm-up stream (below), 12 of 12
-    # exited cleanly (benchmarks/gpu/exit_check.py). It stays opt-in until more runs agree.
+    # Off by default because the decode that follows is ~2 % slower (525 against 536 tok/s on the 8B in two bench
+    # runs on an H200): after an eager prompt, whose last launches are PDL kernels, the decode graph replays in its
+    # fast state; after a graph it does not (benchmarks/results/gpu/graph-trace-h200.txt). The exit aborts once
+    # blamed on them were the profiler's (cli._exit). Captured on the warm-up's stream (below).
     PREFILL_GRAPH_MAX = 2048
 
     def prefill_bucket(self, n: int) -> int:
