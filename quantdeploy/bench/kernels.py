@@ -16,8 +16,8 @@ from typing import Any
 QUANT_GEMM_PATTERNS = ("marlin", "machete", "exllama", "gemm_half_q_half", "gptq_gemm", "gptq_gemv", "gptq",
                        "awq", "gemm_forward_4bit", "gemv_forward", "quant_matmul", "mul_mat_vec_q", "mul_mat_q",
                        "mmvq", "bitblas", "qgemm", "w4a16")
-# Kernels that turn the weights back into floats: a fallback sign at batch 1, or load-time work.
 CUPTI_USED = False  # set once torch.profiler has traced CUDA in this process (see cli._exit)
+# Kernels that turn the weights back into floats: a fallback sign at batch 1, or load-time work.
 NOT_A_GEMM = ("dequant", "reconstruct", "repack", "permute")
 
 LLAMA_CUDA_FIX = ('rebuild llama-cpp-python with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
