@@ -50,25 +50,6 @@ def test_interleaved_gate_up_rows():
     assert torch.equal(C.reference(inter), C.reference(plain)[order])
 
 
-def test_rope_interleaved_qkv_rows():
-    """The q|k|v weight for the rope epilogue: within each head of D rows, rows j and j + D/2 side by side (the
-    rotate-half pairs), so that one warp holds both; the prompt path's dequantization reads them back in order."""
-    w, _ = _weight("gptq", n=192)
-    plain, inter = C.repack(w), C.repack(w, cols=64, rope=64)  # 3 heads of 64
-    assert inter.rope == 64 and inter.split == 0
-    rows = C.rope_rows(192, 64)
-    assert rows[:6].tolist() == [0, 32, 1, 33, 2, 34] and rows[64:66].tolist() == [64, 96]
-    assert torch.equal(torch.sort(rows).values, torch.arange(192))
-    assert torch.equal(C.reference(inter), C.reference(plain)[rows])
-    assert C.repack(w, interleave=True, rope=64).rope == 0  # a gate|up weight is never rope-interleaved
-
-
-def test_rope_struct_matches_the_kernel_abi():
-    import ctypes
-
-    assert ctypes.sizeof(C.Rope) == 56 and C.Rope.heads.offset == 40 and C.Rope.d.offset == 52
-
-
 def test_unsupported_group_size_is_refused_with_the_reason():
     w, _ = _weight("gptq", k=384, n=64)
     w.group_size = 96  # 3 chunks of 32 per group: not a power of two
@@ -89,7 +70,7 @@ def test_every_kernel_variant_compiles_for_hopper():
     """NVRTC compiles the source for sm_90 without a GPU: type and syntax errors show up in CI, not on the H200."""
     _nvrtc_or_skip()
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {"qd_w4a16_dequant"}
-    names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in (*C.ACTS.values(), C.ROPE)}
+    names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
@@ -160,34 +141,6 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
         assert float((got.float() - want.float()).norm() / want.float().norm()) < 3e-3, (r, u)
         x8 = torch.randn(8, w.k, device=dev).half()  # prompts: the plain projection, gate rows then up rows
         assert float((lin(x8).float() - x8.float() @ ref.t()).norm() / (x8.float() @ ref.t()).norm()) < 3e-3
-
-
-@pytest.mark.gpu
-def test_qkv_gemv_with_the_rope_epilogue_equals_gemv_then_rope_kernel_on_the_gpu():
-    """The GEMV's rope epilogue gives the separate rope kernel's q, k and v to the bit, for every kernel shape."""
-    from quantdeploy.engine import triton_ops as T
-
-    dev = torch.device("cuda")
-    heads, kvh, d, max_len = 4, 2, 64, 32
-    w, _ = _weight("gptq", k=1024, n=(heads + 2 * kvh) * d)
-    w = w.to(dev, torch.float16)
-    plain, inter = C.repack(w), C.repack(w, rope=d)
-    ang = torch.arange(max_len, device=dev)[:, None] * (1e-2 * torch.arange(1, d // 2 + 1, device=dev))[None]
-    ang = torch.cat([ang, ang], -1)
-    cos, sin = ang.cos().half(), ang.sin().half()
-    pos = torch.tensor([13], device=dev)
-    for v in ((2, 4, 1), (4, 1, 1), (8, 1, 4), (4, 1, 8), (4, 1, -4), (2, 2, -2)):
-        x = torch.randn(1, w.k, device=dev).half()
-        kc, vc = (torch.zeros(kvh, max_len, d, dtype=torch.float16, device=dev) for _ in range(2))
-        want_q = T.rope_cache(C.CudaLinear(plain, dev, v)(x), pos, cos, sin, kc, vc, heads, kvh, 1e-6)
-        lin = C.CudaLinear(inter, dev, v)
-        kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
-        q = lin.rope(x, pos, cos, sin, kc2, vc2, heads)
-        assert torch.equal(q, want_q) and torch.equal(kc2, kc) and torch.equal(vc2, vc), v
-        assert kc2[:, 13].abs().sum() > 0 and kc2[:, 12].abs().sum() == 0
-        assert torch.equal(lin(x), C.CudaLinear(plain, dev, v)(x))  # a plain call: the checkpoint's row order
-        x8 = torch.randn(8, w.k, device=dev).half()
-        assert torch.equal(lin(x8), C.CudaLinear(plain, dev, v)(x8))  # prompts: dequantized back in order
 
 
 def test_pdl_launch_structs_match_the_driver_abi():

@@ -308,32 +308,20 @@ def test_llama_path_greedy_tokens_equal_transformers(tmp_path):
 
 
 @pytest.mark.gpu
-def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path, monkeypatch):
+def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path):
     """The Llama path the 8B benchmarks run (the Gemma fixtures take the other branches): the fused decode step equals
-    the torch-ops step, the q|k|v GEMV's rope epilogue gives the rope kernel's step to the bit, and greedy tokens are
-    the same in the CUDA graph and outside it."""
+    the torch-ops step, and greedy tokens are the same in the CUDA graph and outside it."""
     import torch
 
     from quantdeploy.engine.runner import FastEngine
 
-    path = _tiny_llama_gptq(tmp_path / "m")
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cuda", torch.float16, 1024, gemv="cuda")
+    assert eng.dec.fused and eng.dec.gemv == "qd-w4a16-gemv"
     ids = list(range(10, 40))
     tok, pos = torch.tensor([7], device="cuda"), torch.tensor([30], device="cuda")
-    monkeypatch.setenv("QUANTDEPLOY_FUSE_ROPE", "0")
-    sep = FastEngine(path, "cuda", torch.float16, 1024, gemv="cuda")
-    assert not sep.dec.layers[0].qkv.rope_fused
-    with torch.inference_mode():
-        sep.prefill(ids)
-        want = sep._step_eager(tok, pos, 256).float().clone()
-    sep.close()
-    del sep
-    monkeypatch.delenv("QUANTDEPLOY_FUSE_ROPE")
-    eng = FastEngine(path, "cuda", torch.float16, 1024, gemv="cuda")
-    assert eng.dec.fused and eng.dec.gemv == "qd-w4a16-gemv" and eng.dec.layers[0].qkv.rope_fused
     with torch.inference_mode():
         eng.prefill(ids)
         a = eng._step_eager(tok, pos, 256).float().clone()
-        assert torch.equal(a, want)
         eng.dec.fused = False
         eng.prefill(ids)
         b = eng._step_eager(tok, pos, 256).float().clone()

@@ -42,8 +42,6 @@ def main() -> None:
         ("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
         ("gptq-greedy-outside", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph",
          {"QUANTDEPLOY_GREEDY_GRAPH": "0"}),
-        ("gptq-rope-kernel", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, rope in its own kernel",
-         {"QUANTDEPLOY_FUSE_ROPE": "0"}),
         ("gptq-pdl-off", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, PDL off", {"QUANTDEPLOY_PDL": "0"}),
         ("gptq-int8-head", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, int8 lm_head (opt-in)",
          {"QUANTDEPLOY_LM_HEAD": "int8"}),

@@ -41,7 +41,6 @@ class NKWeight:
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
-    rope: int = 0  # > 0: a q|k|v weight, rows interleaved within each head of `rope` rows (j, j + rope/2)
 
     @property
     def n(self) -> int:
@@ -72,26 +71,9 @@ def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
     return unpack_rows(qzeros)[:, :n]
 
 
-def rope_rows(n: int, d: int) -> torch.Tensor:
-    """The original row of each row of a q|k|v weight interleaved for the rope epilogue: within each head of d rows,
-    j, j + d/2 for j < d/2 (the rotate-half pairs)."""
-    i = torch.arange(n)
-    return i // d * d + (i % d) // 2 + (i % 2) * (d // 2)
-
-
-def original_rows(w: "NKWeight") -> torch.Tensor | None:
-    """The original row of each stored row (None: stored in order)."""
-    if w.rope:
-        return rope_rows(w.n, w.rope)
-    if w.split:
-        return torch.stack([torch.arange(w.split), torch.arange(w.split) + w.split], 1).flatten()
-    return None
-
-
-def repack(w, cols: int = 4096, interleave: bool = False, rope: int = 0) -> NKWeight:
+def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
-    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation);
-    rope (the head size): a q|k|v weight whose rows pair up for the rope epilogue (rope_rows)."""
+    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation)."""
     why = supports(w)
     if why:
         raise ValueError(why)
@@ -106,13 +88,11 @@ def repack(w, cols: int = 4096, interleave: bool = False, rope: int = 0) -> NKWe
             out |= ((t >> (4 * i)) & 0xF) << (4 * SLOT[i])
         parts.append(torch.where(out >= 2 ** 31, out - 2 ** 32, out).to(torch.int32))
     q = torch.cat(parts)
-    out = NKWeight(q.contiguous(), meta, w.group_size, w.perm, split=w.n // 2 if interleave else 0,
-                   rope=0 if interleave else rope)
-    rows = original_rows(out)
-    if rows is not None:
-        rows = rows.to(q.device)
-        out.q, out.meta = q[rows].contiguous(), meta[rows].contiguous()
-    return out
+    if not interleave:
+        return NKWeight(q.contiguous(), meta, w.group_size, w.perm)
+    half = w.n // 2
+    rows = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten().to(q.device)
+    return NKWeight(q[rows].contiguous(), meta[rows].contiguous(), w.group_size, w.perm, split=half)
 
 
 def reference(w: NKWeight) -> torch.Tensor:
@@ -158,12 +138,6 @@ def _kernel(name: str, device_index: int):
         return _cuda_load_module(cubin, [mangled])[mangled].func
 
 
-class Rope(ctypes.Structure):  # struct Rope in w4a16.cu, the last argument of every GEMV kernel
-    _fields_ = [("pos", ctypes.c_void_p), ("cos", ctypes.c_void_p), ("sin", ctypes.c_void_p), ("kc", ctypes.c_void_p),
-                ("vc", ctypes.c_void_p), ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int),
-                ("max_len", ctypes.c_int), ("d", ctypes.c_int)]
-
-
 class _LaunchAttr(ctypes.Structure):  # CUlaunchAttribute
     _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
 
@@ -182,16 +156,15 @@ class _Launch:
     (cuLaunchKernelEx), so the kernel overlaps the one before it (see pdl.py)."""
 
     def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False,
-                 threads: int = THREADS, rope: bool = False):
+                 threads: int = THREADS):
         from torch.cuda._utils import _get_gpu_runtime_library
 
         self.lib = _get_gpu_runtime_library()
         self.func = _kernel(name, device.index or 0)
         self.ptrs = [ctypes.c_void_p() for _ in range(n_ptr)]
         self.ints = [ctypes.c_int(v) for v in ints]
-        self.rope = Rope() if rope else None  # the GEMVs' last argument (zeros but for the rope epilogue)
-        args = self.ptrs + self.ints + ([self.rope] if rope else [])
-        self.argv = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in args])
+        self.argv = (ctypes.c_void_p * (n_ptr + len(ints)))(
+            *[ctypes.cast(ctypes.byref(a), ctypes.c_void_p) for a in self.ptrs + self.ints])
         self.config = None
         self.threads = threads
         if pdl:
@@ -279,77 +252,46 @@ def grid(n: int, r: int, s: int, sms: int) -> int:
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}
-ROPE = 3  # the kernels' ACT for the q|k|v projection with the rope epilogue
 
 
 class CudaLinear:
     """y = x @ W for one NKWeight on CUDA: the GEMV for one token, dequantize + cuBLAS for prompts. A weight with
     interleaved gate|up rows (split) and an act: one token gets act(gate) * up [1, N/2] in the same kernel; prompts
-    get the plain [M, N] projection (the caller applies the activation). A q|k|v weight interleaved for the rope
-    epilogue (w.rope): rope() runs the projection, the rotary embedding and the KV-cache write in one kernel; a plain
-    call returns the projection in the checkpoint's order."""
+    get the plain [M, N] projection (the caller applies the activation)."""
 
     def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None):
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
-        self.deq = _Launch("qd_w4a16_dequant", self.device, 3,
-                           (w.n, w.k, w.k // w.group_size, w.split if w.split else -w.rope))
-        rows = original_rows(w) if w.rope else None
-        self.unpermute = None if rows is None else torch.argsort(rows).to(self.device)
+        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, self.device))
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
         w = self.w
         r, u, s = fit_variant(variant, w.k, w.n)
-        if (self.act or w.rope) and r % 2:
+        if self.act and r % 2:
             r = 2
         gshift = (w.group_size // 32).bit_length() - 1
-        ints = (w.n, w.k, w.k // w.group_size, gshift)
-        on, threads = pdl.enabled(self.device), 32 * s if s > 1 else THREADS
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
-        self.gemv = _Launch(name, self.device, 4, ints, pdl=on, threads=threads, rope=True)
-        if w.rope:
-            self.gemv_rope = _Launch(kernel_name(r, u, s, ROPE), self.device, 4, ints, pdl=on, threads=threads,
-                                     rope=True)
-            self.gemv_rope.rope.d = w.rope
+        self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
+                            pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
-        self.rows, self.split_k, self.variant = r, s, (r, u, s)
-        self.label = kernel_name(r, u, s, ROPE) if w.rope else name
+        self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)
-
-    def _x(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w.perm is not None:
-            x = x.index_select(-1, self.w.perm)
-        x1 = x.reshape(-1)
-        return x1.clone() if x1.data_ptr() % 16 else x1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
-        if x.shape[0] == 1:
-            y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
-            self.gemv(self.blocks, w.q, w.meta, self._x(x), y)
-            if self.unpermute is not None:
-                y = y.index_select(0, self.unpermute)
-            return y.unsqueeze(0)
         if w.perm is not None:
             x = x.index_select(-1, w.perm)
+        if x.shape[0] == 1:
+            x1 = x.reshape(-1)
+            if x1.data_ptr() % 16:
+                x1 = x1.clone()
+            y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
+            self.gemv(self.blocks, w.q, w.meta, x1, y)
+            return y.unsqueeze(0)
         return F.linear(x, self.dense())
-
-    def rope(self, x: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-             v_cache: torch.Tensor, heads: int) -> torch.Tensor:
-        """One token x [1, K] (fp16) at position pos (int64 [1], on the device) -> q [1, heads, D], rotated; k
-        (rotated) and v written into the caches [kv_heads, max_len, D] at pos. cos, sin: fp16 [max_len, D]."""
-        w = self.w
-        kvh, max_len, d = k_cache.shape
-        r = self.gemv_rope.rope
-        r.pos, r.cos, r.sin = pos.data_ptr(), cos.data_ptr(), sin.data_ptr()
-        r.kc, r.vc = k_cache.data_ptr(), v_cache.data_ptr()
-        r.heads, r.kv_heads, r.max_len = heads, kvh, max_len
-        q = torch.empty((1, heads, d), dtype=torch.float16, device=x.device)
-        self.gemv_rope(self.blocks, w.q, w.meta, self._x(x), q)
-        return q
 
     def dense(self) -> torch.Tensor:
         """The fp16 weight [N, K], rows in the original order."""
@@ -365,18 +307,15 @@ class CudaLinears:
 
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
     fuses_act = True  # make(w, act=...) takes the MLP activation into the gate|up GEMV
-    fuses_rope = True  # make(w, rope=D) gives a q|k|v linear with rope() (the rotary embedding + KV-cache write)
 
     def __init__(self, device):
         self.device = torch.device(device)
         self.labels = set()
 
-    def make(self, w, act: str | None = None, rope: int = 0) -> CudaLinear:
-        """act (a gate|up weight): the GEMV also applies act(gate) * up for one token; rope (a q|k|v weight, the
-        head size): the linear's rope() also rotates q, k and writes k, v into the cache."""
+    def make(self, w, act: str | None = None) -> CudaLinear:
+        """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
         act = act if act in ACTS and w.n % 2 == 0 else None
-        rope = rope if rope and rope % 2 == 0 and w.n % rope == 0 and not act else 0
-        lin = CudaLinear(repack(w, interleave=act is not None, rope=rope), self.device, act=act)
+        lin = CudaLinear(repack(w, interleave=act is not None), self.device, act=act)
         self.labels.add(lin.label)
         return lin
 

@@ -117,11 +117,6 @@ class QLinear:
         return d
 
     @property
-    def rope_fused(self) -> bool:
-        """For one token, ext.rope() runs this q|k|v projection with the rotary embedding and the KV-cache write."""
-        return bool(getattr(getattr(self.ext, "w", None), "rope", 0))
-
-    @property
     def act_fused(self) -> bool:
         """For one token, the kernel returns act(gate) * up (a gate|up weight on the CUDA GEMV)."""
         return getattr(self.ext, "act", None) is not None
@@ -185,7 +180,6 @@ class Decoder:
         if head.wanted(self.lm_head is self.embed):
             self.head, self.lm_head = head.Int8Head(self.lm_head), None
         self.final_norm = t("model.norm.weight")
-        self.fused = fused_ops_enabled(self.device)
         self.layers: list[Layer] = []
         ext = self._gemv_maker(gemv) if self.device.type == "cuda" else None
         for i in range(cfg.layers):
@@ -217,6 +211,7 @@ class Decoder:
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
+        self.fused = fused_ops_enabled(self.device)
 
     def __repr__(self) -> str:
         return f"Decoder({self.cfg.arch}, {self.cfg.layers} layers, {self.device}, gemv={self.gemv})"
@@ -250,10 +245,8 @@ class Decoder:
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
         act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None \
             and os.environ.get("QUANTDEPLOY_FUSE_ACT", "1") != "0" else None
-        rope = self.cfg.head_dim if self._rope_in_gemv(maker, layer) else 0
         try:
-            exts = [maker.make(q.w, act=act) if q is layer.gate_up and act else
-                    maker.make(q.w, rope=rope) if q is layer.qkv and rope else maker.make(q.w) for q in qs]
+            exts = [maker.make(q.w, act=act) if q is layer.gate_up and act else maker.make(q.w) for q in qs]
         except ValueError as e:
             if not first:
                 raise
@@ -262,12 +255,6 @@ class Decoder:
         for q, e in zip(qs, exts):
             q.ext, q.w = e, None
         return maker
-
-    def _rope_in_gemv(self, maker, layer: Layer) -> bool:
-        """Whether the q|k|v GEMV also applies the rotary embedding and writes the KV cache (one kernel less per
-        layer): the fused step in fp16, no q/k norms, no bias (QUANTDEPLOY_FUSE_ROPE=0 turns it off)."""
-        return getattr(maker, "fuses_rope", False) and self.fused and self.dtype == torch.float16 \
-            and not self.cfg.qk_norm and layer.qkv.bias is None and os.environ.get("QUANTDEPLOY_FUSE_ROPE", "1") != "0"
 
     def _finish_kernels(self, maker, max_len: int) -> str:
         maker.finish(min(max_len, 2048))
@@ -370,11 +357,8 @@ class Decoder:
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
             cos, sin = self.rope[cfg.rope_theta[i]]
-            if m == 1 and L.qkv.rope_fused:  # the GEMV rotates q, k and writes the cache itself
-                q = L.qkv.ext.rope(y, positions, cos, sin, self.k_cache[i], self.v_cache[i], h)
-            else:
-                q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                                 n.get("q_norm"), n.get("k_norm"), gemma)
+            q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
+                             n.get("q_norm"), n.get("k_norm"), gemma)
             if m == 1:
                 att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
                                          cfg.window[i])

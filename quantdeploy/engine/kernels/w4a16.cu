@@ -152,82 +152,12 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     warp_sum<R>(acc);
 }
 
-// ACT 3: the attention's q|k|v projection of a model without q/k norms, its rows interleaved at repack so that
-// within each head of D rows, row pair (2j, 2j + 1) holds rows j and j + D/2: the epilogue applies the rotary
-// embedding (rotate-half) at the position *pos to q and k, writes q to y in the checkpoint's order and k, v into the
-// layer's static caches [kv_heads, max_len, D] at *pos, rounded like the separate rope kernel (triton_ops.py). Other
-// ACT values ignore it. *pos is read before the wait: it is written before the step starts, never by the kernel
-// before this one.
-struct Rope {
-    const long long *pos;
-    const half *cos, *sin;  // [max_len, D] tables (the halves equal)
-    half *kc, *vc;
-    int heads, kv_heads, max_len, d;
-};
-
-// Lane l < R/2 of a warp: the position and the cos / sin of its row pair l, loaded before the wait for the warp's
-// first row group n0 (a later row group loads its own at the store).
-struct RopeLane {
-    long long p;
-    int n0;
-    float c, s;
-};
-
-template <int R, int ACT>
-__device__ __forceinline__ void rope_prefetch(const Rope &rope, int n0, RopeLane &e) {
-    if (ACT != 3) return;
-    const int lane = threadIdx.x & 31;
-    e.p = *rope.pos;
-    e.n0 = n0;
-    if (lane < R / 2) {
-        const int j = ((n0 + 2 * lane) % rope.d) >> 1;
-        e.c = __half2float(rope.cos[e.p * rope.d + j]);
-        e.s = __half2float(rope.sin[e.p * rope.d + j]);
-    }
-}
-
-__device__ __forceinline__ float round_h(float v) { return __half2float(__float2half_rn(v)); }
-
-// Lane l < R/2 stores its row pair (acc summed over the warp: every lane holds all R).
-template <int R>
-__device__ __forceinline__ void store_rope(half *__restrict__ y, int n0, const float (&acc)[R], const Rope &rope,
-                                           const RopeLane &e) {
-    const int lane = threadIdx.x & 31;
-    if (lane >= R / 2) return;
-    float a = acc[0], b = acc[1];
-#pragma unroll
-    for (int r = 2; r < R; r += 2)
-        if (lane == r / 2) a = acc[r], b = acc[r + 1];
-    const int n = n0 + 2 * lane, d = rope.d, hd = d >> 1;
-    const int hh = n / d, j = (n % d) >> 1;
-    a = round_h(a);
-    b = round_h(b);
-    half *dst;
-    if (hh < rope.heads + rope.kv_heads) {
-        float c = e.c, s = e.s;
-        if (n0 != e.n0) {
-            c = __half2float(rope.cos[e.p * d + j]);
-            s = __half2float(rope.sin[e.p * d + j]);
-        }
-        const float o1 = round_h(a * c) + round_h(-b * s);
-        const float o2 = round_h(b * c) + round_h(a * s);
-        a = o1;
-        b = o2;
-        dst = hh < rope.heads ? y + (size_t)hh * d
-                              : rope.kc + ((size_t)(hh - rope.heads) * rope.max_len + e.p) * d;
-    } else {
-        dst = rope.vc + ((size_t)(hh - rope.heads - rope.kv_heads) * rope.max_len + e.p) * d;
-    }
-    dst[j] = __float2half_rn(a);
-    dst[j + hd] = __float2half_rn(b);
-}
-
 // The R outputs of rows n0..: ACT 0 writes y[n0 + r]. ACT 1 (SiLU) / 2 (GELU-tanh): the MLP's gate|up projection
 // with rows interleaved at repack (gate j, up j), written as y[j] = act(gate_j) * up_j, rounded like the separate
 // kernels (the projections to fp16, act to fp16, the product to fp16); R is even.
 template <int R, int ACT>
 __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const float (&acc)[R]) {
-    if (ACT == 0 || ACT == 3) {
+    if (ACT == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) y[n0 + r] = __float2half_rn(acc[r]);
         return;
@@ -246,30 +176,17 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
     }
 }
 
-// A warp's R outputs (acc summed over the warp): ACT 3 through store_rope, the others by lane 0 (store_rows).
-template <int R, int ACT>
-__device__ __forceinline__ void store_out(half *__restrict__ y, int n0, const float (&acc)[R], const Rope &rope,
-                                          const RopeLane &e) {
-    if (ACT == 3) {
-        store_rope<R>(y, n0, acc, rope, e);
-    } else if ((threadIdx.x & 31) == 0) {
-        store_rows<R, ACT>(y, n0, acc);
-    }
-}
-
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
 template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
-                                                     int N, int K, int G, int gshift, Rope rope) {
+                                                     int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
-    RopeLane e;
-    rope_prefetch<R, ACT>(rope, n0, e);
     float acc[R];
     gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
-    store_out<R, ACT>(y, n0, acc, rope, e);
+    if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
 // Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
@@ -279,15 +196,12 @@ template <int R, int U, int ACT, int S = 4>
 __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                            const unsigned *__restrict__ meta,
                                                            const uint4 *__restrict__ x, half *__restrict__ y,
-                                                           int N, int K, int G, int gshift,
-                                                           Rope rope) {
+                                                           int N, int K, int G, int gshift) {
     __shared__ float part[S][R];
     pdl_launch_dependents();
     const int n0 = blockIdx.x * R;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
-    RopeLane e;
-    if (warp == 0) rope_prefetch<R, ACT>(rope, n0, e);
     float acc[R];
     gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
@@ -295,7 +209,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
     }
     __syncthreads();
-    if (warp == 0) {
+    if (threadIdx.x == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float t = 0.0f;
@@ -303,7 +217,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
             for (int w = 0; w < S; ++w) t += part[w][r];
             acc[r] = t;
         }
-        store_out<R, ACT>(y, n0, acc, rope, e);
+        store_rows<R, ACT>(y, n0, acc);
     }
 }
 
@@ -322,14 +236,14 @@ __device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, in
 template <int R, int U, int ACT>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
                                         int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
-                                        float (&acc)[R], const Rope &rope, const RopeLane &e) {
+                                        float (&acc)[R]) {
     uint4 xv[U][4];
     load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
 #pragma unroll
     for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
         warp_sum<R>(acc);
-        store_out<R, ACT>(y, (gw + (t / per) * tw) * R, acc, rope, e);
+        if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     }
@@ -339,7 +253,7 @@ template <int R, int U, int ACT>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
-                                                        int N, int K, int G, int gshift, Rope rope) {
+                                                        int N, int K, int G, int gshift) {
     pdl_launch_dependents();
     const int chunks = K >> 5;
     const int per = chunks / (32 * U);  // batches per row group
@@ -353,22 +267,19 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    RopeLane e;
-    rope_prefetch<R, ACT>(rope, gw * R, e);
     ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
         if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
-        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc, rope, e);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
         if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
-        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc, rope, e);
+        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
 
 // Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store. split > 0:
-// the rows are interleaved (gate j, up j), written back in order (gate rows, then the up rows from row split);
-// split < 0: rows interleaved for the rope epilogue (ACT 3) in heads of D = -split rows, written back in order.
+// the rows are interleaved (gate j, up j), written back in order (gate rows, then the up rows from row split).
 __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned *__restrict__ meta,
                                  uint4 *__restrict__ out, int N, int K, int G, int split) {
     const long long words = (long long)N * (K >> 3);
@@ -388,8 +299,6 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     o.y = as_u(__hmul2(d[1], s));
     o.z = as_u(__hmul2(d[2], s));
     o.w = as_u(__hmul2(d[3], s));
-    const int hd = -split;  // split < 0: the head size
-    const long long row = split > 0 ? ((n & 1) ? split + (n >> 1) : (n >> 1))
-                          : split < 0 ? (long long)(n / hd) * hd + ((n % hd) >> 1) + (n & 1) * (hd >> 1) : n;
+    const long long row = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
     out[row * per_row + j] = o;
 }
