@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from replay_timing import replay_ms  # this directory
 
 from quantdeploy.engine.runner import FastEngine
 
@@ -27,16 +28,7 @@ def gen(label):
 
 
 def replays(label, n=100, rounds=3):
-    g = eng.greedy_graphs[1024]
-    out = []
-    for _ in range(rounds):
-        eng.g_pos.fill_(600)
-        torch.cuda.synchronize()
-        a = time.perf_counter()
-        for _ in range(n):
-            g.replay()
-        torch.cuda.synchronize()
-        out.append((time.perf_counter() - a) / n * 1e3)
+    out = [replay_ms(eng, eng.greedy_graphs[1024], n) for _ in range(rounds)]
     print(f"{time.time():.2f} {label:36s} greedy replays", " ".join(f"{x:.3f}" for x in out), "ms", flush=True)
 
 

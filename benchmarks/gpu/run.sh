@@ -13,6 +13,15 @@
 # last 10 minutes; write RESULTS_DIR under .device-build/ (kept between calls) and copy it to $OUT at the end.
 # ROWS=gptq,awq,... benches only those rows (bench_all.py --only); KERNELS_ALONE=0 skips the GEMV-alone timings.
 set -uo pipefail
+# The kit's stdlib stand-in for pypcre (setup.sh writes it when pypcre does not build there) lacks Flag.CASELESS,
+# which gptqmodel's Marlin path reads (2026-12-01: "type object 'Flag' has no attribute 'CASELESS'"): add it after
+# every setup.sh.
+kit() {
+  source .device-kit/setup.sh
+  local f=/tmp/site/pcre/__init__.py
+  if [ -f "$f" ] && ! grep -q CASELESS "$f"; then printf 'Flag.CASELESS = _re.IGNORECASE\n' >> "$f"; fi
+}
+kit
 OUT=${1:-benchmarks/results/gpu}
 EMB=${2:-}
 M=.device-build/synth
@@ -35,7 +44,7 @@ python3 benchmarks/gpu/graph_ab.py "$M/gptq" --sweep --save > "$OUT/graph-ab-$GP
 python3 benchmarks/gpu/step_timeline.py "$M/gptq" > "$OUT/step-timeline-$GPU.txt" 2>&1
 while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
 bash .device-kit/build-llama-cuda.sh --wait 600
-source .device-kit/setup.sh
+kit  # again: installs the llama-cpp-python wheel built meanwhile
 python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" ${EMB:+--embedded "$EMB"} ${ROWS:+--only "$ROWS"}
 python3 -m quantdeploy bench "$M/gguf/llama-8b-Q4_K_M.gguf" --gpu-layers 0 --require-gpu --new-tokens 16 \
   --prompt-tokens 32 --repeat 1 --no-warm-load > "$OUT/gpu-fallback-caught.txt" 2>&1

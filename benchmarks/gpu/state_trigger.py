@@ -8,10 +8,10 @@ one cuBLAS GEMV (the fp16 lm_head), nothing.
 """
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+from replay_timing import replay_ms  # this directory
 
 from quantdeploy.engine import triton_ops as T
 from quantdeploy.engine.runner import FastEngine
@@ -25,13 +25,7 @@ g = None
 
 
 def replays(n=100):
-    eng.g_pos.fill_(600)
-    torch.cuda.synchronize()
-    a = time.perf_counter()
-    for _ in range(n):
-        g.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - a) / n * 1e3
+    return replay_ms(eng, g, n)
 
 
 def no_pdl_norm():
