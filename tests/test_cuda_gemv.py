@@ -16,7 +16,12 @@ from test_engine import _pack_awq, _random_case
 
 
 def _weight(layout, k=512, n=192, seed=0):
+    """layout: gptq, act (act-order GPTQ), awq (zero points random per group), sym (GPTQ sym=True: every zero 8)."""
     q, z, s, g_idx, ref, qz = _random_case(k, n, act_order=layout == "act", seed=seed)
+    if layout == "sym":
+        z = torch.full_like(z, 8)
+        ref = (q.float() - 8.0) * s.half().float()[g_idx]
+        qz = pack_cols_k((z - 1).t().contiguous()).t().contiguous()
     if layout == "awq":
         return from_awq(_pack_awq(q), _pack_awq(z), s.half(), 128), ref
     return from_gptq(pack_cols_k(q), qz, s.half(), g_idx, 128, 1), ref
@@ -30,14 +35,47 @@ def _unpermute(dense_nk, perm):
     return dense_nk[:, inv]
 
 
-@pytest.mark.parametrize("layout", ["gptq", "act", "awq"])
+@pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_nk_layout_holds_the_checkpoint_weights(layout):
     w, ref = _weight(layout)
     nk = C.repack(w, cols=64)  # several column chunks
-    assert nk.q.dtype == torch.int32 and nk.q.shape == (w.n, w.k // 8) and nk.meta.shape == (w.n, w.k // 128)
+    groups = w.k // 128
+    assert nk.q.dtype == torch.int32 and nk.q.shape == (w.n, w.k // 8)
+    assert nk.meta.shape == (w.n, groups if layout == "sym" else groups + groups // 4)
+    # one zero point for the whole weight: the scales alone, 2 bytes per group; else the zero points packed, 2.5
+    assert (nk.zero, nk.meta.dtype) == ((8, torch.int16) if layout == "sym" else (-2, torch.int16))
+    assert nk.nbytes() == w.n * w.k // 2 + w.n * (w.k // 128) * (2 if layout == "sym" else 2.5)
     ours = _unpermute(C.reference(nk), nk.perm).t()
     assert torch.equal(ours, ref)  # exactly (q - zero) * fp16 scale: the checkpoint's own numbers
     assert torch.allclose(ours, dequantize(w, torch.float32), atol=2e-4)
+
+
+@pytest.mark.parametrize("layout", ["sym", "awq"])
+def test_compact_meta_can_be_turned_off(monkeypatch, layout):
+    w, ref = _weight(layout)
+    monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
+    nk = C.repack(w)
+    assert nk.zero == -1 and nk.meta.dtype == torch.int32
+    assert torch.equal(C.reference(nk).t(), ref)
+
+
+def test_one_zero_point_only_when_all_are_equal():
+    """A single group with another zero point: the zero points are kept, packed (asymmetric GPTQ checkpoints)."""
+    q, z, s, g_idx, _, _ = _random_case()
+    z = torch.full_like(z, 8)
+    z[1, 5] = 9
+    w = from_gptq(pack_cols_k(q), pack_cols_k((z - 1).t().contiguous()).t().contiguous(), s.half(), g_idx, 128, 1)
+    nk = C.repack(w)
+    assert nk.zero == -2
+    assert torch.equal(C.reference(nk).t(), (q.float() - z.float()[g_idx]) * s.half().float()[g_idx])
+
+
+def test_group_counts_that_do_not_pack_keep_words():
+    """K / group size = 5 (Gemma-3-270M's 640): zero points cannot go 4 to an int16 row by row."""
+    w, ref = _weight("awq", k=640)
+    nk = C.repack(w)
+    assert nk.zero == -1 and nk.meta.shape == (w.n, 5)
+    assert torch.equal(C.reference(nk).t(), ref)
 
 
 def test_interleaved_gate_up_rows():
@@ -69,8 +107,11 @@ def _nvrtc_or_skip():
 def test_every_kernel_variant_compiles_for_hopper():
     """NVRTC compiles the source for sm_90 without a GPU: type and syntax errors show up in CI, not on the H200."""
     _nvrtc_or_skip()
-    names = {C.kernel_name(*v) for v in C.VARIANTS} | {"qd_w4a16_dequant"}
+    names = {C.kernel_name(*v) for v in C.VARIANTS} | {C.dequant_name(-1), C.dequant_name(8)}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
+    names |= {C.dequant_name(-2)} | {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1)
+                                      for z in (8, -2) if v[0] % 2 == 0 or a == 0}
+    assert any(n.endswith(", 4, 8>") for n in names) and any(n.endswith(", 1, -2>") for n in names)
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
@@ -96,6 +137,9 @@ def test_grid_sizes():
     assert C.grid(4096, 8, 14, 132) == 512  # ... of 14 warps here
     assert C.kernel_name(8, 1, 4) == "qd_w4a16_gemv_sk<8, 1, 0>"  # the names of 4 warps, as in earlier results
     assert C.kernel_name(8, 1, 14) == "qd_w4a16_gemv_sk<8, 1, 0, 14>"
+    assert C.kernel_name(8, 1, 4, 0, 8) == "qd_w4a16_gemv_sk<8, 1, 0, 4, 8>"  # one zero point, 8, for the weight
+    assert C.kernel_name(4, 1, -4, 1, 8) == "qd_w4a16_gemv_ps<4, 1, 1, 8>"
+    assert C.kernel_name(4, 1, 1, 1, -2) == "qd_w4a16_gemv<4, 1, 1, -2>"  # zero points packed
     assert C.grid(4096, 2, 1, 132) == 512  # a warp per 2 rows, 4 warps a block
     assert C.grid(28672, 4, -2, 132) == 264  # persistent: 2 blocks per SM
     assert C.grid(64, 4, -2, 132) == 4  # ... or fewer, when there are fewer row groups
@@ -103,7 +147,7 @@ def test_grid_sizes():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", ["gptq", "act", "awq"])
+@pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
     dev = torch.device("cuda")
     ok, why = C.available(dev)
@@ -122,12 +166,33 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
-def test_gate_up_gemv_applies_the_activation_on_the_gpu(act):
+@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -2, 3584)])
+def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout, form, k):
+    """The compact meta forms compute exactly what the scale | zero words compute: bit for bit, every variant
+    (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups pack 4 per int16)."""
+    dev = torch.device("cuda")
+    w, _ = _weight(layout, k=k, n=320)
+    w = w.to(dev, torch.float16)
+    compact = C.repack(w)
+    monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
+    words = C.repack(w)
+    assert (compact.zero, words.zero) == (form, -1)
+    x = torch.randn(1, w.k, device=dev).half()
+    x8 = torch.randn(8, w.k, device=dev).half()
+    for v in C.VARIANTS:
+        a, b = C.CudaLinear(compact, dev, v), C.CudaLinear(words, dev, v)
+        assert a.label.endswith(f", {form}>") and not b.label.endswith(f", {form}>")
+        assert torch.equal(a(x), b(x)), (v, a.label)
+        assert torch.equal(a(x8), b(x8)), (v, "prompt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act,layout", [("silu", "gptq"), ("gelu_tanh", "gptq"), ("silu", "sym")])
+def test_gate_up_gemv_applies_the_activation_on_the_gpu(act, layout):
     import torch.nn.functional as F
 
     dev = torch.device("cuda")
-    w, _ = _weight("gptq", k=1024, n=320)
+    w, _ = _weight(layout, k=1024, n=320)
     nk = C.repack(w.to(dev, torch.float16), interleave=True)
     ref = C.reference(C.repack(w.to(dev, torch.float16)))  # [N, K], original row order
     for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, 8), (4, 1, -2)):

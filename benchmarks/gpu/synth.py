@@ -83,7 +83,8 @@ def write_hf(out: Path, fmt: str, layers: int, tokenizer_dir: Path, dev) -> None
             shard[name + ".g_idx"] = (torch.arange(k, device=dev) // g).int()
         else:
             shard[name + ".qweight"] = _rand_i32((k, n // 8), dev)
-            shard[name + ".qzeros"] = torch.full((k // g, n // 8), 0x77777777, dtype=torch.int32, device=dev)
+            # AWQ is asymmetric: its zero points differ per group (random here), unlike GPTQ sym=True's all-8
+            shard[name + ".qzeros"] = _rand_i32((k // g, n // 8), dev)
             shard[name + ".scales"] = (torch.rand(k // g, n, device=dev) * 2e-3 + 1e-3).half()
         if name.endswith("down_proj"):
             flush()

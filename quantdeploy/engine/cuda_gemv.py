@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,12 @@ THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
 @dataclass
 class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
-    meta: torch.Tensor  # int32 [N, G]: fp16 scale bits | zero << 16
+    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/4] of scale bits
+    # then 4 zero points per int16 (-2), or int16 [N, G] of scale bits (>= 0); see kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
+    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -2: zero points packed; -1: words
 
     @property
     def n(self) -> int:
@@ -51,7 +54,7 @@ class NKWeight:
         return self.q.shape[1] * 8
 
     def nbytes(self) -> int:
-        return self.q.numel() * 4 + self.meta.numel() * 4
+        return self.q.numel() * 4 + self.meta.numel() * self.meta.element_size()
 
 
 def supports(w) -> str | None:
@@ -71,15 +74,36 @@ def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
     return unpack_rows(qzeros)[:, :n]
 
 
+def compact_meta() -> bool:
+    """QUANTDEPLOY_GEMV_META=words: a 4-byte scale | zero word per group for every weight (for comparisons)."""
+    return os.environ.get("QUANTDEPLOY_GEMV_META", "auto") != "words"
+
+
+def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(meta [N, ...], zero form) from fp16 scales and integer zero points [G, N]: the scales alone when all zero
+    points are one value (a symmetric GPTQ checkpoint: all 8), the scales then the zero points packed 4 per int16
+    when G % 4 == 0 (AWQ, asymmetric GPTQ), else a scale | zero word per group."""
+    bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
+    z = zeros.t().to(torch.int32)
+    if compact_meta():
+        first = int(z.flatten()[0])
+        if bool((z == first).all()):
+            return bits.contiguous(), first
+        if z.shape[1] % 4 == 0 and int(z.max()) <= 15:
+            packed = sum(z[:, i::4] << (4 * i) for i in range(4))
+            packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
+            return torch.cat([bits, packed], 1).contiguous(), -2
+    return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
+
+
 def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
-    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation)."""
+    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation).
+    The group scales and zero points take 2, 2.5 or 4 bytes per group (meta_layout)."""
     why = supports(w)
     if why:
         raise ValueError(why)
-    zeros = unpack_zeros(w.qzeros, w.n)
-    scale_bits = w.scales.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
-    meta = (scale_bits | (zeros.to(torch.int32) << 16)).t().contiguous()
+    meta, zero = meta_layout(w.scales, unpack_zeros(w.qzeros, w.n))
     parts = []
     for c in range(0, w.n, cols):
         t = w.qweight[:, c:c + cols].t().to(torch.int64)  # [n_c, K/8]
@@ -89,10 +113,10 @@ def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
         parts.append(torch.where(out >= 2 ** 31, out - 2 ** 32, out).to(torch.int32))
     q = torch.cat(parts)
     if not interleave:
-        return NKWeight(q.contiguous(), meta, w.group_size, w.perm)
+        return NKWeight(q.contiguous(), meta, w.group_size, w.perm, zero=zero)
     half = w.n // 2
     rows = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten().to(q.device)
-    return NKWeight(q[rows].contiguous(), meta[rows].contiguous(), w.group_size, w.perm, split=half)
+    return NKWeight(q[rows].contiguous(), meta[rows].contiguous(), w.group_size, w.perm, split=half, zero=zero)
 
 
 def reference(w: NKWeight) -> torch.Tensor:
@@ -100,9 +124,19 @@ def reference(w: NKWeight) -> torch.Tensor:
     kernels must compute, written with torch ops so that the CPU tests can check the layout."""
     shifts = torch.tensor([4 * s for s in SLOT], dtype=torch.int64, device=w.q.device)
     q = ((w.q.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(w.n, w.k).float()
-    meta = w.meta.to(torch.int64) & 0xFFFFFFFF
-    scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()
-    zero = (meta >> 16).float()
+    groups = w.k // w.group_size
+    if w.zero >= 0:
+        scale = w.meta.view(torch.float16).float()
+        zero = torch.full_like(scale, float(w.zero))
+    elif w.zero == -2:
+        scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
+        packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF
+        g4 = torch.arange(groups, device=w.q.device)
+        zero = ((packed[:, g4 // 4] >> (4 * (g4 % 4))) & 0xF).float()
+    else:
+        meta = w.meta.to(torch.int64) & 0xFFFFFFFF
+        scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()
+        zero = (meta >> 16).float()
     g = torch.arange(w.k, device=w.q.device) // w.group_size
     return (q - zero[:, g]) * scale[:, g]
 
@@ -197,7 +231,7 @@ def available(device) -> tuple[bool, str]:
             return False, "not a CUDA device"
         if torch.cuda.get_device_capability(device) < (7, 0):
             return False, "needs compute capability 7.0+"
-        for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", "qd_w4a16_dequant"):
+        for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", dequant_name(-1)):
             _kernel(name, device.index or 0)
         return True, ""
     except Exception as e:  # no NVRTC, a driver too old for the cubin, ...
@@ -235,11 +269,17 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
     return r, u, s
 
 
-def kernel_name(r: int, u: int, s: int, act: int = 0) -> str:
-    if s > 1 and s != 4:
-        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}>"
+def kernel_name(r: int, u: int, s: int, act: int = 0, zero: int = -1) -> str:
+    """The kernel's template instance; the meta form (NKWeight.zero) other than -1 is its last argument."""
+    z = f", {zero}" if zero != -1 else ""
+    if s > 1 and (s != 4 or z):
+        return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}{z}>"
     kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
-    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}>"
+    return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{z}>"
+
+
+def dequant_name(zero: int = -1) -> str:
+    return f"qd_w4a16_dequant<{zero}>"
 
 
 def grid(n: int, r: int, s: int, sms: int) -> int:
@@ -263,7 +303,7 @@ class CudaLinear:
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
-        self.deq = _Launch("qd_w4a16_dequant", self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
+        self.deq = _Launch(dequant_name(w.zero), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, self.device))
 
     def use(self, variant: tuple[int, ...]) -> None:
@@ -273,7 +313,7 @@ class CudaLinear:
         if self.act and r % 2:
             r = 2
         gshift = (w.group_size // 32).bit_length() - 1
-        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0)
+        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, w.zero)
         self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
                             pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0

@@ -3,7 +3,12 @@
 // Layout, per output row n (K contiguous, so each lane streams 16-byte loads):
 //   q    uint32 [N, K/8]  word j holds k = 8j..8j+7, k offset i in nibble SLOT[i] = {0,4,1,5,2,6,3,7}, so that
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
-//   meta uint32 [N, G]    bits 0-15: the group's fp16 scale, bits 16-31: its integer zero point (0..16).
+//   meta, in one of three forms (template argument Z):
+//     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
+//     Z == -2: uint16 [N, G + G/4] per row, the G fp16 scales, then the zero points (0..15) 4 per uint16 (group g in
+//              bits 4 (g % 4)): 2.5 bytes per group (AWQ, asymmetric GPTQ);
+//     Z >= 0:  uint16 [N, G], the scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8).
+//   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta.
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -42,22 +47,23 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
+template <int Z>
 __device__ __forceinline__ void zero_consts(unsigned meta, half2 &zlo, half2 &zhi, float &scale) {
-    unsigned z = meta >> 16;
+    const unsigned z = Z >= 0 ? (unsigned)Z : meta >> 16;
     zlo = as_h2((0x6400u + z) * 0x10001u);  // 1024 + z
     zhi = __float2half2_rn(-64.0f - (float)z);
     scale = __half2float(__ushort_as_half((unsigned short)(meta & 0xffffu)));
 }
 
 // R consecutive rows times one lane's 32-weight chunk, into acc (x chunk: 4 uint4 = 32 halves).
-template <int R>
+template <int R, int Z>
 __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (&mv)[R], const uint4 (&xv)[4],
                                           float (&acc)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         half2 zlo, zhi;
         float scale;
-        zero_consts(mv[r], zlo, zhi, scale);
+        zero_consts<Z>(mv[r], zlo, zhi, scale);
         half2 part = __float2half2_rn(0.0f);
         const unsigned words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
 #pragma unroll
@@ -73,14 +79,32 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (
     }
 }
 
-// R rows' 16-byte chunk c (and its group's meta word): weights stream past L1 (ld.cs), meta through the read-only path.
-template <int R>
+// Group g's meta as one word (scale | zero << 16; the zero is left 0 when Z >= 0), from row m's meta (layout above).
+template <int Z>
+__device__ __forceinline__ unsigned meta_word(const unsigned *m, int G, int g) {
+    const unsigned short *h = reinterpret_cast<const unsigned short *>(m);
+    if (Z >= 0) return __ldg(h + g);
+    if (Z == -2) return __ldg(h + g) | ((((unsigned)__ldg(h + G + (g >> 2)) >> ((g & 3) * 4)) & 15u) << 16);
+    return __ldg(m + g);
+}
+
+// Meta units (uint32 words or uint16) per row, and row n0's meta as a const unsigned * that meta_word casts back.
+template <int Z>
+__device__ __forceinline__ const unsigned *meta_row(const unsigned *meta, size_t n0, int G) {
+    if (Z == -1) return meta + n0 * G;
+    const size_t per = Z == -2 ? (size_t)G + (G >> 2) : (size_t)G;
+    return reinterpret_cast<const unsigned *>(reinterpret_cast<const unsigned short *>(meta) + n0 * per);
+}
+
+// R rows' 16-byte chunk c (and its group's meta): weights stream past L1 (ld.cs), meta through the read-only path.
+// mr is row 0's meta; row r's is meta_row<Z>(mr, r, G).
+template <int R, int Z>
 __device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
                                           uint4 (&wv)[R], unsigned (&mv)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         wv[r] = __ldcs(qr + r * chunks + c);
-        mv[r] = __ldg(mr + r * G + (c >> gshift));
+        mv[r] = meta_word<Z>(meta_row<Z>(mr, r, G), G, c >> gshift);
     }
 }
 
@@ -88,11 +112,11 @@ __device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, i
 // U chunks of every row before it computes them (bytes in flight). K % 32 == 0; a group is 2^gshift chunks.
 // Before pdl_wait() (weights never depend on the previous kernel; x does, so it is read only after the wait, through
 // L1 with ld.ca) each lane loads its first chunks: U of each row, or the one its tail loop takes first.
-template <int R, int U>
+template <int R, int U, int Z>
 __device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
                                        uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) load_rows<R>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
+    for (int u = 0; u < U; ++u) load_rows<R, Z>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
 
 // x for U consecutive batches of chunk c (c, c + 32, ...): 4 uint4 (32 halves) each, through L1 (ld.ca).
@@ -114,14 +138,14 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 }
 
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
-template <int R, int U>
+template <int R, int U, int Z>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                           const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
                                           int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
-    const unsigned *mr = meta + (size_t)n0 * G;
+    const unsigned *mr = meta_row<Z>(meta, n0, G);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     uint4 wv[U][R];
@@ -129,25 +153,25 @@ __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const uns
     int c = cbeg + lane;
     const bool full = c + 32 * (U - 1) < cend;  // the lane's first U chunks all exist: the batched loop runs
     if (full) {
-        load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+        load_w<R, U, Z>(qr, mr, chunks, G, gshift, c, wv, mv);
     } else if (c < cend) {
-        load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
+        load_rows<R, Z>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
     }
     pdl_wait();
     for (; c + 32 * (U - 1) < cend; c += 32 * U) {
-        if (c != cbeg + lane) load_w<R, U>(qr, mr, chunks, G, gshift, c, wv, mv);
+        if (c != cbeg + lane) load_w<R, U, Z>(qr, mr, chunks, G, gshift, c, wv, mv);
         uint4 xv[U][4];
         load_x<U>(x, c, xv);
 #pragma unroll
-        for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+        for (int u = 0; u < U; ++u) chunk_dot<R, Z>(wv[u], mv[u], xv[u], acc);
     }
     bool have = !full;  // the tail's first chunk is already in wv[0]
     for (; c < cend; c += 32) {
-        if (!have) load_rows<R>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
+        if (!have) load_rows<R, Z>(qr, mr, chunks, G, gshift, c, wv[0], mv[0]);
         have = false;
         uint4 xr[1][4];
         load_x<1>(x, c, xr);
-        chunk_dot<R>(wv[0], mv[0], xr[0], acc);
+        chunk_dot<R, Z>(wv[0], mv[0], xr[0], acc);
     }
     warp_sum<R>(acc);
 }
@@ -176,8 +200,8 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
     }
 }
 
-// One warp per R rows over all of K (many warps when N is large); ACT as in store_rows.
-template <int R, int U, int ACT>
+// One warp per R rows over all of K (many warps when N is large); ACT as in store_rows, Z as in the layout above.
+template <int R, int U, int ACT, int Z = -1>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
                                                      int N, int K, int G, int gshift) {
@@ -185,14 +209,14 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
 // Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
 // For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps; for a
 // long K, a larger S leaves fewer chunks per lane, so more of them are in flight before pdl_wait().
-template <int R, int U, int ACT, int S = 4>
+template <int R, int U, int ACT, int S = 4, int Z = -1>
 __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                            const unsigned *__restrict__ meta,
                                                            const uint4 *__restrict__ x, half *__restrict__ y,
@@ -203,7 +227,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
     float acc[R];
-    gemv_part<R, U>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
+    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -225,22 +249,22 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
 // K, and loads the next batch of U chunks per row (of this row group or its next one) before it computes the current
 // one, so that bytes stay in flight across row groups; it leaves room on each SM for the next kernel's blocks, which
 // (PDL) load their first weights meanwhile. Needs (K / 32) % (32 U) == 0.
-template <int R, int U>
+template <int R, int U, int Z>
 __device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int chunks, int G, int gshift, int per,
                                         int gw, int tw, int t, uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
     const int n0 = (gw + (t / per) * tw) * R;
     const int c = (t % per) * 32 * U + (threadIdx.x & 31);
-    load_w<R, U>(q + (size_t)n0 * chunks, meta + (size_t)n0 * G, chunks, G, gshift, c, wv, mv);
+    load_w<R, U, Z>(q + (size_t)n0 * chunks, meta_row<Z>(meta, n0, G), chunks, G, gshift, c, wv, mv);
 }
 
-template <int R, int U, int ACT>
+template <int R, int U, int ACT, int Z>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
                                         int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
                                         float (&acc)[R]) {
     uint4 xv[U][4];
     load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
 #pragma unroll
-    for (int u = 0; u < U; ++u) chunk_dot<R>(wv[u], mv[u], xv[u], acc);
+    for (int u = 0; u < U; ++u) chunk_dot<R, Z>(wv[u], mv[u], xv[u], acc);
     if (t % per == per - 1) {  // the row group is done
         warp_sum<R>(acc);
         if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, (gw + (t / per) * tw) * R, acc);
@@ -249,7 +273,7 @@ __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__res
     }
 }
 
-template <int R, int U, int ACT>
+template <int R, int U, int ACT, int Z = -1>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
@@ -267,19 +291,20 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
+    ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
-        if (t + 1 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
-        ps_step<R, U, ACT>(x, y, per, gw, tw, t, wa, ma, acc);
+        if (t + 1 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
+        ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
-        if (t + 2 < total) ps_load<R, U>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
-        ps_step<R, U, ACT>(x, y, per, gw, tw, t + 1, wb, mb, acc);
+        if (t + 2 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
+        ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
 
 // Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store. split > 0:
 // the rows are interleaved (gate j, up j), written back in order (gate rows, then the up rows from row split).
+template <int Z = -1>
 __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned *__restrict__ meta,
                                  uint4 *__restrict__ out, int N, int K, int G, int split) {
     const long long words = (long long)N * (K >> 3);
@@ -287,10 +312,10 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     if (i >= words) return;
     const int per_row = K >> 3;
     const int n = (int)(i / per_row), j = (int)(i % per_row);
-    const unsigned m = meta[(size_t)n * G + (j * 8) / (K / G)];
+    const unsigned m = meta_word<Z>(meta_row<Z>(meta, n, G), G, (j * 8) / (K / G));
     half2 zlo, zhi;
     float scale;
-    zero_consts(m, zlo, zhi, scale);
+    zero_consts<Z>(m, zlo, zhi, scale);
     half2 d[4];
     dequant8(q[i], zlo, zhi, d);
     const half2 s = __float2half2_rn(scale);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The compact GEMV meta (2 bytes per group for one zero point, 2.5 with packed zero points, instead of 4) measured:
+# the GPU tests, alternated end-to-end rows against QUANTDEPLOY_GEMV_META=words (GPTQ and AWQ), then the side-by-side
+# rows of record (engine, llama.cpp, transformers + Marlin). On the GPU machine, from the repository root:
+#   setsid nohup bash benchmarks/gpu/meta_ab.sh RESULTS_DIR > .device-build/meta_ab.log 2>&1 &
+# and poll for "meta_ab.sh finished" (~15 minutes on a fresh H200: llama.cpp's CUDA build and Marlin's JIT compile
+# run in the background while the tests and the A/B rows use the GPU).
+set -uo pipefail
+OUT=${1:-.device-build/results}
+ROUNDS=${ROUNDS:-3}
+M=.device-build/synth
+kit() {  # as in run.sh: the kit's pypcre stand-in needs Flag.CASELESS for gptqmodel's Marlin path
+  source .device-kit/setup.sh
+  local f=/tmp/site/pcre/__init__.py
+  if [ -f "$f" ] && ! grep -q CASELESS "$f"; then printf 'Flag.CASELESS = _re.IGNORECASE\n' >> "$f"; fi
+}
+kit
+mkdir -p "$OUT"
+bash .device-kit/build-llama-cuda.sh
+python3 benchmarks/gpu/synth.py --out "$M"
+(setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_gemv.py tests/test_engine.py > "$OUT/pytest-gpu.txt" 2>&1
+echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
+tail -3 "$OUT/pytest-gpu.txt"
+{ echo "# GPTQ (sym: one zero point, 8)"
+  bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+  echo "# AWQ (zero points per group)"
+  bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+} > "$OUT/meta-ab.txt" 2>&1
+cat "$OUT/meta-ab.txt"
+while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
+bash .device-kit/build-llama-cuda.sh --wait 600
+kit  # installs the llama-cpp-python wheel built meanwhile
+python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" \
+  --only "${ROWS:-gptq,awq,gptq-meta-words,gptq-int8-head,gguf,hf-gptq,hf-awq}" > "$OUT/bench_all.log" 2>&1
+tail -25 "$OUT/bench_all.log"
+echo "meta_ab.sh finished"
