@@ -5,9 +5,11 @@
 #   setsid nohup bash benchmarks/gpu/meta_ab.sh RESULTS_DIR > .device-build/meta_ab.log 2>&1 &
 # and poll for "meta_ab.sh finished" (~15 minutes on a fresh H200: llama.cpp's CUDA build and Marlin's JIT compile
 # run in the background while the tests and the A/B rows use the GPU).
+# ROUNDS (3), TESTS (the GPU test files) and ROWS (bench_all.py --only; Marlin is compiled only for hf-* rows).
 set -uo pipefail
 OUT=${1:-.device-build/results}
 ROUNDS=${ROUNDS:-3}
+ROWS=${ROWS:-gptq,awq,gptq-meta-words,gptq-int8-head,gguf,hf-gptq,hf-awq}
 M=.device-build/synth
 kit() {  # as in run.sh: the kit's pypcre stand-in needs Flag.CASELESS for gptqmodel's Marlin path
   source .device-kit/setup.sh
@@ -18,8 +20,12 @@ kit
 mkdir -p "$OUT"
 bash .device-kit/build-llama-cuda.sh
 python3 benchmarks/gpu/synth.py --out "$M"
-(setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_cuda_gemv.py tests/test_engine.py > "$OUT/pytest-gpu.txt" 2>&1
+case ",$ROWS" in *,hf-*)
+  (setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &) ;;
+esac
+# shellcheck disable=SC2086
+python3 -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_cuda_gemv.py tests/test_engine.py} \
+  > "$OUT/pytest-gpu.txt" 2>&1
 echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
 tail -3 "$OUT/pytest-gpu.txt"
 { echo "# GPTQ (sym: one zero point, 8)"
@@ -32,6 +38,6 @@ while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
 bash .device-kit/build-llama-cuda.sh --wait 600
 kit  # installs the llama-cpp-python wheel built meanwhile
 python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" \
-  --only "${ROWS:-gptq,awq,gptq-meta-words,gptq-int8-head,gguf,hf-gptq,hf-awq}" > "$OUT/bench_all.log" 2>&1
+  --only "$ROWS" > "$OUT/bench_all.log" 2>&1
 tail -25 "$OUT/bench_all.log"
 echo "meta_ab.sh finished"

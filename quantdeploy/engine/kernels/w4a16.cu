@@ -51,7 +51,7 @@ template <int Z>
 __device__ __forceinline__ void zero_consts(unsigned meta, half2 &zlo, half2 &zhi, float &scale) {
     const unsigned z = Z >= 0 ? (unsigned)Z : meta >> 16;
     zlo = as_h2((0x6400u + z) * 0x10001u);  // 1024 + z
-    zhi = __float2half2_rn(-64.0f - (float)z);
+    zhi = as_h2((0xd400u + (z << 4)) * 0x10001u);  // -(64 + z): exponent 6, z sixteenths of it (integer ops only)
     scale = __half2float(__ushort_as_half((unsigned short)(meta & 0xffffu)));
 }
 
