@@ -5,7 +5,8 @@
 #   setsid nohup bash benchmarks/gpu/meta_ab.sh RESULTS_DIR > .device-build/meta_ab.log 2>&1 &
 # and poll for "meta_ab.sh finished" (~15 minutes on a fresh H200: llama.cpp's CUDA build and Marlin's JIT compile
 # run in the background while the tests and the A/B rows use the GPU).
-# ROUNDS (3), TESTS (the GPU test files) and ROWS (bench_all.py --only; Marlin is compiled only for hf-* rows).
+# ROUNDS (3; 0: no A/B rows), TESTS (the GPU test files; none: no tests) and ROWS (bench_all.py --only; llama.cpp
+# is built and the GGUF model written only for a gguf row, Marlin compiled only for hf-* rows).
 set -uo pipefail
 OUT=${1:-.device-build/results}
 ROUNDS=${ROUNDS:-3}
@@ -18,25 +19,32 @@ kit() {  # as in run.sh: the kit's pypcre stand-in needs Flag.CASELESS for gptqm
 }
 kit
 mkdir -p "$OUT"
-bash .device-kit/build-llama-cuda.sh
-python3 benchmarks/gpu/synth.py --out "$M"
+GGUF=0; case ",$ROWS," in *,gguf,*) GGUF=1 ;; esac
+[ $GGUF = 1 ] && bash .device-kit/build-llama-cuda.sh
+python3 benchmarks/gpu/synth.py --out "$M" --only gptq --only awq $([ $GGUF = 1 ] && echo --only gguf)
 case ",$ROWS" in *,hf-*)
   (setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &) ;;
 esac
-# shellcheck disable=SC2086
-python3 -m pytest -q -p no:cacheprovider -m gpu ${TESTS:-tests/test_cuda_gemv.py tests/test_engine.py} \
-  > "$OUT/pytest-gpu.txt" 2>&1
-echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
-tail -3 "$OUT/pytest-gpu.txt"
-{ echo "# GPTQ (sym: one zero point, 8)"
-  bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
-  echo "# AWQ (zero points per group)"
-  bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
-} > "$OUT/meta-ab.txt" 2>&1
-cat "$OUT/meta-ab.txt"
+TESTS=${TESTS:-tests/test_cuda_gemv.py tests/test_engine.py}
+if [ "$TESTS" != none ]; then
+  # shellcheck disable=SC2086
+  python3 -m pytest -q -p no:cacheprovider -m gpu $TESTS > "$OUT/pytest-gpu.txt" 2>&1
+  echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
+  tail -3 "$OUT/pytest-gpu.txt"
+fi
+if [ "$ROUNDS" != 0 ]; then
+  { echo "# GPTQ (sym: one zero point, 8)"
+    bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+    echo "# AWQ (zero points per group)"
+    bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+  } > "$OUT/meta-ab.txt" 2>&1
+  cat "$OUT/meta-ab.txt"
+fi
 while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
-bash .device-kit/build-llama-cuda.sh --wait 600
-kit  # installs the llama-cpp-python wheel built meanwhile
+if [ $GGUF = 1 ]; then
+  bash .device-kit/build-llama-cuda.sh --wait 600
+  kit  # installs the llama-cpp-python wheel built meanwhile
+fi
 python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" \
   --only "$ROWS" > "$OUT/bench_all.log" 2>&1
 tail -25 "$OUT/bench_all.log"
