@@ -12,11 +12,7 @@ OUT=${1:-.device-build/results}
 ROUNDS=${ROUNDS:-3}
 ROWS=${ROWS:-gptq,awq,gptq-meta-words,gptq-int8-head,gguf,hf-gptq,hf-awq}
 M=.device-build/synth
-kit() {  # as in run.sh: the kit's pypcre stand-in needs Flag.CASELESS for gptqmodel's Marlin path
-  source .device-kit/setup.sh
-  local f=/tmp/site/pcre/__init__.py
-  if [ -f "$f" ] && ! grep -q CASELESS "$f"; then printf 'Flag.CASELESS = _re.IGNORECASE\n' >> "$f"; fi
-}
+source benchmarks/gpu/kit.sh  # kit: the device kit, with the pypcre stand-in patched
 kit
 mkdir -p "$OUT"
 GGUF=0; case ",$ROWS," in *,gguf,*) GGUF=1 ;; esac

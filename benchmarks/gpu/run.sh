@@ -13,14 +13,7 @@
 # last 10 minutes; write RESULTS_DIR under .device-build/ (kept between calls) and copy it to $OUT at the end.
 # ROWS=gptq,awq,... benches only those rows (bench_all.py --only); KERNELS_ALONE=0 skips the GEMV-alone timings.
 set -uo pipefail
-# The kit's stdlib stand-in for pypcre (setup.sh writes it when pypcre does not build there) lacks Flag.CASELESS,
-# which gptqmodel's Marlin path reads (2026-12-01: "type object 'Flag' has no attribute 'CASELESS'"): add it after
-# every setup.sh.
-kit() {
-  source .device-kit/setup.sh
-  local f=/tmp/site/pcre/__init__.py
-  if [ -f "$f" ] && ! grep -q CASELESS "$f"; then printf 'Flag.CASELESS = _re.IGNORECASE\n' >> "$f"; fi
-}
+source benchmarks/gpu/kit.sh  # kit: the device kit, with the pypcre stand-in patched
 kit
 OUT=${1:-benchmarks/results/gpu}
 EMB=${2:-}
