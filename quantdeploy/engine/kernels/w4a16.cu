@@ -5,10 +5,11 @@
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
 //   meta, in one of three forms (template argument Z):
 //     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
-//     Z == -2: uint16 [N, G + G/4] per row, the G fp16 scales, then the zero points (0..15) 4 per uint16 (group g in
-//              bits 4 (g % 4)): 2.5 bytes per group (AWQ, asymmetric GPTQ);
-//     Z >= 0:  uint16 [N, G], the scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8).
-//   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta.
+//     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
+//              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load;
+//     Z == -2: those scales, then the zero points (0..15) as uint32 [N/8, G], row n's in bits 4 (n % 8): one load
+//              for the zero points of 8 rows (AWQ, asymmetric GPTQ).
+//   Per 128-weight group (64 bytes of q) that is 4, 2 or 2.5 bytes of meta.
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -47,23 +48,38 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
-template <int Z>
-__device__ __forceinline__ void zero_consts(unsigned meta, half2 &zlo, half2 &zhi, float &scale) {
-    const unsigned z = Z >= 0 ? (unsigned)Z : meta >> 16;
+// A batch's meta for R rows: w[r] holds row r's fp16 scale (Z == -1: its word, scale in the low half; else the
+// two scales of rows r & ~1 and r | 1, row r's in half r & 1); z, for Z == -2, the zero points of 8 rows per word.
+template <int R>
+struct Meta {
+    unsigned w[R];
+    unsigned z[(R + 7) / 8];
+};
+
+// Row r's scale, and its zero point as the constants dequant8 subtracts.
+template <int R, int Z>
+__device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
+    unsigned z;
+    if (Z == -1) {
+        z = m.w[r] >> 16;
+        scale = __low2float(as_h2(m.w[r]));
+    } else {
+        z = Z >= 0 ? (unsigned)Z : (m.z[r / 8] >> (4 * (r % 8))) & 15u;
+        scale = (r & 1) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
+    }
     zlo = as_h2((0x6400u + z) * 0x10001u);  // 1024 + z
     zhi = as_h2((0xd400u + (z << 4)) * 0x10001u);  // -(64 + z): exponent 6, z sixteenths of it (integer ops only)
-    scale = __half2float(__ushort_as_half((unsigned short)(meta & 0xffffu)));
 }
 
 // R consecutive rows times one lane's 32-weight chunk, into acc (x chunk: 4 uint4 = 32 halves).
 template <int R, int Z>
-__device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (&mv)[R], const uint4 (&xv)[4],
+__device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &mv, const uint4 (&xv)[4],
                                           float (&acc)[R]) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         half2 zlo, zhi;
         float scale;
-        zero_consts<Z>(mv[r], zlo, zhi, scale);
+        row_consts<R, Z>(mv, r, zlo, zhi, scale);
         half2 part = __float2half2_rn(0.0f);
         const unsigned words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
 #pragma unroll
@@ -79,33 +95,62 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const unsigned (
     }
 }
 
-// Group g's meta as one word (scale | zero << 16; the zero is left 0 when Z >= 0), from row m's meta (layout above).
+// A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so R <= 8 rows lie in one block of 8).
+struct MetaRows {
+    const unsigned *m;         // Z == -1: row n0's words
+    const unsigned short *s;   // else: the scale of row n0, group 0
+    const unsigned *z;         // Z == -2: the zero point word of row n0's block, group 0
+    int zsh;                   // 4 (n0 % 8): row n0's bits in that word
+};
+
 template <int Z>
-__device__ __forceinline__ unsigned meta_word(const unsigned *m, int G, int g) {
-    const unsigned short *h = reinterpret_cast<const unsigned short *>(m);
-    if (Z >= 0) return __ldg(h + g);
-    if (Z == -2) return __ldg(h + g) | ((((unsigned)__ldg(h + G + (g >> 2)) >> ((g & 3) * 4)) & 15u) << 16);
-    return __ldg(m + g);
+__device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int N, int G, int n0) {
+    MetaRows r;
+    r.m = meta + (size_t)n0 * G;
+    r.s = reinterpret_cast<const unsigned short *>(meta) + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
+    r.z = meta + (size_t)N * G / 2 + (size_t)(n0 >> 3) * G;
+    r.zsh = (n0 & 7) * 4;
+    return r;
 }
 
-// Meta units (uint32 words or uint16) per row, and row n0's meta as a const unsigned * that meta_word casts back.
-template <int Z>
-__device__ __forceinline__ const unsigned *meta_row(const unsigned *meta, size_t n0, int G) {
-    if (Z == -1) return meta + n0 * G;
-    const size_t per = Z == -2 ? (size_t)G + (G >> 2) : (size_t)G;
-    return reinterpret_cast<const unsigned *>(reinterpret_cast<const unsigned short *>(meta) + n0 * per);
+// Group g's meta for R rows (Meta). Blocked forms: the R scales in one vector load (two for R = 16) and, for
+// Z == -2, the zero points of 8 rows in one word.
+template <int R, int Z>
+__device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta<R> &mv) {
+    if (Z == -1) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) mv.w[r] = __ldg(mr.m + (size_t)r * G + g);
+        return;
+    }
+    constexpr int V = R < 8 ? R : 8;  // rows per block
+#pragma unroll
+    for (int b = 0; b < R / V; ++b) {
+        const unsigned short *sp = mr.s + (size_t)(b * G + g) * 8;
+        unsigned w[4];
+        if (V == 8) {
+            const uint4 t = __ldg(reinterpret_cast<const uint4 *>(sp));
+            w[0] = t.x, w[1] = t.y, w[2] = t.z, w[3] = t.w;
+        } else if (V == 4) {
+            const uint2 t = __ldg(reinterpret_cast<const uint2 *>(sp));
+            w[0] = t.x, w[1] = t.y;
+        } else if (V == 2) {
+            w[0] = __ldg(reinterpret_cast<const unsigned *>(sp));
+        } else {
+            w[0] = __ldg(sp);
+        }
+        mv.z[b] = Z == -2 ? __ldg(mr.z + b * G + g) >> mr.zsh : 0u;
+#pragma unroll
+        for (int i = 0; i < V; ++i) mv.w[b * V + i] = w[i >> 1];
+    }
 }
 
 // R rows' 16-byte chunk c (and its group's meta): weights stream past L1 (ld.cs), meta through the read-only path.
-// mr is row 0's meta; row r's is meta_row<Z>(mr, r, G).
 template <int R, int Z>
-__device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
-                                          uint4 (&wv)[R], unsigned (&mv)[R]) {
+__device__ __forceinline__ void load_rows(const uint4 *qr, const MetaRows &mr, int chunks, int G, int gshift, int c,
+                                          uint4 (&wv)[R], Meta<R> &mv) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        wv[r] = __ldcs(qr + r * chunks + c);
-        mv[r] = meta_word<Z>(meta_row<Z>(mr, r, G), G, c >> gshift);
-    }
+    for (int r = 0; r < R; ++r) wv[r] = __ldcs(qr + r * chunks + c);
+    load_meta<R, Z>(mr, G, c >> gshift, mv);
 }
 
 // One warp computes R consecutive outputs (N % R == 0); lane l takes the 32-weight chunks l, l + 32, ... and loads
@@ -113,8 +158,8 @@ __device__ __forceinline__ void load_rows(const uint4 *qr, const unsigned *mr, i
 // Before pdl_wait() (weights never depend on the previous kernel; x does, so it is read only after the wait, through
 // L1 with ld.ca) each lane loads its first chunks: U of each row, or the one its tail loop takes first.
 template <int R, int U, int Z>
-__device__ __forceinline__ void load_w(const uint4 *qr, const unsigned *mr, int chunks, int G, int gshift, int c,
-                                       uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
+__device__ __forceinline__ void load_w(const uint4 *qr, const MetaRows &mr, int chunks, int G, int gshift, int c,
+                                       uint4 (&wv)[U][R], Meta<R> (&mv)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) load_rows<R, Z>(qr, mr, chunks, G, gshift, c + 32 * u, wv[u], mv[u]);
 }
@@ -140,16 +185,16 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
 template <int R, int U, int Z>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
-                                          const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
-                                          int cend, float (&acc)[R]) {
+                                          const uint4 *__restrict__ x, int N, int K, int G, int gshift, int n0,
+                                          int cbeg, int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
-    const unsigned *mr = meta_row<Z>(meta, n0, G);
+    const MetaRows mr = meta_rows<Z>(meta, N, G, n0);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     uint4 wv[U][R];
-    unsigned mv[U][R];
+    Meta<R> mv[U];
     int c = cbeg + lane;
     const bool full = c + 32 * (U - 1) < cend;  // the lane's first U chunks all exist: the batched loop runs
     if (full) {
@@ -209,7 +254,7 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
+    gemv_part<R, U, Z>(q, meta, x, N, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
@@ -227,7 +272,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
     float acc[R];
-    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
+    gemv_part<R, U, Z>(q, meta, x, N, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -250,16 +295,16 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
 // one, so that bytes stay in flight across row groups; it leaves room on each SM for the next kernel's blocks, which
 // (PDL) load their first weights meanwhile. Needs (K / 32) % (32 U) == 0.
 template <int R, int U, int Z>
-__device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int chunks, int G, int gshift, int per,
-                                        int gw, int tw, int t, uint4 (&wv)[U][R], unsigned (&mv)[U][R]) {
+__device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int N, int chunks, int G, int gshift,
+                                        int per, int gw, int tw, int t, uint4 (&wv)[U][R], Meta<R> (&mv)[U]) {
     const int n0 = (gw + (t / per) * tw) * R;
     const int c = (t % per) * 32 * U + (threadIdx.x & 31);
-    load_w<R, U, Z>(q + (size_t)n0 * chunks, meta_row<Z>(meta, n0, G), chunks, G, gshift, c, wv, mv);
+    load_w<R, U, Z>(q + (size_t)n0 * chunks, meta_rows<Z>(meta, N, G, n0), chunks, G, gshift, c, wv, mv);
 }
 
 template <int R, int U, int ACT, int Z>
 __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__restrict__ y, int per, int gw, int tw,
-                                        int t, const uint4 (&wv)[U][R], const unsigned (&mv)[U][R],
+                                        int t, const uint4 (&wv)[U][R], const Meta<R> (&mv)[U],
                                         float (&acc)[R]) {
     uint4 xv[U][4];
     load_x<U>(x, (t % per) * 32 * U + (threadIdx.x & 31), xv);
@@ -287,17 +332,17 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
     const int total = gw < groups ? (groups - gw + tw - 1) / tw * per : 0;  // this warp's batches
     if (total == 0) return;
     uint4 wa[U][R], wb[U][R];
-    unsigned ma[U][R], mb[U][R];
+    Meta<R> ma[U], mb[U];
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
+    ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
-        if (t + 1 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
+        if (t + 1 < total) ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
         ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
-        if (t + 2 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
+        if (t + 2 < total) ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
         ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
@@ -312,10 +357,11 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     if (i >= words) return;
     const int per_row = K >> 3;
     const int n = (int)(i / per_row), j = (int)(i % per_row);
-    const unsigned m = meta_word<Z>(meta_row<Z>(meta, n, G), G, (j * 8) / (K / G));
+    Meta<1> m;
+    load_meta<1, Z>(meta_rows<Z>(meta, N, G, n), G, (j * 8) / (K / G), m);
     half2 zlo, zhi;
     float scale;
-    zero_consts<Z>(m, zlo, zhi, scale);
+    row_consts<1, Z>(m, 0, zlo, zhi, scale);
     half2 d[4];
     dequant8(q[i], zlo, zhi, d);
     const half2 s = __float2half2_rn(scale);
