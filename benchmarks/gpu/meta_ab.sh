@@ -6,7 +6,9 @@
 # and poll for "meta_ab.sh finished" (~15 minutes on a fresh H200: llama.cpp's CUDA build and Marlin's JIT compile
 # run in the background while the tests and the A/B rows use the GPU).
 # ROUNDS (3; 0: no A/B rows), TESTS (the GPU test files; none: no tests) and ROWS (bench_all.py --only; llama.cpp
-# is built and the GGUF model written only for a gguf row, Marlin compiled only for hf-* rows).
+# is built and the GGUF model written only for a gguf row, Marlin compiled only for hf-* rows). OLD=DIR (a directory
+# holding another version's quantdeploy/, e.g. from `git archive REV quantdeploy | tar -x -C DIR`): the A/B rows
+# are the defaults against that version's defaults instead of against the words.
 set -uo pipefail
 OUT=${1:-.device-build/results}
 ROUNDS=${ROUNDS:-3}
@@ -28,11 +30,16 @@ if [ "$TESTS" != none ]; then
   echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
   tail -3 "$OUT/pytest-gpu.txt"
 fi
+A='compact meta (defaults):'; B='meta words:QUANTDEPLOY_GEMV_META=words'
+if [ -n "${OLD:-}" ]; then  # PYTHONSAFEPATH: `python3 -m` would put this checkout before PYTHONPATH
+  A='defaults:'; B="$(basename "$OLD"):PYTHONSAFEPATH=1 PYTHONPATH=$(cd "$OLD" && pwd):$PYTHONPATH"
+fi
 if [ "$ROUNDS" != 0 ]; then
-  { echo "# GPTQ (sym: one zero point, 8)"
-    bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+  { [ -n "${OLD:-}" ] && env ${B#*:} python3 -c "import quantdeploy; print('# old version:', quantdeploy.__file__)"
+    echo "# GPTQ (sym: one zero point, 8)"
+    bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" "$A" "$B"
     echo "# AWQ (zero points per group)"
-    bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+    bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" "$A" "$B"
   } > "$OUT/meta-ab.txt" 2>&1
   cat "$OUT/meta-ab.txt"
 fi
