@@ -41,7 +41,7 @@ def test_nk_layout_holds_the_checkpoint_weights(layout):
     nk = C.repack(w, cols=64)  # several column chunks
     groups = w.k // 128
     assert nk.q.dtype == torch.int32 and nk.q.shape == (w.n, w.k // 8)
-    assert nk.meta.shape == (w.n * groups if layout == "sym" else w.n * groups + w.n * groups // 4,)
+    assert nk.meta.shape == ((w.n * groups,) if layout == "sym" else (w.n, groups + groups // 4))
     # one zero point for the whole weight: the scales alone, 2 bytes per group; else the zero points packed, 2.5
     assert (nk.zero, nk.meta.dtype) == ((8, torch.int16) if layout == "sym" else (-2, torch.int16))
     assert nk.nbytes() == w.n * w.k // 2 + w.n * (w.k // 128) * (2 if layout == "sym" else 2.5)
@@ -70,25 +70,33 @@ def test_one_zero_point_only_when_all_are_equal():
     assert torch.equal(C.reference(nk).t(), (q.float() - z.float()[g_idx]) * s.half().float()[g_idx])
 
 
-def test_meta_blocks_of_eight_rows():
-    """The scales of 8 rows of one group lie together, then one int32 per 8 rows and group holds their zero points
-    (row n's in bits 4 (n % 8)); an odd group count is fine (K / group size = 5, Gemma-3-270M's 640)."""
-    w, ref = _weight("awq", k=640)
+def test_symmetric_scales_in_blocks_of_eight_rows():
+    """One zero point: the scales of 8 rows of one group lie together ([N/8, G, 8]); an odd group count is fine
+    (K / group size = 5, Gemma-3-270M's 640)."""
+    w, ref = _weight("sym", k=640)
     nk = C.repack(w)
-    assert nk.zero == -2 and nk.meta.shape == (w.n * 5 + w.n * 5 // 4,)
+    assert nk.zero == 8 and nk.meta.shape == (w.n * 5,)
     assert torch.equal(C.reference(nk).t(), ref)
     scales = w.scales.half().view(torch.int16)  # [G, N]
     assert torch.equal(nk.meta[8 * 3:8 * 4], scales[3, :8])  # block 0, group 3: rows 0-7
     assert torch.equal(nk.meta[8 * 5 + 8 * 2:8 * 5 + 8 * 3], scales[2, 8:16])  # block 1, group 2
-    words = nk.meta[w.n * 5:].view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    zeros = C.unpack_zeros(w.qzeros, w.n)  # [G, N]
-    assert int(words[5 + 1]) == sum(int(zeros[1, 8 + i]) << (4 * i) for i in range(8))  # block 1, group 1
 
 
-def test_rows_not_in_blocks_of_eight_keep_words():
-    scales, zeros = torch.rand(4, 12).half(), torch.randint(0, 16, (4, 12))
-    meta, zero = C.meta_layout(scales, zeros)
-    assert zero == -1 and meta.shape == (12, 4) and meta.dtype == torch.int32
+def test_zero_points_per_group_pack_only_for_whole_fours():
+    """Zero points per group (AWQ) go 4 to an int16 after each row's scales when G % 4 == 0; K / group size = 5
+    (Gemma-3-270M's 640) keeps the words."""
+    w, ref = _weight("awq", k=640)
+    nk = C.repack(w)
+    assert nk.zero == -1 and nk.meta.shape == (w.n, 5)
+    assert torch.equal(C.reference(nk).t(), ref)
+
+
+def test_rows_not_in_blocks_of_eight_keep_rows():
+    """N = 12: a symmetric weight's scales take the per-row form, packed with its zero points (G = 4) or words."""
+    meta, zero = C.meta_layout(torch.rand(4, 12).half(), torch.full((4, 12), 8))
+    assert zero == -2 and meta.shape == (12, 5) and meta.dtype == torch.int16
+    meta, zero = C.meta_layout(torch.rand(5, 12).half(), torch.full((5, 12), 8))
+    assert zero == -1 and meta.shape == (12, 5) and meta.dtype == torch.int32
 
 
 def test_interleaved_gate_up_rows():
@@ -179,10 +187,11 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -2, 3584), ("awq", -2, 640)])
+@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -2, 3584), ("sym", 8, 640)])
 def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout, form, k):
     """The compact meta forms compute exactly what the scale | zero words compute: bit for bit, every variant
-    (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 640: 5 groups, Gemma-3-270M's K)."""
+    (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups pack 4 per int16;
+    640: 5 groups, Gemma-3-270M's K)."""
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=k, n=320)
     w = w.to(dev, torch.float16)

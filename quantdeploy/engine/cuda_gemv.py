@@ -38,8 +38,9 @@ THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
 @dataclass
 class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
-    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1); else int16, 1-D: the scale bits
-    # in blocks of 8 rows [N/8, G, 8], then (-2) the zero points as int32 [N/8, G], 8 rows per word; see w4a16.cu
+    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/4] of scale bits
+    # then 4 zero points per int16 (-2), or int16 1-D, the scale bits in blocks of 8 rows [N/8, G, 8] (>= 0); see
+    # kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
@@ -80,23 +81,21 @@ def compact_meta() -> bool:
 
 
 def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): when N % 8 == 0,
-    the scales in blocks of 8 rows [N/8, G, 8], alone when all zero points are one value (a symmetric GPTQ
-    checkpoint: all 8), else followed by the zero points 8 rows to an int32 [N/8, G] (AWQ, asymmetric GPTQ; zero
-    points up to 15); a 1-D int16 tensor. Otherwise a scale | zero word per group, int32 [N, G]."""
+    """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
+    in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
+    N % 8 == 0; each row's scales then its zero points packed 4 per int16 when G % 4 == 0 (AWQ, asymmetric GPTQ);
+    else a scale | zero word per group, int32 [N, G]."""
     bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
     z = zeros.t().to(torch.int32)
     n, g = bits.shape
-    if compact_meta() and n % 8 == 0:
-        blocked = bits.reshape(n // 8, 8, g).transpose(1, 2).flatten()
+    if compact_meta():
         first = int(z.flatten()[0])
-        if bool((z == first).all()):
-            return blocked.contiguous(), first
-        if int(z.max()) <= 15:
-            z8 = z.to(torch.int64).reshape(n // 8, 8, g)
-            packed = sum(z8[:, i] << (4 * i) for i in range(8))  # [N/8, G]
-            packed = torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
-            return torch.cat([blocked, packed.flatten().view(torch.int16)]), -2
+        if n % 8 == 0 and bool((z == first).all()):
+            return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
+        if g % 4 == 0 and int(z.max()) <= 15:
+            packed = sum(z[:, i::4] << (4 * i) for i in range(4))
+            packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
+            return torch.cat([bits, packed], 1).contiguous(), -2
     return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
 
 
@@ -132,16 +131,14 @@ def reference(w: NKWeight) -> torch.Tensor:
     shifts = torch.tensor([4 * s for s in SLOT], dtype=torch.int64, device=w.q.device)
     q = ((w.q.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(w.n, w.k).float()
     groups = w.k // w.group_size
-    if w.zero != -1:  # blocks of 8 rows
-        n8 = w.n // 8
-        scale = w.meta[:w.n * groups].view(torch.float16).reshape(n8, groups, 8).transpose(1, 2).reshape(w.n, groups)
-        scale = scale.float()
-        if w.zero >= 0:
-            zero = torch.full_like(scale, float(w.zero))
-        else:
-            packed = w.meta[w.n * groups:].view(torch.int32).to(torch.int64).reshape(n8, 1, groups) & 0xFFFFFFFF
-            shifts = 4 * torch.arange(8, device=w.q.device).reshape(1, 8, 1)
-            zero = ((packed >> shifts) & 0xF).reshape(w.n, groups).float()
+    if w.zero >= 0:  # blocks of 8 rows
+        scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
+        zero = torch.full_like(scale, float(w.zero))
+    elif w.zero == -2:
+        scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
+        packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF
+        g4 = torch.arange(groups, device=w.q.device)
+        zero = ((packed[:, g4 // 4] >> (4 * (g4 % 4))) & 0xF).float()
     else:
         meta = w.meta.to(torch.int64) & 0xFFFFFFFF
         scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()

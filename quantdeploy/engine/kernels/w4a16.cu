@@ -5,11 +5,12 @@
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
 //   meta, in one of three forms (template argument Z):
 //     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
+//     Z == -2: uint16 [N, G + G/4] per row, the G fp16 scales, then the zero points (0..15) 4 per uint16 (group g in
+//              bits 4 (g % 4)): 2.5 bytes per group (AWQ, asymmetric GPTQ);
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
-//              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load;
-//     Z == -2: those scales, then the zero points (0..15) as uint32 [N/8, G], row n's in bits 4 (n % 8): one load
-//              for the zero points of 8 rows (AWQ, asymmetric GPTQ).
-//   Per 128-weight group (64 bytes of q) that is 4, 2 or 2.5 bytes of meta.
+//              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
+//   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too, the
+//   zero points of 8 rows in one uint32, decoded AWQ 0.7-1 % slower on an H200 than these rows; 2026-12-02.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -48,23 +49,22 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
-// A batch's meta for R rows: w[r] holds row r's fp16 scale (Z == -1: its word, scale in the low half; else the
-// two scales of rows r & ~1 and r | 1, row r's in half r & 1); z, for Z == -2, the zero points of 8 rows per word.
+// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z < 0: as a word with the scale in the low half and the
+// zero point in the high half; Z >= 0: the two scales of rows r & ~1 and r | 1, row r's in half r & 1.
 template <int R>
 struct Meta {
     unsigned w[R];
-    unsigned z[(R + 7) / 8];
 };
 
 // Row r's scale, and its zero point as the constants dequant8 subtracts.
 template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
-    if (Z == -1) {
+    if (Z < 0) {
         z = m.w[r] >> 16;
         scale = __low2float(as_h2(m.w[r]));
     } else {
-        z = Z >= 0 ? (unsigned)Z : (m.z[r / 8] >> (4 * (r % 8))) & 15u;
+        z = (unsigned)Z;
         scale = (r & 1) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
     }
     zlo = as_h2((0x6400u + z) * 0x10001u);  // 1024 + z
@@ -95,31 +95,36 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
     }
 }
 
-// A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so R <= 8 rows lie in one block of 8).
+// A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so for Z >= 0 R <= 8 rows lie in one block of 8).
 struct MetaRows {
     const unsigned *m;         // Z == -1: row n0's words
-    const unsigned short *s;   // else: the scale of row n0, group 0
-    const unsigned *z;         // Z == -2: the zero point word of row n0's block, group 0
-    int zsh;                   // 4 (n0 % 8): row n0's bits in that word
+    const unsigned short *s;   // Z == -2: row n0's meta; Z >= 0: the scale of row n0, group 0
 };
 
 template <int Z>
-__device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int N, int G, int n0) {
+__device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n0) {
+    const unsigned short *h = reinterpret_cast<const unsigned short *>(meta);
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
-    r.s = reinterpret_cast<const unsigned short *>(meta) + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
-    r.z = meta + (size_t)N * G / 2 + (size_t)(n0 >> 3) * G;
-    r.zsh = (n0 & 7) * 4;
+    r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
-// Group g's meta for R rows (Meta). Blocked forms: the R scales in one vector load (two for R = 16) and, for
-// Z == -2, the zero points of 8 rows in one word.
+// Group g's meta for R rows (Meta). Z >= 0: the R scales in one vector load (two for R = 16).
 template <int R, int Z>
 __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta<R> &mv) {
     if (Z == -1) {
 #pragma unroll
         for (int r = 0; r < R; ++r) mv.w[r] = __ldg(mr.m + (size_t)r * G + g);
+        return;
+    }
+    if (Z == -2) {
+        const int per = G + (G >> 2);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const unsigned short *h = mr.s + (size_t)r * per;
+            mv.w[r] = __ldg(h + g) | ((((unsigned)__ldg(h + G + (g >> 2)) >> ((g & 3) * 4)) & 15u) << 16);
+        }
         return;
     }
     constexpr int V = R < 8 ? R : 8;  // rows per block
@@ -138,7 +143,6 @@ __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta
         } else {
             w[0] = __ldg(sp);
         }
-        mv.z[b] = Z == -2 ? __ldg(mr.z + b * G + g) >> mr.zsh : 0u;
 #pragma unroll
         for (int i = 0; i < V; ++i) mv.w[b * V + i] = w[i >> 1];
     }
@@ -185,12 +189,12 @@ __device__ __forceinline__ void warp_sum(float (&acc)[R]) {
 // One warp's R dot products over chunks [cbeg, cend) of rows n0.., summed over the warp (every lane holds them).
 template <int R, int U, int Z>
 __device__ __forceinline__ void gemv_part(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
-                                          const uint4 *__restrict__ x, int N, int K, int G, int gshift, int n0,
-                                          int cbeg, int cend, float (&acc)[R]) {
+                                          const uint4 *__restrict__ x, int K, int G, int gshift, int n0, int cbeg,
+                                          int cend, float (&acc)[R]) {
     const int lane = threadIdx.x & 31;
     const int chunks = K >> 5;
     const uint4 *qr = q + (size_t)n0 * chunks;
-    const MetaRows mr = meta_rows<Z>(meta, N, G, n0);
+    const MetaRows mr = meta_rows<Z>(meta, G, n0);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
     uint4 wv[U][R];
@@ -254,7 +258,7 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q
     const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
     if (n0 >= N) return;
     float acc[R];
-    gemv_part<R, U, Z>(q, meta, x, N, K, G, gshift, n0, 0, K >> 5, acc);
+    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, 0, K >> 5, acc);
     if ((threadIdx.x & 31) == 0) store_rows<R, ACT>(y, n0, acc);
 }
 
@@ -272,7 +276,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int share = (K >> 5) / S;
     float acc[R];
-    gemv_part<R, U, Z>(q, meta, x, N, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
+    gemv_part<R, U, Z>(q, meta, x, K, G, gshift, n0, warp * share, (warp + 1) * share, acc);
     if (lane == 0) {
 #pragma unroll
         for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
@@ -295,11 +299,11 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restri
 // one, so that bytes stay in flight across row groups; it leaves room on each SM for the next kernel's blocks, which
 // (PDL) load their first weights meanwhile. Needs (K / 32) % (32 U) == 0.
 template <int R, int U, int Z>
-__device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int N, int chunks, int G, int gshift,
-                                        int per, int gw, int tw, int t, uint4 (&wv)[U][R], Meta<R> (&mv)[U]) {
+__device__ __forceinline__ void ps_load(const uint4 *q, const unsigned *meta, int chunks, int G, int gshift, int per,
+                                        int gw, int tw, int t, uint4 (&wv)[U][R], Meta<R> (&mv)[U]) {
     const int n0 = (gw + (t / per) * tw) * R;
     const int c = (t % per) * 32 * U + (threadIdx.x & 31);
-    load_w<R, U, Z>(q + (size_t)n0 * chunks, meta_rows<Z>(meta, N, G, n0), chunks, G, gshift, c, wv, mv);
+    load_w<R, U, Z>(q + (size_t)n0 * chunks, meta_rows<Z>(meta, G, n0), chunks, G, gshift, c, wv, mv);
 }
 
 template <int R, int U, int ACT, int Z>
@@ -336,13 +340,13 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, 0, wa, ma);
+    ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, 0, wa, ma);
     pdl_wait();
     for (int t = 0; t < total; t += 2) {  // two buffers, unrolled by hand so that both stay in registers
-        if (t + 1 < total) ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
+        if (t + 1 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 1, wb, mb);
         ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t, wa, ma, acc);
         if (t + 1 >= total) break;
-        if (t + 2 < total) ps_load<R, U, Z>(q, meta, N, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
+        if (t + 2 < total) ps_load<R, U, Z>(q, meta, chunks, G, gshift, per, gw, tw, t + 2, wa, ma);
         ps_step<R, U, ACT, Z>(x, y, per, gw, tw, t + 1, wb, mb, acc);
     }
 }
@@ -358,7 +362,7 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     const int per_row = K >> 3;
     const int n = (int)(i / per_row), j = (int)(i % per_row);
     Meta<1> m;
-    load_meta<1, Z>(meta_rows<Z>(meta, N, G, n), G, (j * 8) / (K / G), m);
+    load_meta<1, Z>(meta_rows<Z>(meta, G, n), G, (j * 8) / (K / G), m);
     half2 zlo, zhi;
     float scale;
     row_consts<1, Z>(m, 0, zlo, zhi, scale);
