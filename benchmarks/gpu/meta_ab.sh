@@ -8,7 +8,7 @@
 # ROUNDS (3; 0: no A/B rows), TESTS (the GPU test files; none: no tests) and ROWS (bench_all.py --only; llama.cpp
 # is built and the GGUF model written only for a gguf row, Marlin compiled only for hf-* rows). OLD=DIR (a directory
 # holding another version's quantdeploy/, e.g. from `git archive REV quantdeploy | tar -x -C DIR`): the A/B rows
-# are the defaults against that version's defaults instead of against the words.
+# are this checkout against that version (versions_ab.sh) instead of compact meta against the words.
 set -uo pipefail
 OUT=${1:-.device-build/results}
 ROUNDS=${ROUNDS:-3}
@@ -30,16 +30,16 @@ if [ "$TESTS" != none ]; then
   echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
   tail -3 "$OUT/pytest-gpu.txt"
 fi
-A='compact meta (defaults):'; B='meta words:QUANTDEPLOY_GEMV_META=words'
-if [ -n "${OLD:-}" ]; then  # PYTHONSAFEPATH: `python3 -m` would put this checkout before PYTHONPATH
-  A='defaults:'; B="$(basename "$OLD"):PYTHONSAFEPATH=1 PYTHONPATH=$(cd "$OLD" && pwd):$PYTHONPATH"
-fi
+ab() {  # alternated rows for one model: against OLD's version (versions_ab.sh), else compact meta against the words
+  if [ -n "${OLD:-}" ]; then bash benchmarks/gpu/versions_ab.sh "$1" "$ROUNDS" "$OLD"
+  else bash benchmarks/gpu/ab_rows.sh "$1" "$ROUNDS" 'compact meta (defaults):' 'meta words:QUANTDEPLOY_GEMV_META=words'
+  fi
+}
 if [ "$ROUNDS" != 0 ]; then
-  { [ -n "${OLD:-}" ] && env ${B#*:} python3 -c "import quantdeploy; print('# old version:', quantdeploy.__file__)"
-    echo "# GPTQ (sym: one zero point, 8)"
-    bash benchmarks/gpu/ab_rows.sh "$M/gptq" "$ROUNDS" "$A" "$B"
+  { echo "# GPTQ (sym: one zero point, 8)"
+    ab "$M/gptq"
     echo "# AWQ (zero points per group)"
-    bash benchmarks/gpu/ab_rows.sh "$M/awq" "$ROUNDS" "$A" "$B"
+    ab "$M/awq"
   } > "$OUT/meta-ab.txt" 2>&1
   cat "$OUT/meta-ab.txt"
 fi
