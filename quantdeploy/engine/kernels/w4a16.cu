@@ -10,7 +10,7 @@
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
 //              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
 //   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too, the
-//   zero points of 8 rows in one uint32, decoded AWQ 0.7-1 % slower on an H200 than these rows; 2026-12-02.)
+//   zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than these rows; 2026-12-02.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
