@@ -99,12 +99,6 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
     return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
 
 
-def gemv_zero(zero: int) -> int:
-    """The GEMV's template form for a weight's meta form: packed zero points (-2) are applied after the dot (-3, the
-    same layout) when QUANTDEPLOY_GEMV_ZERO=after (for comparisons)."""
-    return -3 if zero == -2 and os.environ.get("QUANTDEPLOY_GEMV_ZERO") == "after" else zero
-
-
 def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
     interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation).
@@ -325,7 +319,7 @@ class CudaLinear:
         if self.act and r % 2:
             r = 2
         gshift = (w.group_size // 32).bit_length() - 1
-        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, gemv_zero(w.zero))
+        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, w.zero)
         self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
                             pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0

@@ -60,10 +60,7 @@ struct Meta {
 template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
-    if (Z == -4) {  // chunk_dot's Z == -3: the scale of a -2 word, the zero point 8 (applied after the dot)
-        z = 8u;
-        scale = __low2float(as_h2(m.w[r]));
-    } else if (Z < 0) {
+    if (Z < 0) {
         z = m.w[r] >> 16;
         scale = __low2float(as_h2(m.w[r]));
     } else {
@@ -74,29 +71,15 @@ __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, 
     zhi = as_h2((0xd400u + (z << 4)) * 0x10001u);  // -(64 + z): exponent 6, z sixteenths of it (integer ops only)
 }
 
-// The sum of a 32-half x chunk (a tree of half2 adds), for the zero points applied after the dot (Z == -3).
-__device__ __forceinline__ float chunk_sum(const uint4 (&xv)[4]) {
-    half2 s[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-        s[i] = __hadd2(__hadd2(as_h2(xv[i].x), as_h2(xv[i].y)), __hadd2(as_h2(xv[i].z), as_h2(xv[i].w)));
-    const float2 t = __half22float2(__hadd2(__hadd2(s[0], s[1]), __hadd2(s[2], s[3])));
-    return t.x + t.y;
-}
-
-// R consecutive rows times one lane's 32-weight chunk, into acc (x chunk: 4 uint4 = 32 halves). Z == -3 (the -2
-// layout): the dot takes (q - 8) with constant operands, and each row's zero point comes after it,
-// sum (q - z) x = sum (q - 8) x - (z - 8) sum x, with the chunk's sum x shared by the R rows; the zero point is then
-// not needed before the products, only with the scale.
+// R consecutive rows times one lane's 32-weight chunk, into acc (x chunk: 4 uint4 = 32 halves).
 template <int R, int Z>
 __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &mv, const uint4 (&xv)[4],
                                           float (&acc)[R]) {
-    const float nsx = Z == -3 ? -chunk_sum(xv) : 0.0f;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         half2 zlo, zhi;
         float scale;
-        row_consts<R, Z == -3 ? -4 : Z>(mv, r, zlo, zhi, scale);
+        row_consts<R, Z>(mv, r, zlo, zhi, scale);
         half2 part = __float2half2_rn(0.0f);
         const unsigned words[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
 #pragma unroll
@@ -108,11 +91,7 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
             for (int j = 0; j < 4; ++j) part = __hfma2(d[j], as_h2(xs[j]), part);
         }
         const float2 pf = __half22float2(part);
-        float dot = pf.x + pf.y;
-        if (Z == -3) {  // z - 8, exactly: the float 2^23 + z, less 2^23 + 8
-            dot = fmaf(__uint_as_float(__byte_perm(mv.w[r], 0x4b000000u, 0x7632)) - 8388616.0f, nsx, dot);
-        }
-        acc[r] = fmaf(scale, dot, acc[r]);
+        acc[r] = fmaf(scale, pf.x + pf.y, acc[r]);
     }
 }
 
@@ -127,7 +106,7 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     const unsigned short *h = reinterpret_cast<const unsigned short *>(meta);
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
-    r.s = Z <= -2 ? h + (size_t)n0 * (G + (G >> 2)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
+    r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
@@ -139,7 +118,7 @@ __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta
         for (int r = 0; r < R; ++r) mv.w[r] = __ldg(mr.m + (size_t)r * G + g);
         return;
     }
-    if (Z <= -2) {  // -3: the same layout
+    if (Z == -2) {
         const int per = G + (G >> 2);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
