@@ -1,6 +1,7 @@
-"""Where an eager 512-token prefill spends the host's time: the prefill() call's own time (launches only; the GPU
+"""Where an eager 512-token prefill spends the host's time: the eager forward's own time (launches only; the GPU
 work queued behind a ~1 s sleeping kernel, so no launch waits on it), the GPU time of the same prefill, and a
-cProfile of the queued prefills by own time.
+cProfile of the queued prefills by own time. The token ids are copied to the GPU before the sleep (prefill()'s own
+copy, torch.tensor(ids, device=...), would wait for it: prefill-host-h200.txt).
 
     python benchmarks/gpu/prefill_host.py MODEL_DIR [N_PROMPT]
 """
@@ -18,13 +19,18 @@ from quantdeploy.engine.runner import FastEngine
 eng = FastEngine(Path(sys.argv[1]), "cuda", torch.float16, 1024, gemv="cuda")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 512
 ids = [1000 + i for i in range(n)]
+toks = torch.tensor(ids, device="cuda")
+
+
+def prefill():
+    return eng._prefill_eager(toks, n)
 
 
 def queued_prefill():
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)  # ~1 s of one spinning SM: every launch below is queued behind it
     t = time.perf_counter()
-    eng.prefill(ids)
+    prefill()
     host = time.perf_counter() - t
     torch.cuda.synchronize()
     return host
@@ -32,7 +38,7 @@ def queued_prefill():
 
 with torch.inference_mode():
     for _ in range(3):
-        eng.prefill(ids)
+        prefill()
     torch.cuda.synchronize()
     hosts = [queued_prefill() for _ in range(5)]
     print(f"host time of prefill({n}) with the GPU busy: median {statistics.median(hosts) * 1e3:.2f} "
@@ -43,13 +49,13 @@ with torch.inference_mode():
         torch.cuda.synchronize()
         torch.cuda._sleep(2_000_000_000)
         a.record()
-        eng.prefill(ids)
+        prefill()
         b.record()
         torch.cuda.synchronize()
         gpu.append(a.elapsed_time(b))
         torch.cuda.synchronize()
         t = time.perf_counter()
-        eng.prefill(ids)
+        prefill()
         torch.cuda.synchronize()
         wall.append((time.perf_counter() - t) * 1e3)
     print(f"GPU time of prefill({n}) (launches queued ahead): median {statistics.median(gpu):.2f} "
@@ -60,7 +66,7 @@ with torch.inference_mode():
     torch.cuda._sleep(4_000_000_000)
     prof.enable()
     for _ in range(3):
-        eng.prefill(ids)
+        prefill()
     prof.disable()
     torch.cuda.synchronize()
     pstats.Stats(prof).sort_stats("tottime").print_stats(30)
