@@ -336,15 +336,17 @@ def test_llama_decode_on_cuda_matches_the_torch_step_and_its_graph(tmp_path):
 
 
 @pytest.mark.gpu
-def test_prompt_graphs_give_the_eager_prompts_logits(tmp_path):
+@pytest.mark.parametrize("tail", [False, True])
+def test_prompt_graphs_give_the_eager_prompts_logits(tmp_path, tail):
     """Prompts replayed from CUDA graphs (QUANTDEPLOY_PREFILL_GRAPH=1; padded to a power of two): the logits of the
-    eager prefill, one graph per padded length, and a second prompt of a length reuses its graph."""
+    eager prefill, one graph per padded length, and a second prompt of a length reuses its graph. tail: the graph
+    holds all layers but the last, which runs eagerly with the head (QUANTDEPLOY_PREFILL_GRAPH=tail)."""
     import torch
 
     from quantdeploy.engine.runner import FastEngine
 
     eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cuda", torch.float16, 1024, gemv="cuda")
-    eng.prefill_graph = True
+    eng.prefill_graph, eng.prefill_tail = True, tail
     with torch.inference_mode():
         for n in (5, 30, 100, 30):
             ids = list(range(10, 10 + n))

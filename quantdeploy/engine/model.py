@@ -302,9 +302,7 @@ class Decoder:
         prompt), or every position's with all_logits."""
         cfg = self.cfg
         m = tokens.shape[0]
-        x = F.embedding(tokens, self.embed)
-        if self.embed_scale is not None:
-            x = x * self.embed_scale
+        x = self.embed_tokens(tokens)
         if self.fused:
             return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero, last)
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -344,16 +342,38 @@ class Decoder:
         logits = self.logits(x)
         return logits if all_logits else logits[0]
 
-    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None):
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(tokens, self.embed)
+        return x * self.embed_scale if self.embed_scale is not None else x
+
+    def prompt_layers(self, tokens, positions, masks, kv_len: int, stop: int) -> torch.Tensor:
+        """A prompt from position 0 through layers [0, stop) of the fused path: [2, M, hidden], the residual stream
+        and the last block's output not yet added into it (what prompt_rest continues from)."""
+        x, pending = self._forward_fused(self.embed_tokens(tokens), positions, masks, kv_len, False, True,
+                                         layers=range(stop))
+        return torch.stack([x, pending])
+
+    def prompt_rest(self, state, positions, masks, kv_len: int, start: int, last=None) -> torch.Tensor:
+        """prompt_layers' state through layers [start, end) and the head: forward()'s logits (state[0] changes)."""
+        return self._forward_fused(state[0], positions, masks, kv_len, False, True, last=last,
+                                   layers=range(start, len(self.layers)), pending=state[1])
+
+    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None, layers=None,
+                       pending=None):
         """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
-        x (the residual stream) is updated in place."""
+        x (the residual stream) is updated in place. layers: a range of layers only, then (x, pending) for the
+        rest (a prompt graph's part); pending: the last block's output, not yet added into x."""
         from . import triton_ops as T
 
         cfg = self.cfg
         m = x.shape[0]
         h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
-        pending, pending_w = None, None  # the last block's output, added into x by the next norm
-        for i, L in enumerate(self.layers):
+        span = range(len(self.layers)) if layers is None else layers
+        pending_w = None  # pending: the last block's output, added into x by the next norm (with this norm first)
+        if pending is not None:
+            pending_w = self.layers[span.start - 1].norms.get("post_feedforward_layernorm")
+        for i in span:
+            L = self.layers[i]
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
             cos, sin = self.rope[cfg.rope_theta[i]]
@@ -372,6 +392,8 @@ class Decoder:
             gu = L.gate_up(y)
             pending = L.down(gu if m == 1 and L.gate_up.act_fused else T.act_mul(gu, cfg.act == "gelu_tanh"))
             pending_w = n.get("post_feedforward_layernorm")
+        if span.stop < len(self.layers):
+            return x, pending
         if not all_logits and last is not None:
             x, pending = x.index_select(0, last), pending.index_select(0, last)
         elif not all_logits:

@@ -1,4 +1,5 @@
-"""FastEngine: prefill eagerly, then decode one token per CUDA-graph replay (eager on the CPU).
+"""FastEngine: a prompt from a CUDA graph of every layer but the last (then that layer and the head eagerly), then
+one token per CUDA-graph replay (all eager on the CPU).
 
 The sampled token never leaves the device between steps: it is written into the graph's input buffer, and
 copied to pinned host memory asynchronously; the host reads token t while the GPU already runs step t+1. Greedy
@@ -61,7 +62,9 @@ class FastEngine:
         self.greedy_graph = os.environ.get("QUANTDEPLOY_GREEDY_GRAPH", "1") != "0"
         self.prefill_graphs: dict[int, tuple] = {}
         self.p_tok = self.pool = None
-        self.prefill_graph = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH") == "1"
+        mode = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH", "tail")  # tail (default), 1: the whole prompt, 0: eager
+        self.prefill_graph = mode in ("1", "tail")
+        self.prefill_tail = mode == "tail" and self.dec.fused and len(self.dec.layers) > 1
         self.arange = torch.arange(self.max_len, device=self.device)
         self.graph_kind = "none"
 
@@ -164,15 +167,15 @@ class FastEngine:
         return self.dec.forward(toks, pos, self.dec.masks(pos, kv_len), kv_len, all_logits=all_logits,
                                 causal_from_zero=True, last=last)
 
-    # --- prompts in CUDA graphs (opt-in: QUANTDEPLOY_PREFILL_GRAPH=1) ---------------------------------
-    # A prompt's eager prefill is bound by the host (~300 kernel launches, 17-31 ms of Python for 512 tokens on an
-    # H200, about as long as the GPU work): prompts are padded to a power of two and replayed from a graph per
-    # length (TTFT 17 ms, steady). The padding comes after the prompt, so causal attention never lets a prompt
-    # token see it; its KV slots are overwritten by the decode steps before any of them reads that far.
-    # Off by default because the decode that follows is ~2 % slower (525 against 536 tok/s on the 8B in two bench
-    # runs on an H200): after an eager prompt, whose last launches are PDL kernels, the decode graph replays in its
-    # fast state; after a graph it does not (benchmarks/results/gpu/graph-trace-h200.txt). The exit aborts once
-    # blamed on them were the profiler's (cli._exit). Captured on the warm-up's stream (below).
+    # --- prompts in CUDA graphs (QUANTDEPLOY_PREFILL_GRAPH: tail, the default; 1; 0 for eager) -------------------
+    # A prompt's eager prefill is bound by the host (~420 kernel launches; TTFT 17-35 ms for 512 tokens on an H200,
+    # where the GPU's work takes ~17): prompts are padded to a power of two and replayed from a graph per length. The
+    # padding comes after the prompt, so causal attention never lets a prompt token see it; its KV slots are
+    # overwritten by the decode steps before any of them reads that far. "tail": the graph holds every layer but the
+    # last, which runs eagerly with the head. The decode graph that follows then replays in its fast state, as after
+    # an eager prompt, whose last launches are PDL kernels; after a whole-prompt graph ("1") it does not, and decodes
+    # 0.5-1.5 % slower (benchmarks/results/gpu/prompt-tail-h200.txt, graph-trace-h200.txt). TTFT 17-18 ms, steady.
+    # The exit aborts once blamed on prompt graphs were the profiler's (cli._exit). Captured on the warm-up's stream.
     PREFILL_GRAPH_MAX = 2048
 
     def prefill_bucket(self, n: int) -> int:
@@ -194,13 +197,26 @@ class FastEngine:
                 return self._prefill_eager(self.p_tok[:m], m, last=self.p_last)
         g, out = self.prefill_graphs[m]
         g.replay()
-        return out
+        if not self.prefill_tail:
+            return out
+        pos, kv_len = self.arange[:m], self.bucket(m - 1)
+        return self.dec.prompt_rest(out, pos, self.dec.masks(pos, kv_len), kv_len, len(self.dec.layers) - 1,
+                                    last=self.p_last)
+
+    def _prefill_layers(self, m: int) -> torch.Tensor:
+        """The graph's part of a padded prompt (prefill_tail): every layer but the last."""
+        pos, kv_len = self.arange[:m], self.bucket(m - 1)
+        return self.dec.prompt_layers(self.p_tok[:m], pos, self.dec.masks(pos, kv_len), kv_len,
+                                      len(self.dec.layers) - 1)
 
     def _capture_prefill(self, m: int) -> bool:
         # captured on the warm-up's stream: a stream's first cuBLAS call allocates its workspace, and one allocated
         # during a capture lands in that graph's pool (the suspected cause of the exit aborts, gone since)
-        g, out, err = _capture_checked(self.device, lambda: self._prefill_eager(self.p_tok[:m], m, last=self.p_last),
-                                       self.p_pool, on_warmup_stream=True)
+        def fn():
+            return self._prefill_layers(m) if self.prefill_tail else \
+                self._prefill_eager(self.p_tok[:m], m, last=self.p_last)
+
+        g, out, err = _capture_checked(self.device, fn, self.p_pool, on_warmup_stream=True)
         if not err < 1e-2:
             self.prefill_graph = False
             log.warning("the CUDA graph of a prompt does not reproduce the eager prefill (rel err %.3g); prompts "
