@@ -92,6 +92,10 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
         first = int(z.flatten()[0])
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
+        if g % 4 == 0 and int(z.max()) <= 15 and os.environ.get("QUANTDEPLOY_GEMV_ZERO") == "bytes":
+            packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
+            packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
+            return torch.cat([bits, packed], 1).contiguous(), -5
         if g % 4 == 0 and int(z.max()) <= 15:
             packed = sum(z[:, i::4] << (4 * i) for i in range(4))
             packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
@@ -134,6 +138,9 @@ def reference(w: NKWeight) -> torch.Tensor:
     if w.zero >= 0:  # blocks of 8 rows
         scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
         zero = torch.full_like(scale, float(w.zero))
+    elif w.zero == -5:
+        scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
+        zero = (w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups]).float()
     elif w.zero == -2:
         scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
         packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF

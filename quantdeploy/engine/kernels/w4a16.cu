@@ -7,6 +7,8 @@
 //     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
 //     Z == -2: uint16 [N, G + G/4] per row, the G fp16 scales, then the zero points (0..15) 4 per uint16 (group g in
 //              bits 4 (g % 4)): 2.5 bytes per group (AWQ, asymmetric GPTQ);
+//     Z == -5: uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points a byte each (3 bytes per group;
+//              QUANTDEPLOY_GEMV_ZERO=bytes, an experiment: fewer operations per row than the nibbles);
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
 //              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
 //   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too, the
@@ -54,12 +56,20 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
 template <int R>
 struct Meta {
     unsigned w[R];
+    unsigned z[R];  // Z == -5: row r's zero point (a byte)
 };
 
 // Row r's scale, and its zero point as the constants dequant8 subtracts.
 template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
+    if (Z == -5) {  // the zero point's byte into both halves' low byte beside 0x64, and zhi from that: 2 operations
+        scale = __low2float(as_h2(m.w[r]));
+        zlo = as_h2(__byte_perm(m.z[r], 0x6400u, 0x5050));  // 1024 + z
+        // zlo * 16 = (0x4000 + 16 z) in the low half, (0x4006 + 16 z) in the high one (the low half's 6 carried in)
+        zhi = as_h2(as_u(zlo) * 16u + 0x93fa9400u);  // 0xd400 + 16 z: -(64 + z)
+        return;
+    }
     if (Z < 0) {
         z = m.w[r] >> 16;
         scale = __low2float(as_h2(m.w[r]));
@@ -106,7 +116,8 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     const unsigned short *h = reinterpret_cast<const unsigned short *>(meta);
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
-    r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
+    r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2))
+          : Z == -5 ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
@@ -116,6 +127,16 @@ __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta
     if (Z == -1) {
 #pragma unroll
         for (int r = 0; r < R; ++r) mv.w[r] = __ldg(mr.m + (size_t)r * G + g);
+        return;
+    }
+    if (Z == -5) {  // per row: G scales, then G zero point bytes
+        const int per = G + (G >> 1);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const unsigned short *h = mr.s + (size_t)r * per;
+            mv.w[r] = __ldg(h + g);
+            mv.z[r] = __ldg(reinterpret_cast<const unsigned char *>(h + G) + g);
+        }
         return;
     }
     if (Z == -2) {
