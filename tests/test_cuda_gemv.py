@@ -41,13 +41,32 @@ def test_nk_layout_holds_the_checkpoint_weights(layout):
     nk = C.repack(w, cols=64)  # several column chunks
     groups = w.k // 128
     assert nk.q.dtype == torch.int32 and nk.q.shape == (w.n, w.k // 8)
-    assert nk.meta.shape == ((w.n * groups,) if layout == "sym" else (w.n, groups + groups // 4))
-    # one zero point for the whole weight: the scales alone, 2 bytes per group; else the zero points packed, 2.5
-    assert (nk.zero, nk.meta.dtype) == ((8, torch.int16) if layout == "sym" else (-2, torch.int16))
-    assert nk.nbytes() == w.n * w.k // 2 + w.n * (w.k // 128) * (2 if layout == "sym" else 2.5)
+    assert nk.meta.shape == ((w.n * groups,) if layout == "sym" else (w.n, groups + groups // 2))
+    # one zero point for the whole weight: the scales alone, 2 bytes per group; else the zero points a byte each, 3
+    assert (nk.zero, nk.meta.dtype) == ((8, torch.int16) if layout == "sym" else (-5, torch.int16))
+    assert nk.nbytes() == w.n * w.k // 2 + w.n * (w.k // 128) * (2 if layout == "sym" else 3)
     ours = _unpermute(C.reference(nk), nk.perm).t()
     assert torch.equal(ours, ref)  # exactly (q - zero) * fp16 scale: the checkpoint's own numbers
     assert torch.allclose(ours, dequantize(w, torch.float32), atol=2e-4)
+
+
+@pytest.mark.parametrize("layout", ["awq", "gptq", "act"])
+def test_zero_points_as_nibbles_when_asked(monkeypatch, layout):
+    """QUANTDEPLOY_GEMV_ZERO=nibbles: 4 zero points per int16 after the scales (2.5 bytes per group), the same
+    weights."""
+    w, ref = _weight(layout)
+    monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles")
+    nk = C.repack(w)
+    assert nk.zero == -2 and nk.meta.shape == (w.n, 4 + 1)
+    assert torch.equal(_unpermute(C.reference(nk), nk.perm).t(), ref)
+
+
+def test_zero_point_bytes_in_place():
+    """Row n's meta: its G scales, then zero point g at byte 2 G + g (little-endian int16 pairs)."""
+    meta, zero = C.meta_layout(torch.rand(6, 3).half(), torch.arange(18).reshape(6, 3) % 16)
+    assert zero == -5 and meta.shape == (3, 6 + 3)
+    assert meta[:, 6:].contiguous().view(torch.uint8).tolist() == [[0, 3, 6, 9, 12, 15], [1, 4, 7, 10, 13, 0],
+                                                                    [2, 5, 8, 11, 14, 1]]
 
 
 @pytest.mark.parametrize("layout", ["sym", "awq"])
@@ -60,13 +79,13 @@ def test_compact_meta_can_be_turned_off(monkeypatch, layout):
 
 
 def test_one_zero_point_only_when_all_are_equal():
-    """A single group with another zero point: the zero points are kept, packed (asymmetric GPTQ checkpoints)."""
+    """A single group with another zero point: the zero points are kept, a byte each (asymmetric GPTQ checkpoints)."""
     q, z, s, g_idx, _, _ = _random_case()
     z = torch.full_like(z, 8)
     z[1, 5] = 9
     w = from_gptq(pack_cols_k(q), pack_cols_k((z - 1).t().contiguous()).t().contiguous(), s.half(), g_idx, 128, 1)
     nk = C.repack(w)
-    assert nk.zero == -2
+    assert nk.zero == -5
     assert torch.equal(C.reference(nk).t(), (q.float() - z.float()[g_idx]) * s.half().float()[g_idx])
 
 
@@ -82,8 +101,8 @@ def test_symmetric_scales_in_blocks_of_eight_rows():
     assert torch.equal(nk.meta[8 * 5 + 8 * 2:8 * 5 + 8 * 3], scales[2, 8:16])  # block 1, group 2
 
 
-def test_zero_points_per_group_pack_only_for_whole_fours():
-    """Zero points per group (AWQ) go 4 to an int16 after each row's scales when G % 4 == 0; K / group size = 5
+def test_zero_points_per_group_pack_only_for_an_even_group_count():
+    """Zero points per group (AWQ) go a byte each after each row's scales when G is even; K / group size = 5
     (Gemma-3-270M's 640) keeps the words."""
     w, ref = _weight("awq", k=640)
     nk = C.repack(w)
@@ -92,9 +111,9 @@ def test_zero_points_per_group_pack_only_for_whole_fours():
 
 
 def test_rows_not_in_blocks_of_eight_keep_rows():
-    """N = 12: a symmetric weight's scales take the per-row form, packed with its zero points (G = 4) or words."""
+    """N = 12: a symmetric weight's scales take the per-row form, with its zero points (G = 4) or words."""
     meta, zero = C.meta_layout(torch.rand(4, 12).half(), torch.full((4, 12), 8))
-    assert zero == -2 and meta.shape == (12, 5) and meta.dtype == torch.int16
+    assert zero == -5 and meta.shape == (12, 6) and meta.dtype == torch.int16
     meta, zero = C.meta_layout(torch.rand(5, 12).half(), torch.full((5, 12), 8))
     assert zero == -1 and meta.shape == (12, 5) and meta.dtype == torch.int32
 
@@ -130,9 +149,10 @@ def test_every_kernel_variant_compiles_for_hopper():
     _nvrtc_or_skip()
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {C.dequant_name(-1), C.dequant_name(8)}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
-    names |= {C.dequant_name(-2)} | {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1)
-                                      for z in (8, -2) if v[0] % 2 == 0 or a == 0}
-    assert any(n.endswith(", 4, 8>") for n in names) and any(n.endswith(", 1, -2>") for n in names)
+    names |= {C.dequant_name(-2), C.dequant_name(-5)}
+    names |= {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1) for z in (8, -2, -5)
+              if v[0] % 2 == 0 or a == 0}
+    assert any(n.endswith(", 4, 8>") for n in names) and any(n.endswith(", 1, -5>") for n in names)
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, "90")
@@ -187,14 +207,16 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -2, 3584), ("sym", 8, 640)])
+@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -5, 3584), ("awq", -2, 3584), ("sym", 8, 640)])
 def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout, form, k):
     """The compact meta forms compute exactly what the scale | zero words compute: bit for bit, every variant
-    (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups pack 4 per int16;
-    640: 5 groups, Gemma-3-270M's K)."""
+    (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups, their zero points a byte
+    each or 4 per int16; 640: 5 groups, Gemma-3-270M's K)."""
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=k, n=320)
     w = w.to(dev, torch.float16)
+    if form == -2:
+        monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles")
     compact = C.repack(w)
     monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
     words = C.repack(w)

@@ -38,13 +38,14 @@ THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
 @dataclass
 class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
-    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/4] of scale bits
-    # then 4 zero points per int16 (-2), or int16 1-D, the scale bits in blocks of 8 rows [N/8, G, 8] (>= 0); see
-    # kernels/w4a16.cu
+    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/2] of scale bits
+    # then a zero point per byte (-5) or [N, G + G/4], 4 per int16 (-2), or int16 1-D, the scale bits in blocks of 8
+    # rows [N/8, G, 8] (>= 0); see kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
-    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -2: zero points packed; -1: words
+    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -5 / -2: zero points as bytes /
+    # nibbles after the scales; -1: words
 
     @property
     def n(self) -> int:
@@ -80,11 +81,17 @@ def compact_meta() -> bool:
     return os.environ.get("QUANTDEPLOY_GEMV_META", "auto") != "words"
 
 
+def nibble_zeros() -> bool:
+    """QUANTDEPLOY_GEMV_ZERO=nibbles: zero points 4 per int16 (2.5 bytes a group) instead of bytes (3; for
+    comparisons: fewer bytes, more operations per row, slower on an H200)."""
+    return os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes") == "nibbles"
+
+
 def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
     in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
-    N % 8 == 0; each row's scales then its zero points packed 4 per int16 when G % 4 == 0 (AWQ, asymmetric GPTQ);
-    else a scale | zero word per group, int32 [N, G]."""
+    N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ;
+    4 per int16 with nibble_zeros(), G % 4 == 0); else a scale | zero word per group, int32 [N, G]."""
     bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
     z = zeros.t().to(torch.int32)
     n, g = bits.shape
@@ -92,11 +99,12 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
         first = int(z.flatten()[0])
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
-        if g % 4 == 0 and int(z.max()) <= 15 and os.environ.get("QUANTDEPLOY_GEMV_ZERO") == "bytes":
+        small = int(z.max()) <= 15
+        if small and g % 2 == 0 and not nibble_zeros():
             packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
             packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
             return torch.cat([bits, packed], 1).contiguous(), -5
-        if g % 4 == 0 and int(z.max()) <= 15:
+        if small and g % 4 == 0 and nibble_zeros():
             packed = sum(z[:, i::4] << (4 * i) for i in range(4))
             packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
             return torch.cat([bits, packed], 1).contiguous(), -2
@@ -106,7 +114,7 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
 def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
     interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation).
-    The group scales and zero points take 2, 2.5 or 4 bytes per group (meta_layout)."""
+    The group scales and zero points take 2, 3 (2.5) or 4 bytes per group (meta_layout)."""
     why = supports(w)
     if why:
         raise ValueError(why)

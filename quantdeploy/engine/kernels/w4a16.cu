@@ -3,16 +3,17 @@
 // Layout, per output row n (K contiguous, so each lane streams 16-byte loads):
 //   q    uint32 [N, K/8]  word j holds k = 8j..8j+7, k offset i in nibble SLOT[i] = {0,4,1,5,2,6,3,7}, so that
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
-//   meta, in one of three forms (template argument Z):
+//   meta, in one of four forms (template argument Z):
 //     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
-//     Z == -2: uint16 [N, G + G/4] per row, the G fp16 scales, then the zero points (0..15) 4 per uint16 (group g in
-//              bits 4 (g % 4)): 2.5 bytes per group (AWQ, asymmetric GPTQ);
-//     Z == -5: uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points a byte each (3 bytes per group;
-//              QUANTDEPLOY_GEMV_ZERO=bytes, an experiment: fewer operations per row than the nibbles);
+//     Z == -5: uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points (0..15) a byte each (group g at
+//              byte g): 3 bytes per group (AWQ, asymmetric GPTQ). A byte becomes dequant8's constants in two
+//              operations (row_consts), the nibbles below in six: AWQ decoded 1.9-2.1 % faster on an H200;
+//     Z == -2: the same with the zero points 4 per uint16 (group g in bits 4 (g % 4)), [N, G + G/4]: 2.5 bytes per
+//              group (QUANTDEPLOY_GEMV_ZERO=nibbles, for comparisons);
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
 //              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
-//   Per 128-weight group (64 bytes of q) that is 4, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too, the
-//   zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than these rows; 2026-12-02.)
+//   Per 128-weight group (64 bytes of q) that is 4, 3, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too,
+//   the zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than its rows; 2026-12-02.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -51,8 +52,9 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
-// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z < 0: as a word with the scale in the low half and the
-// zero point in the high half; Z >= 0: the two scales of rows r & ~1 and r | 1, row r's in half r & 1.
+// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == -1 / -2: as a word with the scale in the low half
+// and the zero point in the high half; Z == -5: in the low half, the zero point in z[r]; Z >= 0: the two scales of
+// rows r & ~1 and r | 1, row r's in half r & 1.
 template <int R>
 struct Meta {
     unsigned w[R];
@@ -108,7 +110,7 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
 // A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so for Z >= 0 R <= 8 rows lie in one block of 8).
 struct MetaRows {
     const unsigned *m;         // Z == -1: row n0's words
-    const unsigned short *s;   // Z == -2: row n0's meta; Z >= 0: the scale of row n0, group 0
+    const unsigned short *s;   // Z == -2 / -5: row n0's meta; Z >= 0: the scale of row n0, group 0
 };
 
 template <int Z>
