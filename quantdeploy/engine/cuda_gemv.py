@@ -40,7 +40,7 @@ class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
     meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/2] of scale bits
     # then a zero point per byte (-5) or [N, G + G/4], 4 per int16 (-2), or int16 1-D, the scale bits in blocks of 8
-    # rows [N/8, G, 8] (>= 0); see kernels/w4a16.cu
+    # rows [N/8, G, 8] (>= 0; -6: each block followed by its zero point bytes [G, 8]); see kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
@@ -81,17 +81,19 @@ def compact_meta() -> bool:
     return os.environ.get("QUANTDEPLOY_GEMV_META", "auto") != "words"
 
 
-def nibble_zeros() -> bool:
-    """QUANTDEPLOY_GEMV_ZERO=nibbles: zero points 4 per int16 (2.5 bytes a group) instead of bytes (3; for
-    comparisons: fewer bytes, more operations per row, slower on an H200)."""
-    return os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes") == "nibbles"
+def zero_form() -> str:
+    """QUANTDEPLOY_GEMV_ZERO: how zero points per group are stored: bytes (the default; 3 bytes a group with the
+    scale), nibbles (4 per int16, 2.5 bytes: fewer bytes, more operations per row, slower on an H200), or
+    bytes-blocked (the bytes and the scales in blocks of 8 rows, as the symmetric scales; an experiment)."""
+    return os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes")
 
 
 def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
     in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
     N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ;
-    4 per int16 with nibble_zeros(), G % 4 == 0); else a scale | zero word per group, int32 [N, G]."""
+    4 per int16 with zero_form() "nibbles", G % 4 == 0; in blocks of 8 rows with "bytes-blocked"); else a
+    scale | zero word per group, int32 [N, G]."""
     bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
     z = zeros.t().to(torch.int32)
     n, g = bits.shape
@@ -99,12 +101,17 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
         first = int(z.flatten()[0])
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
-        small = int(z.max()) <= 15
-        if small and g % 2 == 0 and not nibble_zeros():
+        small, form = int(z.max()) <= 15, zero_form()
+        if small and g % 2 == 0 and form == "bytes-blocked" and n % 8 == 0:
+            zb = z.to(torch.uint8).reshape(n // 8, 8, g).transpose(1, 2).contiguous().view(torch.int16)
+            zb = zb.reshape(n // 8, 4 * g)  # [N/8, G, 8] bytes as int16 pairs
+            sb = bits.reshape(n // 8, 8, g).transpose(1, 2).reshape(n // 8, 8 * g)
+            return torch.cat([sb, zb], 1).flatten().contiguous(), -6
+        if small and g % 2 == 0 and form != "nibbles":
             packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
             packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
             return torch.cat([bits, packed], 1).contiguous(), -5
-        if small and g % 4 == 0 and nibble_zeros():
+        if small and g % 4 == 0 and form == "nibbles":
             packed = sum(z[:, i::4] << (4 * i) for i in range(4))
             packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
             return torch.cat([bits, packed], 1).contiguous(), -2
@@ -146,6 +153,12 @@ def reference(w: NKWeight) -> torch.Tensor:
     if w.zero >= 0:  # blocks of 8 rows
         scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
         zero = torch.full_like(scale, float(w.zero))
+    elif w.zero == -6:
+        blocks = w.meta.reshape(w.n // 8, 12 * groups)
+        scale = blocks[:, :8 * groups].contiguous().view(torch.float16).reshape(w.n // 8, groups, 8)
+        scale = scale.transpose(1, 2).reshape(w.n, groups).float()
+        zero = blocks[:, 8 * groups:].contiguous().view(torch.uint8).reshape(w.n // 8, groups, 8)
+        zero = zero.transpose(1, 2).reshape(w.n, groups).float()
     elif w.zero == -5:
         scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
         zero = (w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups]).float()
