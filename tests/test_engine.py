@@ -193,6 +193,7 @@ def test_engine_through_the_common_interface(pair):
     _, fast = pair
     rep = fast.kernel_report()
     assert rep["engine"] == "fast" and rep["kernel"] == "torch-dequant-matmul" and rep["gpu"] is False
+    assert rep["decode_graph"] == "none" and rep["prompt_graph"] == "eager"  # no CUDA graphs on the CPU
     g = fast.generate("The capital of France is", GenerationParams(max_tokens=8, temperature=0))
     text = "".join(g)
     assert g.usage.completion_tokens == 8 and g.finish_reason == "length" and text.strip()
@@ -356,3 +357,4 @@ def test_prompt_graphs_give_the_eager_prompts_logits(tmp_path, tail):
             eng.prefill_graph = True
             assert float((got - want).norm() / want.norm()) < 1e-2 and int(got.argmax()) == int(want.argmax()), n
     assert sorted(eng.prefill_graphs) == [16, 32, 128]
+    assert eng.prompt_kind == ("cuda-graph, last layer eager" if tail else "cuda-graph")

@@ -83,6 +83,7 @@ class FastQuantModel(HFTokenizerModel):
                 "kernel_reason": "--engine fast" if self.spec.engine == "fast" else "default engine on CUDA",
                 "quant_linear_classes": [kernel], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
                 "quant": self.quant, "engine": "fast", "decode_graph": self.engine.graph_kind,
+                "prompt_graph": self.engine.prompt_kind,
                 "lm_head": "int8 (QUANTDEPLOY_LM_HEAD)" if self.engine.dec.head is not None else "checkpoint"}
 
     def logits(self, token_ids: list[int]) -> Any:

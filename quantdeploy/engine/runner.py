@@ -178,6 +178,13 @@ class FastEngine:
     # The exit aborts once blamed on prompt graphs were the profiler's (cli._exit). Captured on the warm-up's stream.
     PREFILL_GRAPH_MAX = 2048
 
+    @property
+    def prompt_kind(self) -> str:
+        """How prompts ran: from CUDA graphs (their last layer eagerly, or not), or eagerly."""
+        if not (self.use_graph and self.prefill_graph and self.prefill_graphs):
+            return "eager"
+        return "cuda-graph, last layer eager" if self.prefill_tail else "cuda-graph"
+
     def prefill_bucket(self, n: int) -> int:
         """The padded length of an n-token prompt's graph, or 0 for eager (too long for a graph or the cache)."""
         m = 16
