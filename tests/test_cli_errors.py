@@ -82,3 +82,13 @@ def test_missing_optional_dependency_names_pip(tmp_path, gguf_path):
 def test_unknown_kernel(gptq_path):
     proc = run_cli("chat", str(gptq_path), "--kernel", "warp9", "--prompt", "hi", "-n", "2")
     assert_clean_error(proc, "unknown kernel", "marlin")
+
+
+@pytest.mark.parametrize("var,value,needles", [
+    ("QUANTDEPLOY_PREFILL_GRAPH", "yes", ["QUANTDEPLOY_PREFILL_GRAPH=yes", "tail"]),
+    ("QUANTDEPLOY_LM_HEAD", "int4", ["QUANTDEPLOY_LM_HEAD=int4", "int8"]),
+])
+def test_unknown_engine_setting(gptq_path, var, value, needles):
+    """The fast engine's environment settings: a value it does not know is one error line, not a silent default."""
+    proc = run_cli("chat", str(gptq_path), "--engine", "fast", "--prompt", "hi", "-n", "2", env={var: value})
+    assert_clean_error(proc, *needles)

@@ -76,6 +76,14 @@ def test_zero_point_bytes_in_blocks_of_eight_rows_when_asked(monkeypatch, layout
     assert block1[32:].contiguous().view(torch.uint8)[8 * 3:8 * 4].tolist() == zeros[8:16, 3].tolist()
 
 
+def test_unknown_zero_point_form_is_a_usage_error(monkeypatch):
+    from quantdeploy.errors import UsageError
+
+    monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibble")
+    with pytest.raises(UsageError, match="QUANTDEPLOY_GEMV_ZERO=nibble: use bytes"):
+        C.repack(_weight("awq")[0])
+
+
 def test_zero_point_bytes_in_place():
     """Row n's meta: its G scales, then zero point g at byte 2 G + g (little-endian int16 pairs)."""
     meta, zero = C.meta_layout(torch.rand(6, 3).half(), torch.arange(18).reshape(6, 3) % 16)

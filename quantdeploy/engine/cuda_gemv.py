@@ -85,7 +85,17 @@ def zero_form() -> str:
     """QUANTDEPLOY_GEMV_ZERO: how zero points per group are stored: bytes (the default; 3 bytes a group with the
     scale), nibbles (4 per int16, 2.5 bytes: fewer bytes, more operations per row, slower on an H200), or
     bytes-blocked (the bytes and the scales in blocks of 8 rows, as the symmetric scales; an experiment)."""
-    return os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes")
+    form = os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes")
+    if form not in ("bytes", "nibbles", "bytes-blocked"):
+        from ..errors import UsageError
+
+        raise UsageError(f"QUANTDEPLOY_GEMV_ZERO={form}: use bytes (the default), nibbles or bytes-blocked")
+    return form
+
+
+def _int16(bits16: torch.Tensor) -> torch.Tensor:
+    """Values 0..65535 as the int16 with those bits."""
+    return torch.where(bits16 >= 2 ** 15, bits16 - 2 ** 16, bits16).to(torch.int16)
 
 
 def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -98,10 +108,10 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
     z = zeros.t().to(torch.int32)
     n, g = bits.shape
     if compact_meta():
-        first = int(z.flatten()[0])
+        first, form = int(z.flatten()[0]), zero_form()
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
-        small, form = int(z.max()) <= 15, zero_form()
+        small = int(z.max()) <= 15
         if small and g % 2 == 0 and form == "bytes-blocked" and n % 8 == 0:
             zb = z.to(torch.uint8).reshape(n // 8, 8, g).transpose(1, 2).contiguous().view(torch.int16)
             zb = zb.reshape(n // 8, 4 * g)  # [N/8, G, 8] bytes as int16 pairs
@@ -109,12 +119,9 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
             return torch.cat([sb, zb], 1).flatten().contiguous(), -6
         if small and g % 2 == 0 and form != "nibbles":
             packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
-            packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
-            return torch.cat([bits, packed], 1).contiguous(), -5
+            return torch.cat([bits, _int16(packed)], 1).contiguous(), -5
         if small and g % 4 == 0 and form == "nibbles":
-            packed = sum(z[:, i::4] << (4 * i) for i in range(4))
-            packed = torch.where(packed >= 2 ** 15, packed - 2 ** 16, packed).to(torch.int16)
-            return torch.cat([bits, packed], 1).contiguous(), -2
+            return torch.cat([bits, _int16(sum(z[:, i::4] << (4 * i) for i in range(4)))], 1).contiguous(), -2
     return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
 
 
@@ -159,14 +166,14 @@ def reference(w: NKWeight) -> torch.Tensor:
         scale = scale.transpose(1, 2).reshape(w.n, groups).float()
         zero = blocks[:, 8 * groups:].contiguous().view(torch.uint8).reshape(w.n // 8, groups, 8)
         zero = zero.transpose(1, 2).reshape(w.n, groups).float()
-    elif w.zero == -5:
+    elif w.zero in (-5, -2):  # per row: the scales, then the zero points as bytes or nibbles
         scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
-        zero = (w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups]).float()
-    elif w.zero == -2:
-        scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
-        packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF
-        g4 = torch.arange(groups, device=w.q.device)
-        zero = ((packed[:, g4 // 4] >> (4 * (g4 % 4))) & 0xF).float()
+        if w.zero == -5:
+            zero = w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups].float()
+        else:
+            packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF
+            g4 = torch.arange(groups, device=w.q.device)
+            zero = ((packed[:, g4 // 4] >> (4 * (g4 % 4))) & 0xF).float()
     else:
         meta = w.meta.to(torch.int64) & 0xFFFFFFFF
         scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()

@@ -45,11 +45,24 @@ def _capture_checked(device, fn, pool, on_warmup_stream: bool = False, reset=Non
     return g, out, err
 
 
+def prompt_graph_mode() -> str:
+    """QUANTDEPLOY_PREFILL_GRAPH: tail (the default: a prompt's graph holds all layers but the last), 1 (the whole
+    prompt) or 0 (prompts eagerly); see the prompts section below."""
+    mode = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH", "tail")
+    if mode not in ("tail", "1", "0"):
+        from ..errors import UsageError
+
+        raise UsageError(f"QUANTDEPLOY_PREFILL_GRAPH={mode}: use tail (the default), 1 (whole prompts in CUDA graphs) "
+                         "or 0 (prompts eagerly)")
+    return mode
+
+
 class FastEngine:
     def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None,
                  gemv: str = "auto"):
         import json
 
+        mode = prompt_graph_mode()
         cfg = DecoderConfig.from_hf(json.loads((path / "config.json").read_text()))
         self.cfg = cfg
         self.max_len = min(max_len, cfg.max_position)
@@ -62,7 +75,6 @@ class FastEngine:
         self.greedy_graph = os.environ.get("QUANTDEPLOY_GREEDY_GRAPH", "1") != "0"
         self.prefill_graphs: dict[int, tuple] = {}
         self.p_tok = self.pool = None
-        mode = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH", "tail")  # tail (default), 1: the whole prompt, 0: eager
         self.prefill_graph = mode in ("1", "tail")
         self.prefill_tail = mode == "tail" and self.dec.fused and len(self.dec.layers) > 1
         self.arange = torch.arange(self.max_len, device=self.device)

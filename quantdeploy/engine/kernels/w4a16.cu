@@ -63,10 +63,9 @@ struct Meta {
     unsigned z[R];  // Z == -5: row r's zero point (a byte); -6: the zero points of rows r & ~3 .. r | 3, byte r & 3
 };
 
-// 1024 + z as half2 from the byte z at byte B of zw (one prmt beside 0x64).
-template <int B>
-__device__ __forceinline__ half2 zero_lo(unsigned zw) {
-    return as_h2(__byte_perm(zw, 0x6400u, B | 0x50 | (B << 8) | 0x5000));
+// 1024 + z as half2 from the byte z at byte b of zw (one prmt beside 0x64; b is a constant once unrolled).
+__device__ __forceinline__ half2 zero_lo(unsigned zw, int b) {
+    return as_h2(__byte_perm(zw, 0x6400u, b | 0x50 | (b << 8) | 0x5000));
 }
 
 // Row r's scale, and its zero point as the constants dequant8 subtracts.
@@ -74,14 +73,8 @@ template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
     if (Z == -5 || Z == -6) {  // the zero point's byte beside 0x64 in both halves, and zhi from that: 2 operations
-        if (Z == -5) {
-            scale = __low2float(as_h2(m.w[r]));
-            zlo = zero_lo<0>(m.z[r]);  // 1024 + z
-        } else {
-            scale = (r & 1) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
-            zlo = (r & 3) == 0 ? zero_lo<0>(m.z[r]) : (r & 3) == 1 ? zero_lo<1>(m.z[r])
-                : (r & 3) == 2 ? zero_lo<2>(m.z[r]) : zero_lo<3>(m.z[r]);
-        }
+        scale = (Z == -6 && (r & 1)) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
+        zlo = zero_lo(m.z[r], Z == -6 ? r & 3 : 0);  // 1024 + z
         // zlo * 16 = (0x4000 + 16 z) in the low half, (0x4006 + 16 z) in the high one (the low half's 6 carried in)
         zhi = as_h2(as_u(zlo) * 16u + 0x93fa9400u);  // 0xd400 + 16 z: -(64 + z)
         return;
@@ -136,7 +129,8 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2))
           : Z == -5 ? h + (size_t)n0 * (G + (G >> 1))
           : Z == -6 ? h + (size_t)(n0 >> 3) * G * 12 + (n0 & 7) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
-    r.zb = reinterpret_cast<const unsigned char *>(h + (size_t)(n0 >> 3) * G * 12 + G * 8) + (n0 & 7);
+    r.zb = Z == -6 ? reinterpret_cast<const unsigned char *>(h + (size_t)(n0 >> 3) * G * 12 + G * 8) + (n0 & 7)
+                   : nullptr;
     return r;
 }
 
