@@ -211,6 +211,25 @@ def test_grid_sizes():
     assert C.fit_variant((2, 4), 4096, 64) == (2, 4, 1)  # a tuned file of the earlier (rows, chunks) form
 
 
+def test_tuned_variants_apply_to_their_meta_form_only(tmp_path, monkeypatch):
+    """A sweep on GPTQ (blocked scales, form 8) saves "KxN:8" keys: AWQ's zero point bytes (-5) keep the defaults,
+    and a file of the earlier form ("KxN") no longer applies to any."""
+    from quantdeploy.engine import tuning
+
+    monkeypatch.setenv("QUANTDEPLOY_HOME", str(tmp_path))
+    cpu = torch.device("cpu")
+    path = C.tuned_file(cpu)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"4096x6144:8": [4, 1, 2], "4096x4096": [2, 2, 1]}')
+    tuning.tuned.cache_clear()
+    try:
+        assert C.variant_for(4096, 6144, 8, cpu) == (4, 1, 2)
+        assert C.variant_for(4096, 6144, -5, cpu) == C.default_variant(4096, 6144) != (4, 1, 2)
+        assert C.variant_for(4096, 4096, 8, cpu) == C.default_variant(4096, 4096)
+    finally:
+        tuning.tuned.cache_clear()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_cuda_kernels_match_the_reference_on_the_gpu(layout):

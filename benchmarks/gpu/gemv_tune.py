@@ -122,7 +122,8 @@ def main():
         if args.save:
             path = cuda_gemv.tuned_file(dev)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items()}, indent=1))
+            path.write_text(json.dumps({cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1]
+                                        for name, (k, n) in SHAPES.items()}, indent=1))
             print("saved", path)
         del packed
     if "exllama" in kinds:

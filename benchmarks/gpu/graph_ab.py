@@ -119,9 +119,10 @@ def main():
         if a.save:
             path = cuda_gemv.tuned_file(torch.device("cuda"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            keys = {f"{lin.w.k}x{lin.w.n}": list(chosen[role]) for role in CANDIDATES
+            old = json.loads(path.read_text()) if path.is_file() else {}  # other meta forms' keys are kept
+            keys = {cuda_gemv.tuned_key(lin.w.k, lin.w.n, lin.w.zero): list(chosen[role]) for role in CANDIDATES
                     for lin in linears(eng, role)[:1]}
-            path.write_text(json.dumps(keys, indent=1))
+            path.write_text(json.dumps({**old, **keys}, indent=1))
             print("saved", path, keys)
 
 

@@ -292,8 +292,15 @@ def default_variant(k: int, n: int) -> tuple[int, int, int]:
     return (4, 1, -4) if n > k and k < 8192 else (8, 1, 4)
 
 
-def variant_for(k: int, n: int, device) -> tuple[int, int, int]:
-    v = tuning.tuned(device, "cuda").get(f"{k}x{n}")
+def tuned_key(k: int, n: int, zero: int) -> str:
+    """A tuned file's key: the shape and the meta form (w.zero) the variant was swept on. A variant swept on GPTQ's
+    blocked scales is not the best for AWQ's zero point bytes (2026-12-02: AWQ 528-531 tok/s with GPTQ's variants,
+    542-543 with the defaults; ab-awq-tuned-h200.txt), so each form reads only its own keys."""
+    return f"{k}x{n}:{zero}"
+
+
+def variant_for(k: int, n: int, zero: int, device) -> tuple[int, int, int]:
+    v = tuning.tuned(device, "cuda").get(tuned_key(k, n, zero))
     return fit_variant(tuple(v) if v else default_variant(k, n), k, n)
 
 
@@ -345,7 +352,7 @@ class CudaLinear:
         self.device = torch.device(device)
         self.act = act if w.split else None
         self.deq = _Launch(dequant_name(w.zero), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
-        self.use(variant or variant_for(w.k, w.n, self.device))
+        self.use(variant or variant_for(w.k, w.n, w.zero, self.device))
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""

@@ -1,6 +1,6 @@
 """Per-GPU tuned GEMV choices under $QUANTDEPLOY_HOME/gemv/: <gpu name>.json for the Triton GEMV (written by
 `benchmarks/gpu/gemv_tune.py --save`), <gpu name>-cuda.json for the CUDA GEMV (by `benchmarks/gpu/graph_ab.py
---sweep --save`, tuned in the decode graph); keys "KxN"."""
+--sweep --save`, tuned in the decode graph); keys "KxN" (Triton) and "KxN:Z", Z the meta form swept on (CUDA)."""
 
 from __future__ import annotations
 
