@@ -61,21 +61,6 @@ def test_zero_points_as_nibbles_when_asked(monkeypatch, layout):
     assert torch.equal(_unpermute(C.reference(nk), nk.perm).t(), ref)
 
 
-@pytest.mark.parametrize("layout", ["awq", "act"])
-def test_zero_point_bytes_in_blocks_of_eight_rows_when_asked(monkeypatch, layout):
-    """QUANTDEPLOY_GEMV_ZERO=bytes-blocked: per block of 8 rows its scales [G, 8], then its zero point bytes [G, 8];
-    the same weights."""
-    w, ref = _weight(layout)
-    monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "bytes-blocked")
-    nk = C.repack(w)
-    assert nk.zero == -6 and nk.meta.shape == (w.n * 4 * 3 // 2,) and nk.nbytes() == w.n * w.k // 2 + w.n * 4 * 3
-    assert torch.equal(_unpermute(C.reference(nk), nk.perm).t(), ref)
-    block1 = nk.meta[48:96]  # rows 8-15: 4 groups x 8 scales, then 4 x 8 zero point bytes
-    assert torch.equal(block1[8 * 2:8 * 3], w.scales.half().view(torch.int16)[2, 8:16])
-    zeros = C.unpack_zeros(w.qzeros, w.n).t()  # [N, G]
-    assert block1[32:].contiguous().view(torch.uint8)[8 * 3:8 * 4].tolist() == zeros[8:16, 3].tolist()
-
-
 def test_unknown_zero_point_form_is_a_usage_error(monkeypatch):
     from quantdeploy.errors import UsageError
 
@@ -173,8 +158,7 @@ def test_every_kernel_variant_compiles_for_hopper():
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {C.dequant_name(-1), C.dequant_name(8)}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
     names |= {C.dequant_name(-2), C.dequant_name(-5)}
-    names |= {C.dequant_name(-6)}
-    names |= {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1) for z in (8, -2, -5, -6)
+    names |= {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1) for z in (8, -2, -5)
               if v[0] % 2 == 0 or a == 0}
     assert any(n.endswith(", 4, 8>") for n in names) and any(n.endswith(", 1, -5>") for n in names)
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
@@ -250,8 +234,7 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -5, 3584), ("awq", -2, 3584), ("awq", -6, 1792),
-                                           ("sym", 8, 640)])
+@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -5, 3584), ("awq", -2, 3584), ("sym", 8, 640)])
 def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout, form, k):
     """The compact meta forms compute exactly what the scale | zero words compute: bit for bit, every variant
     (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups, their zero points a byte
@@ -259,8 +242,8 @@ def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=k, n=320)
     w = w.to(dev, torch.float16)
-    if form in (-2, -6):
-        monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles" if form == -2 else "bytes-blocked")
+    if form == -2:
+        monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles")
     compact = C.repack(w)
     monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
     words = C.repack(w)

@@ -40,7 +40,7 @@ class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
     meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/2] of scale bits
     # then a zero point per byte (-5) or [N, G + G/4], 4 per int16 (-2), or int16 1-D, the scale bits in blocks of 8
-    # rows [N/8, G, 8] (>= 0; -6: each block followed by its zero point bytes [G, 8]); see kernels/w4a16.cu
+    # rows [N/8, G, 8] (>= 0); see kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
@@ -83,13 +83,12 @@ def compact_meta() -> bool:
 
 def zero_form() -> str:
     """QUANTDEPLOY_GEMV_ZERO: how zero points per group are stored: bytes (the default; 3 bytes a group with the
-    scale), nibbles (4 per int16, 2.5 bytes: fewer bytes, more operations per row, slower on an H200), or
-    bytes-blocked (the bytes and the scales in blocks of 8 rows, as the symmetric scales; an experiment)."""
+    scale) or nibbles (4 per int16, 2.5 bytes: fewer bytes, more operations per row, slower on an H200)."""
     form = os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes")
-    if form not in ("bytes", "nibbles", "bytes-blocked"):
+    if form not in ("bytes", "nibbles"):
         from ..errors import UsageError
 
-        raise UsageError(f"QUANTDEPLOY_GEMV_ZERO={form}: use bytes (the default), nibbles or bytes-blocked")
+        raise UsageError(f"QUANTDEPLOY_GEMV_ZERO={form}: use bytes (the default) or nibbles")
     return form
 
 
@@ -102,7 +101,7 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
     """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
     in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
     N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ;
-    4 per int16 with zero_form() "nibbles", G % 4 == 0; in blocks of 8 rows with "bytes-blocked"); else a
+    4 per int16 with zero_form() "nibbles", G % 4 == 0); else a
     scale | zero word per group, int32 [N, G]."""
     bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
     z = zeros.t().to(torch.int32)
@@ -112,11 +111,6 @@ def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
         small = int(z.max()) <= 15
-        if small and g % 2 == 0 and form == "bytes-blocked" and n % 8 == 0:
-            zb = z.to(torch.uint8).reshape(n // 8, 8, g).transpose(1, 2).contiguous().view(torch.int16)
-            zb = zb.reshape(n // 8, 4 * g)  # [N/8, G, 8] bytes as int16 pairs
-            sb = bits.reshape(n // 8, 8, g).transpose(1, 2).reshape(n // 8, 8 * g)
-            return torch.cat([sb, zb], 1).flatten().contiguous(), -6
         if small and g % 2 == 0 and form != "nibbles":
             packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
             return torch.cat([bits, _int16(packed)], 1).contiguous(), -5
@@ -160,12 +154,6 @@ def reference(w: NKWeight) -> torch.Tensor:
     if w.zero >= 0:  # blocks of 8 rows
         scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
         zero = torch.full_like(scale, float(w.zero))
-    elif w.zero == -6:
-        blocks = w.meta.reshape(w.n // 8, 12 * groups)
-        scale = blocks[:, :8 * groups].contiguous().view(torch.float16).reshape(w.n // 8, groups, 8)
-        scale = scale.transpose(1, 2).reshape(w.n, groups).float()
-        zero = blocks[:, 8 * groups:].contiguous().view(torch.uint8).reshape(w.n // 8, groups, 8)
-        zero = zero.transpose(1, 2).reshape(w.n, groups).float()
     elif w.zero in (-5, -2):  # per row: the scales, then the zero points as bytes or nibbles
         scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
         if w.zero == -5:

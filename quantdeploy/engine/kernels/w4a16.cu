@@ -10,12 +10,11 @@
 //              operations (row_consts), the nibbles below in six: AWQ decoded 1.9-2.1 % faster on an H200;
 //     Z == -2: the same with the zero points 4 per uint16 (group g in bits 4 (g % 4)), [N, G + G/4]: 2.5 bytes per
 //              group (QUANTDEPLOY_GEMV_ZERO=nibbles, for comparisons);
-//     Z == -6: the -5 bytes in blocks of 8 rows: per block [G, 8] fp16 scales, then [G, 8] zero point bytes, so that
-//              a warp's rows of one group are two vector loads (QUANTDEPLOY_GEMV_ZERO=bytes-blocked; an experiment);
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
 //              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
 //   Per 128-weight group (64 bytes of q) that is 4, 3, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too,
-//   the zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than its rows; 2026-12-02.)
+//   the zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than its rows; for Z == -5,
+//   per block of 8 rows its scales, then its zero point bytes, two vector loads a group, 1.7 % slower or more.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -55,26 +54,21 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
 }
 
 // A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == -1 / -2: as a word with the scale in the low half
-// and the zero point in the high half; Z == -5: in the low half, the zero point in z[r]; Z >= 0 or -6: the two
-// scales of rows r & ~1 and r | 1, row r's in half r & 1.
+// and the zero point in the high half; Z == -5: in the low half, the zero point in z[r]; Z >= 0: the two scales of
+// rows r & ~1 and r | 1, row r's in half r & 1.
 template <int R>
 struct Meta {
     unsigned w[R];
-    unsigned z[R];  // Z == -5: row r's zero point (a byte); -6: the zero points of rows r & ~3 .. r | 3, byte r & 3
+    unsigned z[R];  // Z == -5: row r's zero point (a byte)
 };
-
-// 1024 + z as half2 from the byte z at byte b of zw (one prmt beside 0x64; b is a constant once unrolled).
-__device__ __forceinline__ half2 zero_lo(unsigned zw, int b) {
-    return as_h2(__byte_perm(zw, 0x6400u, b | 0x50 | (b << 8) | 0x5000));
-}
 
 // Row r's scale, and its zero point as the constants dequant8 subtracts.
 template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
-    if (Z == -5 || Z == -6) {  // the zero point's byte beside 0x64 in both halves, and zhi from that: 2 operations
-        scale = (Z == -6 && (r & 1)) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
-        zlo = zero_lo(m.z[r], Z == -6 ? r & 3 : 0);  // 1024 + z
+    if (Z == -5) {  // the zero point's byte into both halves' low byte beside 0x64, and zhi from that: 2 operations
+        scale = __low2float(as_h2(m.w[r]));
+        zlo = as_h2(__byte_perm(m.z[r], 0x6400u, 0x5050));  // 1024 + z
         // zlo * 16 = (0x4000 + 16 z) in the low half, (0x4006 + 16 z) in the high one (the low half's 6 carried in)
         zhi = as_h2(as_u(zlo) * 16u + 0x93fa9400u);  // 0xd400 + 16 z: -(64 + z)
         return;
@@ -117,8 +111,7 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
 // A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so for Z >= 0 R <= 8 rows lie in one block of 8).
 struct MetaRows {
     const unsigned *m;         // Z == -1: row n0's words
-    const unsigned short *s;   // Z == -2 / -5: row n0's meta; Z >= 0 or -6: the scale of row n0, group 0
-    const unsigned char *zb;   // Z == -6: the zero point of row n0, group 0
+    const unsigned short *s;   // Z == -2 / -5: row n0's meta; Z >= 0: the scale of row n0, group 0
 };
 
 template <int Z>
@@ -127,10 +120,7 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
     r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2))
-          : Z == -5 ? h + (size_t)n0 * (G + (G >> 1))
-          : Z == -6 ? h + (size_t)(n0 >> 3) * G * 12 + (n0 & 7) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
-    r.zb = Z == -6 ? reinterpret_cast<const unsigned char *>(h + (size_t)(n0 >> 3) * G * 12 + G * 8) + (n0 & 7)
-                   : nullptr;
+          : Z == -5 ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
@@ -164,23 +154,7 @@ __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta
     constexpr int V = R < 8 ? R : 8;  // rows per block
 #pragma unroll
     for (int b = 0; b < R / V; ++b) {
-        const unsigned short *sp = mr.s + (size_t)(b * G * (Z == -6 ? 12 : 8) + g * 8);
-        if (Z == -6) {  // the V rows' zero point bytes
-            const unsigned char *zp = mr.zb + (size_t)(b * G * 24 + g * 8);
-            unsigned z[2];
-            if (V == 8) {
-                const uint2 t = __ldg(reinterpret_cast<const uint2 *>(zp));
-                z[0] = t.x, z[1] = t.y;
-            } else if (V == 4) {
-                z[0] = __ldg(reinterpret_cast<const unsigned *>(zp));
-            } else if (V == 2) {
-                z[0] = __ldg(reinterpret_cast<const unsigned short *>(zp));
-            } else {
-                z[0] = __ldg(zp);
-            }
-#pragma unroll
-            for (int i = 0; i < V; ++i) mv.z[b * V + i] = z[i >> 2];
-        }
+        const unsigned short *sp = mr.s + (size_t)(b * G * 8 + g * 8);
         unsigned w[4];
         if (V == 8) {
             const uint4 t = __ldg(reinterpret_cast<const uint4 *>(sp));
