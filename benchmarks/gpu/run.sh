@@ -31,7 +31,8 @@ python3 benchmarks/gpu/synth.py --out "$M"
 python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1 \
   || { echo "graph_check failed: the fused step does not match the torch step (see $OUT/graph-check-$GPU.txt)"; exit 1; }
 # the decode step's settings A/B'd in its CUDA graph, each projection's GEMV variant swept there and saved as this
-# GPU's tuned file (the bench below uses it), the settings again; the bench runs the engine's default settings
+# GPU's tuned file for GPTQ's meta form (the bench's GPTQ rows use it; AWQ keeps its defaults), the settings again;
+# the bench runs the engine's default settings
 python3 benchmarks/gpu/graph_ab.py "$M/gptq" --sweep --save > "$OUT/graph-ab-$GPU.txt" 2>&1
 # where the step's time goes with those variants: each kernel's marginal time in the decode graph
 python3 benchmarks/gpu/step_timeline.py "$M/gptq" > "$OUT/step-timeline-$GPU.txt" 2>&1
