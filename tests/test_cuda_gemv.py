@@ -6,6 +6,8 @@ the layout's reference. Speed: benchmarks/gpu/gemv_tune.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -210,6 +212,10 @@ def test_tuned_variants_apply_to_their_meta_form_only(tmp_path, monkeypatch):
         assert C.variant_for(4096, 6144, 8, cpu) == (4, 1, 2)
         assert C.variant_for(4096, 6144, -5, cpu) == C.default_variant(4096, 6144) != (4, 1, 2)
         assert C.variant_for(4096, 4096, 8, cpu) == C.default_variant(4096, 4096)
+        # a sweep on AWQ adds its keys, keeps GPTQ's and drops the earlier form's
+        tuning.save(cpu, "cuda", {C.tuned_key(4096, 6144, -5): [2, 2, 1]})
+        assert json.loads(path.read_text()) == {"4096x6144:8": [4, 1, 2], "4096x6144:-5": [2, 2, 1]}
+        assert C.variant_for(4096, 6144, -5, cpu) == (2, 2, 1) and C.variant_for(4096, 6144, 8, cpu) == (4, 1, 2)
     finally:
         tuning.tuned.cache_clear()
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 import triton
 
-from quantdeploy.engine import cuda_gemv
+from quantdeploy.engine import cuda_gemv, tuning
 from quantdeploy.engine.quant import QuantWeight, dequantize
-from quantdeploy.engine.triton_gemv import tuned_file, w4a16_gemv
+from quantdeploy.engine.triton_gemv import w4a16_gemv
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 
@@ -120,11 +119,8 @@ def main():
             print(f"cuda {cuda_gemv.kernel_name(*v):30s}", " ".join(f"{g:7.0f}" for g in row), flush=True)
         print("cuda best:", {name: f"{v[0]:.0f} GB/s {v[1]}" for name, v in best.items()}, flush=True)
         if args.save:
-            path = cuda_gemv.tuned_file(dev)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1]
-                                        for name, (k, n) in SHAPES.items()}, indent=1))
-            print("saved", path)
+            print("saved", tuning.save(dev, "cuda", {cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1]
+                                                     for name, (k, n) in SHAPES.items()}))
         del packed
     if "exllama" in kinds:
         from quantdeploy.engine import exllama
@@ -178,11 +174,8 @@ def triton_sweep(ws, xs, nbytes, dev, save):
     for name, (gbs, cfg) in best.items():
         print(f"triton best {name}: {gbs:.0f} GB/s with {cfg}")
     if save:
-        path = tuned_file(dev)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items() if name in best},
-                                   indent=1))
-        print("saved", path)
+        print("saved", tuning.save(dev, "triton", {f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items()
+                                                   if name in best}))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ then each projection's GEMV variant in turn, in the graph (coordinate descent fr
 settings again; --save writes the variants to the per-GPU tuned file the engine reads.
 """
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from quantdeploy.engine import cuda_gemv
+from quantdeploy.engine import cuda_gemv, tuning
 from quantdeploy.engine.runner import FastEngine
 
 SETTINGS = [("defaults", {}), ("PDL off", {"QUANTDEPLOY_PDL": "0"})]
@@ -117,13 +116,9 @@ def main():
             print("swept variants", chosen, flush=True)
             fastest(ab_settings(eng, tok, pos, ref, chosen))
         if a.save:
-            path = cuda_gemv.tuned_file(torch.device("cuda"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            old = json.loads(path.read_text()) if path.is_file() else {}  # other meta forms' keys are kept
             keys = {cuda_gemv.tuned_key(lin.w.k, lin.w.n, lin.w.zero): list(chosen[role]) for role in CANDIDATES
                     for lin in linears(eng, role)[:1]}
-            path.write_text(json.dumps({**old, **keys}, indent=1))
-            print("saved", path, keys)
+            print("saved", tuning.save(torch.device("cuda"), "cuda", keys), keys)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,16 @@ def tuned(device, kind: str) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def save(device, kind: str, keys: dict) -> Path:
+    """Adds `keys` to the device's tuned file (other keys kept; for the CUDA GEMV those of other meta forms, and
+    the earlier "KxN" keys, which it no longer reads, dropped) and writes it whole or not at all."""
+    path = tuned_file(device, kind)
+    old = {k: v for k, v in tuned(device, kind).items() if kind != "cuda" or ":" in k}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**old, **keys}, indent=1))
+    tmp.replace(path)
+    tuned.cache_clear()
+    return path
