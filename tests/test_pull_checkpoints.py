@@ -53,20 +53,20 @@ def test_gptq_pulls_only_what_loading_needs(hub, qd_home, gptq_path):
     assert proc.returncode == 0, proc.stderr
     root = Path(proc.stdout.strip().splitlines()[-1])
     assert root == qd_home / "models" / "test-org" / "gemma-3-270m-GPTQ" / "main"
-    assert visible(root) == LOAD_FILES  # no README, *.bin, quant_log.csv or original/
+    assert visible(root) == sorted(LOAD_FILES + ["README.md"])  # the card; no *.bin, quant_log.csv, original/
     assert detect_format(root) == "gptq"
     for name in LOAD_FILES:
         assert sha256(root / name) == sha256(gptq_path / name)
     listed = run_cli("list", "--json")
     [entry] = __import__("json").loads(listed.stdout)
     assert entry["name"] == GPTQ_REPO and entry["format"] == "gptq" and entry["complete"]
-    assert {f["path"] for f in entry["files"]} == set(LOAD_FILES)
+    assert {f["path"] for f in entry["files"]} == set(LOAD_FILES + ["README.md"])
 
     # pickle weights only when asked; what is already verified is not fetched again
     hub.clear()
     proc = pull_cli(hub, GPTQ_REPO, "--include", "*.bin")
     assert proc.returncode == 0, proc.stderr
-    assert visible(root) == sorted(LOAD_FILES + ["pytorch_model.bin"])
+    assert visible(root) == sorted(LOAD_FILES + ["README.md", "pytorch_model.bin"])
     assert {h.path for h in hub.body_hits()} == {"pytorch_model.bin"}
 
 

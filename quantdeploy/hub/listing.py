@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .plan import plan_pull
-from .quants import DEFAULT_QUANT, gguf_quants
+from .quants import default_quant, gguf_quants
 from .remote import Hub
 from .store import parse_name
 
@@ -34,8 +34,9 @@ def list_repo(hub: Hub, name: str, *, revision: str | None = None, fmt: str | No
     repo = hub.repo(repo_id, revision)
     quants = gguf_quants(list(repo.files))
     if quants and fmt in (None, "gguf"):
+        default = default_quant(quants)
         offers = [Offer(t if not q.missing_parts else f"{t} (incomplete on the hub)", q.size,
-                        [f.path for f in q.files], t.upper() == DEFAULT_QUANT) for t, q in quants.items()]
+                        [f.path for f in q.files], q is default) for t, q in quants.items()]
         return RepoListing(repo.repo_id, repo.revision, repo.commit, "gguf", offers)
     plan = plan_pull(hub, repo, tag=tag, revision=revision, fmt=fmt, include=[], exclude=[])
     offers = [Offer(f.path, f.size, [f.path]) for f in plan.files]

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from ..errors import ModelNotFound, QuantDeployError, UnsupportedFormat, UsageError
-from .quants import gguf_quants, select_quant
+from .quants import DEFAULT_QUANT, gguf_quants, select_quant
 from .remote import Hub, RemoteFile, RemoteRepo
 from .store import DEFAULT_REVISION
 
@@ -22,6 +22,8 @@ LOAD_FILES = frozenset({
     "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json",
 })
 LOAD_SUFFIXES = (".safetensors", ".safetensors.index.json", ".tiktoken")
+# The model card and the license terms travel with the weights (upper-case globs on the base name).
+CARD_FILES = ("README*", "LICENSE*", "LICENCE*", "NOTICE*", "USE_POLICY*")
 CONFIG_FILES = ("config.json", "quantize_config.json", "quant_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -35,6 +37,7 @@ class Plan:
     variant: str  # directory name in the store
     files: list[RemoteFile]
     model_file: str | None  # GGUF: the file to load (first split part); GPTQ/AWQ: None, the directory
+    note: str | None = None  # one line to tell the user before fetching (a default the pull chose for them)
 
     @property
     def name(self) -> str:
@@ -92,14 +95,19 @@ def _plan_gguf(repo: RemoteRepo, quants, tag: str | None, include: list[str], ex
     dropped = [f.path for f in quant.files if f not in files]
     if dropped:
         raise UsageError(f"--exclude would drop {', '.join(dropped)}, needed to load {repo.repo_id}:{quant.tag}")
+    note = None
+    if tag is None and quant.tag.upper() != DEFAULT_QUANT:
+        note = (f"{repo.repo_id} has no {DEFAULT_QUANT}: pulling {quant.tag}, the first of the default order it has "
+                f"(name another as {repo.repo_id}:QUANT; --list shows them)")
     return Plan(repo=repo, format="gguf", quant=quant.tag, tag=quant.tag, variant=quant.tag, files=files,
-                model_file=quant.model_file)
+                model_file=quant.model_file, note=note)
 
 
 def _plan_checkpoint(hub: Hub, repo: RemoteRepo, fmt: str | None, include: list[str], exclude: list[str],
                      local: Local) -> Plan:
     root = [f for f in repo.files if "/" not in f.path]
-    chosen = [f for f in root if f.path in LOAD_FILES or f.path.endswith(LOAD_SUFFIXES)]
+    chosen = [f for f in root if f.path in LOAD_FILES or f.path.endswith(LOAD_SUFFIXES)
+              or any(fnmatch(f.path.upper(), p) for p in CARD_FILES)]
     if not any(f.path in CONFIG_FILES for f in chosen):
         raise UnsupportedFormat(f"{repo.repo_id} has neither GGUF files nor a config.json: quantdeploy pulls GPTQ, "
                                 "AWQ and GGUF repos")

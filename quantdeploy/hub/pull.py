@@ -86,6 +86,8 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
 
     plan = plan_pull(hub, repo, tag=tag, revision=revision, fmt=req.fmt, include=req.include, exclude=req.exclude,
                      local=local)
+    if plan.note:
+        progress.say(plan.note)
     return _Puller(hub, plan, root_for(plan.variant), progress).run()
 
 

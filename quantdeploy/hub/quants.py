@@ -10,6 +10,16 @@ from ..errors import ModelNotFound
 from .remote import RemoteFile
 
 DEFAULT_QUANT = "Q4_K_M"
+# No tag given: the first of these the repo has (Unsloth's `UD-` variants count as their plain tag). 4-bit first
+# (the best quality for the size, then the smaller and the legacy 4-bit quants), then more bits (better, bigger),
+# then fewer (smaller, worse), full precision last.
+DEFAULT_PREFERENCE = (
+    DEFAULT_QUANT, "Q4_K_S", "Q4_K_XL", "IQ4_XS", "IQ4_NL", "Q4_0", "Q4_1",
+    "Q5_K_M", "Q5_K_S", "Q5_K_XL", "Q5_0", "Q5_1", "Q6_K", "Q6_K_XL", "Q8_0", "Q8_K_XL",
+    "Q3_K_XL", "Q3_K_L", "Q3_K_M", "IQ3_M", "Q3_K_S", "IQ3_S", "IQ3_XS", "IQ3_XXS",
+    "Q2_K_XL", "Q2_K", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S",
+    "BF16", "F16", "F32",
+)
 
 _QUANT = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:"
@@ -92,21 +102,38 @@ def describe(quants: dict[str, GGUFQuant]) -> str:
     return ", ".join(f"{t} ({human_bytes(q.size)})" for t, q in quants.items())
 
 
+def default_quant(quants: dict[str, GGUFQuant]) -> GGUFQuant | None:
+    """The quant a pull without a tag takes: the first of DEFAULT_PREFERENCE the repo has (a plain tag before its
+    `UD-` variant), or the repo's only quant; None if that leaves a choice the user must make. Quants the hub
+    holds only some parts of are never picked."""
+    complete = {t: q for t, q in quants.items() if not q.missing_parts}
+    by_core: dict[str, list[GGUFQuant]] = {}
+    for t, q in complete.items():
+        by_core.setdefault(_core(t.upper()), []).append(q)
+    for want in DEFAULT_PREFERENCE:
+        if want in by_core:
+            return min(by_core[want], key=lambda q: q.tag.upper().startswith("UD-"))
+    return next(iter(complete.values())) if len(complete) == 1 else None
+
+
 def select_quant(quants: dict[str, GGUFQuant], requested: str | None, repo_id: str) -> GGUFQuant:
-    """The quant for `repo:TAG` (case and `UD-` insensitive), or Q4_K_M when no tag was given."""
-    want = (requested or DEFAULT_QUANT).upper()
-    by_upper = {t.upper(): q for t, q in quants.items()}
-    hit = by_upper.get(want)
-    if hit is None:
-        cores = [q for t, q in quants.items() if _core(t.upper()) == _core(want)]
-        hit = min(cores, key=lambda q: q.tag.startswith("UD-")) if cores else None
-    if hit is None:
-        if not quants:
-            raise ModelNotFound(f"{repo_id} has no GGUF model files")
-        if requested is None:
-            raise ModelNotFound(f"{repo_id} has no {DEFAULT_QUANT}; name a quant, e.g. {repo_id}:"
+    """The quant for `repo:TAG` (case and `UD-` insensitive), or default_quant() when no tag was given."""
+    if not quants:
+        raise ModelNotFound(f"{repo_id} has no GGUF model files")
+    if requested is None:
+        hit = default_quant(quants)
+        if hit is None:
+            raise ModelNotFound(f"{repo_id} has no quant quantdeploy picks by default; name one, e.g. {repo_id}:"
                                 f"{next(iter(quants))}. Available: {describe(quants)}")
-        raise ModelNotFound(f"{repo_id} has no quant '{requested}'. Available: {describe(quants)}")
+    else:
+        want = requested.upper()
+        by_upper = {t.upper(): q for t, q in quants.items()}
+        hit = by_upper.get(want)
+        if hit is None:
+            cores = [q for t, q in quants.items() if _core(t.upper()) == _core(want)]
+            hit = min(cores, key=lambda q: q.tag.upper().startswith("UD-")) if cores else None
+        if hit is None:
+            raise ModelNotFound(f"{repo_id} has no quant '{requested}'. Available: {describe(quants)}")
     if hit.missing_parts:
         raise ModelNotFound(f"{repo_id}:{hit.tag} is incomplete on the hub: missing {', '.join(hit.missing_parts)}")
     return hit
