@@ -29,6 +29,8 @@ class ModelSpec:
     name: str | None = None  # display name (pulled name or file name)
     gguf_file: str | None = None  # GGUF: which file in a directory
     engine: str = "auto"  # auto | hf | fast (GPTQ/AWQ decode loop)
+    max_seqs: int = 1  # sequences decoded together (serve: --max-concurrency); backends that batch size for it
+    gpu_memory_utilization: float | None = None  # share of the GPU's memory for weights + KV pool (None: default)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -194,6 +196,16 @@ class LoadedModel(abc.ABC):
 
     def close(self) -> None:  # free memory; backends override when they hold native handles
         pass
+
+    @property
+    def max_sequences(self) -> int:
+        """Sequences this model decodes together. Above 1, generate() / chat() may be called from that many
+        threads at once and the backend batches them (one copy of the weights); at 1, one call at a time."""
+        return 1
+
+    def batch_stats(self) -> dict[str, Any] | None:
+        """For a batching model: running / waiting sequences, KV pool use, prefix-cache hits (batching.Scheduler)."""
+        return None
 
     def logits(self, token_ids: list[int]) -> Any:
         """Next-token logits after each position: float32 numpy array [len(token_ids), vocab] (bench --quality)."""
