@@ -38,20 +38,29 @@ def fixtures_dir() -> Path:
 
 
 def _atomic_build(target: Path, build) -> Path:
-    """Build into a temp dir next to target and rename: a killed build never leaves a half fixture."""
+    """Build into a temp dir next to target and rename: a killed build never leaves a half fixture. A lock file
+    makes concurrent test runs wait for one build instead of each building the same fixture."""
+    import fcntl
+
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text("ok")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():  # built by whoever held the lock before us
+            return target
+        for stale in target.parent.glob(target.name + ".*"):  # temp dirs of builds that were killed
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text("ok")
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
