@@ -49,8 +49,6 @@ def _atomic_build(target: Path, build) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").exists():  # built by whoever held the lock before us
             return target
-        for stale in target.parent.glob(target.name + ".*"):  # temp dirs of builds that were killed
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
         try:
             build(tmp)
