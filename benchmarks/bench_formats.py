@@ -5,7 +5,7 @@
 
 Default MODELs: the embedded Gemma-3-270M Q4_K_M GGUF and the GPTQ and AWQ fixtures made from it (built on
 first use, see quantdeploy/testing/fixtures.py), with --quality against the float32 reference fixture.
-Writes benchmarks/results/bench-NAME.{json,md,html} (NAME: cpu, or gpu where a GPU is usable) and
+Writes benchmarks/results/bench-NAME.{json,md} (NAME: cpu, or gpu where a GPU is usable) and
 bench-NAME-fallback.txt: a run that must fail --require-gpu (on a GPU: GPTQ forced onto the torch kernel and
 GGUF with 0 offloaded layers; on a CPU: the GGUF itself), with the exit code and the error line it printed.
 Each report holds the exact command that made it.
@@ -49,7 +49,7 @@ def main() -> int:
     paths = fixtures.build_all()
     models = a.models or [str(paths["gguf"]), str(paths["gptq"]), str(paths["awq"])]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = [RESULTS / f"bench-{name}.{s}" for s in ("json", "md", "html")]
+    out = [RESULTS / f"bench-{name}.{s}" for s in ("json", "md")]
     args = ["bench", *models, "--prompt-tokens", a.prompt_tokens, "--new-tokens", a.new_tokens, "--repeat",
             a.repeat]
     if a.refresh_roofline:
