@@ -1,4 +1,4 @@
-"""Chat templates: the model's own (rendered in transformers' sandboxed Jinja), else a fallback by architecture."""
+"""Chat templates: the model's own (rendered in a Jinja sandbox as transformers does), else a fallback by architecture."""
 
 from __future__ import annotations
 
@@ -111,22 +111,16 @@ def render_chat(model: "LoadedModel", messages: list[dict], *, template: str | N
     return render(src, messages, bos_token=info.bos_token, eos_token=info.eos_token)
 
 
-def render(source: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "") -> str:
-    """Render with transformers' sandboxed Jinja environment (the same machinery as apply_chat_template)."""
+def render(source: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "",
+           add_generation_prompt: bool = True) -> str:
+    """Render as transformers' apply_chat_template does (chat/jinja.py), without importing transformers."""
+    from .jinja import TemplateError, render_template
+
     _validate(messages)
     try:
-        from transformers.utils.chat_template_utils import render_jinja_template
-
-        rendered, _ = render_jinja_template(conversations=[messages], chat_template=source,
-                                            add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token)
-        return rendered[0]
-    except ImportError:  # an older transformers: same sandbox, by hand
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(source).render(messages=messages, add_generation_prompt=True, bos_token=bos_token,
-                                              eos_token=eos_token)
-    except Exception as e:
+        return render_template(source, messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=bos_token, eos_token=eos_token)
+    except TemplateError as e:
         raise UsageError(f"the chat template failed to render: {e}") from None
 
 
