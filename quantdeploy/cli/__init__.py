@@ -10,9 +10,10 @@ import typer
 from ..errors import QuantDeployError
 from ..settings import get_settings, prepare_process_env
 
+HELP_OPTIONS = ["-h", "--help"]
 app = typer.Typer(name="quantdeploy", help="Pull, chat with, serve and benchmark quantized LLMs (GPTQ, AWQ, GGUF).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+                  context_settings={"help_option_names": HELP_OPTIONS})
 
 
 def _register() -> None:
@@ -31,12 +32,62 @@ def main(argv: list[str] | None = None) -> None:
     _exit(code)
 
 
+def _click_error(name: str) -> type[Exception]:
+    """click's exception classes, as typer raises them (its own copy of click, or click itself in older typers)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+UsageError = _click_error("UsageError")
+ClickException = _click_error("ClickException")
+
+
+def _command():
+    """The click command tree typer builds from `app`, with help that shows no type for flags (a flag takes no
+    value, so typer's `<bool>` there only misleads)."""
+    command = typer.main.get_command(app)
+    todo = [command]
+    while todo:
+        cmd = todo.pop()
+        # -h/--help too: click makes that option on first use and keeps it
+        ctx = typer.Context(cmd, help_option_names=HELP_OPTIONS)
+        for param in cmd.get_params(ctx):
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        todo.extend(getattr(cmd, "commands", {}).values())
+    return command
+
+
+def _usage_line(e, args: list[str], commands) -> str:
+    """A click/typer usage error (bad option value, unknown option or command, missing argument) as one line."""
+    msg = " ".join(e.format_message().split()).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    if e.ctx is not None:
+        where = e.ctx.command_path
+    else:  # the parser failed before the command's context existed
+        where = f"quantdeploy {args[0]}" if args and args[0] in commands else "quantdeploy"
+    return f"error: {msg}; see `{where} --help`"
+
+
 def _main(argv: list[str] | None) -> None:
     prepare_process_env()
     _register()
     debug = get_settings().debug
+    command = _command()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, prog_name="quantdeploy")
+        code = command.main(args=args, prog_name="quantdeploy", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(N) raised by a command
+            sys.exit(code)
+    except UsageError as e:
+        if type(e).__name__ != "NoArgsIsHelpError":  # no arguments: the help was printed, exit 2 as click does
+            print(_usage_line(e, args, command.commands), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except ClickException as e:
+        print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except QuantDeployError as e:
         if debug:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -39,7 +40,7 @@ def inspect(model: ModelArg = None, fmt: FormatOpt = None,
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
-    t = Table(show_header=False, box=None)
+    rows = []
     for k, v in info.items():
         if isinstance(v, dict):
             v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None)
@@ -47,5 +48,14 @@ def inspect(model: ModelArg = None, fmt: FormatOpt = None,
             v = ", ".join(map(str, v))
         elif k == "size_bytes":
             k, v = "size", f"{v / 1e6:.1f} MB"
-        t.add_row(f"[bold]{k}[/bold]", str(v))
-    Console().print(t)
+        rows.append((k, str(v)))
+    if not sys.stdout.isatty():  # a pipe or a file: whole values, one row a line, whatever the width
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+        return
+    t = Table(show_header=False, box=None)
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")  # a long path wraps on a terminal; it is never cut
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t, markup=False, highlight=False)

@@ -77,6 +77,9 @@ class _Server(uvicorn.Server):
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_exit)  # signal-safe: the loop runs it next
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal once it has shut down, so the process would die of it (143 after SIGTERM,
+        # 130 after Ctrl-C). A shutdown that finished cleanly is a success: the server exits 0.
+        getattr(self, "_captured_signals", []).clear()
 
 
 def bind(host: str, port: int) -> socket.socket:
