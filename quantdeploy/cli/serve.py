@@ -26,6 +26,13 @@ def serve(
                           "env var, a flag shows in the process list).", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option(
         "--name", help="Model id clients send as 'model' (default: the model's name).", show_default=False)] = None,
+    alias: Annotated[Optional[list[str]], typer.Option(
+        "--alias", help="Another model id clients may send (repeatable), e.g. gpt-4o-mini; '*' accepts any id.",
+        show_default=False)] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="A browser origin allowed to call the API (repeatable), e.g. http://localhost:3000; "
+                              "'*' allows any. Default: none (web pages cannot call the server).",
+        show_default=False)] = None,
     max_concurrency: Annotated[int, typer.Option(
         "--max-concurrency", min=1, help="Generations at once; each loads its own copy of the model.")] = 1,
     max_queue: Annotated[int, typer.Option(
@@ -49,7 +56,8 @@ def serve(
                       trust_remote_code=trust_remote_code, engine=engine)
     settings = ServerSettings(model_name=name if name is not None else spec.display_name, spec=spec,
                               api_key=api_key if api_key is not None else get_settings().api_key,
-                              max_concurrency=max_concurrency, max_queue=max_queue, template=template).validate()
+                              max_concurrency=max_concurrency, max_queue=max_queue, template=template, aliases=tuple(alias or ()),
+                              cors_origins=tuple(cors_origin or ())).validate()
     run_server(settings, host, port, loader=lambda: load_spec(spec), log_level=log_level.lower())
 
 

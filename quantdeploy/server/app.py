@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from ..backends.base import LoadedModel
 from .config import ServerSettings
@@ -47,4 +48,8 @@ def create_app(settings: ServerSettings, *, models: list[LoadedModel] | None = N
     app.include_router(probes)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(CountResponses, metrics=state.metrics)
+    if settings.cors_origins:  # outermost, so that error answers (401, 413, ...) carry the CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"],  # the browser openai SDK adds its own x-stainless-* headers
+                           expose_headers=["Retry-After"], max_age=600)
     return app

@@ -13,7 +13,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .errors import APIError
 from .runner import Running
 from .schemas import ChunkWriter, Job, full_response, new_id, usage_body
 from .state import ServerState, shutting_down
@@ -22,10 +21,7 @@ CLIENT_GONE = 499  # nobody reads it; it is what the access log shows (nginx's "
 
 
 async def respond(request: Request, state: ServerState, job: Job, arrived: float) -> Response:
-    name = state.settings.model_name
-    if job.model is not None and job.model != name:
-        raise APIError(404, f"the model '{job.model}' is not served here; this server serves '{name}' "
-                            "(see GET /v1/models)", param="model", code="model_not_found")
+    name = state.answer_id(job.model)
     rid = new_id(job.kind)
     running = await until_disconnected(request, state.start(job, arrived), on_abandon=_cancel)
     if running is None:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from .auth import require_api_key
-from .errors import APIError
 from .metrics import CONTENT_TYPE
 from .respond import respond
 from .schemas import parse_chat, parse_completion
@@ -26,17 +25,14 @@ def _state(request: Request) -> ServerState:
 async def list_models(request: Request) -> dict:
     state = _state(request)
     state.require_ready()
-    return {"object": "list", "data": [state.info]}
+    return {"object": "list", "data": [{**state.info, "id": i} for i in state.settings.served_ids()]}
 
 
 @v1.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
     state = _state(request)
     state.require_ready()
-    if model_id != state.info["id"]:
-        raise APIError(404, f"the model '{model_id}' is not served here; this server serves '{state.info['id']}'",
-                       param="model", code="model_not_found")
-    return state.info
+    return {**state.info, "id": state.answer_id(model_id)}
 
 
 @v1.post("/chat/completions")

@@ -4,6 +4,7 @@ with `Job` (what to generate) and `Generation` (what came out)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..backends.base import GenerationParams
 from .errors import APIError, bad_request
+from .fields import QUIET, REFUSED, refuse_unhonoured
+
+log = logging.getLogger("quantdeploy.server")
 
 MAX_STOP = 16
 ROLES = ("system", "developer", "user", "assistant")
@@ -53,7 +57,6 @@ class _Common(BaseModel):
 class _Chat(_Common):
     messages: Any = None
     tools: Any = None
-    functions: Any = None
     response_format: Any = None
 
 
@@ -76,7 +79,14 @@ def load_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
+_warned: set[str] = set()
+
+
 def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
+    refuse_unhonoured(data)
+    for name in sorted(set(data) - set(cls.model_fields) - QUIET - set(REFUSED) - _warned):
+        _warned.add(name)
+        log.warning("ignoring the request field '%s', which this server does not know (said once per field)", name)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -88,7 +98,7 @@ def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
 
 def parse_chat(raw: bytes) -> Job:
     req = _validate(_Chat, load_json(raw))
-    if req.tools or req.functions:
+    if req.tools:
         raise bad_request("tools and function calling are not supported by this server", param="tools")
     rf = req.response_format
     if rf is not None and not (isinstance(rf, dict) and rf.get("type") in (None, "text")):

@@ -71,6 +71,16 @@ class ServerState:
         log.info("ready: %s (%s, %s on %s) in %.1fs", self.info["id"], self.info["format"], self.info["kernel"],
                  self.info["device"], load_s)
 
+    def answer_id(self, requested: str | None) -> str:
+        """The model id to report for a request's `model`; 404 when this server does not serve it."""
+        answer = self.settings.answer_id(requested)
+        if answer is None:
+            served = "', '".join(self.settings.served_ids())
+            raise APIError(404, f"the model '{requested}' is not served here; this server serves '{served}' (see GET "
+                                "/v1/models; `quantdeploy serve --alias ID` adds a name, --alias '*' accepts any)",
+                           param="model", code="model_not_found")
+        return answer
+
     def require_ready(self) -> SlotPool:
         if self.stopping:
             raise shutting_down()
