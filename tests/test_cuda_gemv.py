@@ -1,7 +1,7 @@
 """quantdeploy's CUDA W4A16 GEMV (engine/cuda_gemv.py, kernels/w4a16.cu).
 
 On the CPU: the repacked NK layout holds exactly the checkpoint's weights (GPTQ, act-order GPTQ, AWQ), and every
-kernel variant compiles for sm_90 with NVRTC (what the GPU machine does at load). On a GPU: the kernels against
+kernel variant compiles for sm_90 with NVRTC (what the engine does at load on a GPU). On a GPU: the kernels against
 the layout's reference. Speed: benchmarks/gpu/gemv_tune.py."""
 
 from __future__ import annotations

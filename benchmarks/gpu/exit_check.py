@@ -7,8 +7,8 @@ QUANTDEPLOY_PREFILL_GRAPH set here), decodes, returns normally.
 
 --close: each child also decodes across a cache bucket and then closes the engine before it exits, as
 `quantdeploy bench` does (close() drops the graphs and their shared memory pools while the process goes on).
-2026-12-01: 16 of 16 with --close (exit-abort-h200.txt). The bench's aborts were CUPTI's, after its profiler: this
-script does not profile.
+Exits 1 when any child did not exit cleanly. (The bench's own exit aborts were torch's profiler's, which this
+script does not run; see docs/troubleshooting.md.)
 """
 import os
 import subprocess

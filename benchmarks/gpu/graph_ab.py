@@ -1,11 +1,10 @@
 """A/B of the decode step's settings where they count: in the captured CUDA graph of the whole 8B step (the GEMV
 variants alone mislead once kernels overlap under PDL). One model load; each setting recaptures the graph, is timed
-over 600 replays in two interleaved rounds (the faster kept), and its logits are checked against the torch-ops step.
+over 600 replays in two interleaved passes (the faster kept), and its logits are checked against the torch-ops step.
 
     python benchmarks/gpu/graph_ab.py MODEL_DIR [--old-source W4A16.cu] [--sweep] [--save]
 
-Settings: the defaults and QUANTDEPLOY_PDL=0 (on 2026-11-30 it also A/B'd settings since removed, see
-benchmarks/results/gpu/README.md); --old-source: another kernels/w4a16.cu, under every setting. --sweep:
+Settings: the defaults and QUANTDEPLOY_PDL=0; --old-source: another kernels/w4a16.cu, under every setting. --sweep:
 then each projection's GEMV variant in turn, in the graph (coordinate descent from the current variants), and the
 settings again; --save writes the variants to the per-GPU tuned file the engine reads.
 """
@@ -56,7 +55,7 @@ def timed(eng, tok, pos, ref, n=600) -> tuple[float, float, bool]:
 
 
 def ab_settings(eng, tok, pos, ref, variants: dict, label: str = "") -> dict:
-    """SETTINGS in the graph, two interleaved rounds (the faster of each kept): name -> (s/step, rel err, same)."""
+    """SETTINGS in the graph, two interleaved passes (the faster of each kept): name -> (s/step, rel err, same)."""
     best = {}
     for _ in range(2):
         for name, env in SETTINGS:

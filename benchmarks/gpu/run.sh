@@ -1,47 +1,80 @@
 #!/usr/bin/env bash
-# The GPU benchmark of record, in one command on the GPU machine (device tool), from the repository root:
-#   source .device-kit/setup.sh; bash benchmarks/gpu/run.sh [RESULTS_DIR] [EMBEDDED.gguf]
-# 1) llama-cpp-python with CUDA (background build, kit script), 2) 8B-shape synthetic GPTQ/AWQ/GGUF models,
-# 3) quantdeploy's CUDA GEMV variants checked and timed alone, a check that CUDA-graph replays reproduce the eager
-# step, the step's settings A/B'd in the graph and its GEMV variants swept there (saved per GPU), the step's
-# kernel-by-kernel timeline, 4) quantdeploy
-# bench of the fast engine (each GEMV), transformers+Marlin and llama.cpp side by side (+ the embedded
-# Gemma-3-270M GGUF when its path is given),
-# 5) a deliberate fallback (GGUF with 0 layers offloaded) caught by --require-gpu, 6) processes with prompt CUDA
-# graphs exit cleanly (exit_check.py).
-# It runs ~15 minutes: on the device tool start it in the background (nohup ... &) and poll, since one call may
-# last 10 minutes; write RESULTS_DIR under .device-build/ (kept between calls) and copy it to $OUT at the end.
-# ROWS=gptq,awq,... benches only those rows (bench_all.py --only); KERNELS_ALONE=0 skips the GEMV-alone timings.
-set -uo pipefail
-source benchmarks/gpu/kit.sh  # kit: the device kit, with the pypcre stand-in patched
-kit
-OUT=${1:-benchmarks/results/gpu}
-EMB=${2:-}
-M=.device-build/synth
-GPU=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace('NVIDIA ', '').lower())")
-mkdir -p "$OUT"
-bash .device-kit/build-llama-cuda.sh
-python3 benchmarks/gpu/synth.py --out "$M"
-# gptqmodel JIT-compiles Marlin (~3.5 min of CPU) while the checks below use the GPU
-(setsid nohup python3 benchmarks/gpu/warm_marlin.py "$M/gptq" "$M/awq" > .device-build/marlin.log 2>&1 &)
-# kernels alone, reported, not saved: the engine's defaults are the in-model best (graph_check with PDL); the
-# best kernel alone is not (2026-11-30: a saved down_proj pick of <2, 2, 1> decoded 482 tok/s, the default 516)
-[ "${KERNELS_ALONE:-1}" = 0 ] || \
-  QUANTDEPLOY_PDL=0 python3 benchmarks/gpu/gemv_tune.py --kernels cuda > "$OUT/gemv-tune-$GPU.txt" 2>&1
-python3 benchmarks/gpu/graph_check.py "$M/gptq" > "$OUT/graph-check-$GPU.txt" 2>&1 \
-  || { echo "graph_check failed: the fused step does not match the torch step (see $OUT/graph-check-$GPU.txt)"; exit 1; }
-# the decode step's settings A/B'd in its CUDA graph, each projection's GEMV variant swept there and saved as this
-# GPU's tuned file for GPTQ's meta form (the bench's GPTQ rows use it; AWQ keeps its defaults), the settings again;
-# the bench runs the engine's default settings
-python3 benchmarks/gpu/graph_ab.py "$M/gptq" --sweep --save > "$OUT/graph-ab-$GPU.txt" 2>&1
-# where the step's time goes with those variants: each kernel's marginal time in the decode graph
-python3 benchmarks/gpu/step_timeline.py "$M/gptq" > "$OUT/step-timeline-$GPU.txt" 2>&1
-while pgrep -f "gpu/warm_marlin[.]py" > /dev/null; do sleep 5; done
-bash .device-kit/build-llama-cuda.sh --wait 600
-kit  # again: installs the llama-cpp-python wheel built meanwhile
-python3 benchmarks/gpu/bench_all.py --models "$M" --out "$OUT" ${EMB:+--embedded "$EMB"} ${ROWS:+--only "$ROWS"}
-python3 -m quantdeploy bench "$M/gguf/llama-8b-Q4_K_M.gguf" --gpu-layers 0 --require-gpu --new-tokens 16 \
-  --prompt-tokens 32 --repeat 1 --no-warm-load > "$OUT/gpu-fallback-caught.txt" 2>&1
-echo "exit code $? (3 = --require-gpu caught the CPU fallback)" >> "$OUT/gpu-fallback-caught.txt"
-python3 benchmarks/gpu/exit_check.py "$M/gptq" 12 4 > "$OUT/exit-check-$GPU.txt" 2>&1
-echo "run.sh finished"
+# The GPU benchmark of record. On a machine with an NVIDIA GPU, after ./install.sh (which builds llama-cpp-python
+# with CUDA there), from anywhere:
+#
+#     bash benchmarks/gpu/run.sh
+#
+# About 15 minutes on an H200, more the first time (the synthetic models, gptqmodel's Marlin JIT kernels). It
+#   1. writes 8B-shape synthetic GPTQ, AWQ and GGUF Q4_K_M models to build/gpu-models/ (synth.py; kept),
+#   2. times the CUDA GEMV's variants alone (gemv_tune.py),
+#   3. checks that the fused decode step matches the torch step and that graph replays reproduce it (graph_check.py),
+#   4. A/Bs the step's settings in its CUDA graph, sweeps each projection's GEMV variant there and saves the best as
+#      this GPU's tuned file for GPTQ's meta form under $QUANTDEPLOY_HOME/gemv/ (graph_ab.py --sweep --save),
+#   5. charges each kernel of the decode step its marginal time (step_timeline.py),
+#   6. benches the fast engine, llama.cpp and transformers + gptqmodel Marlin side by side (bench_all.py): the
+#      record, benchmarks/results/gpu/<gpu>.json and .md (with EMBEDDED=1 also <gpu>-embedded.*: the embedded
+#      Gemma-3-270M GGUF and the GPTQ / AWQ test fixtures made from it),
+#   7. checks that --require-gpu catches a deliberate CPU fallback, and that processes that used prompt graphs
+#      exit cleanly (exit_check.py).
+# Logs of 2-5 and 7 go to build/gpu-bench/<gpu>/. A failed check (3, 7) stops the script with one line.
+# Environment: ROWS=gptq,awq,... benches only those rows (bench_all.py --only); KERNELS_ALONE=0 skips step 2;
+# EMBEDDED=1 adds the embedded model's rows; VOCAB_GGUF=FILE gives synth.py llama.cpp's ggml-vocab-llama-bpe.gguf
+# instead of fetching it with pip; PYTHON: the interpreter quantdeploy is installed in (default python3).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-python3}
+MODELS=build/gpu-models
+RECORDS=benchmarks/results/gpu
+fail() { echo "run.sh: $*" >&2; exit 1; }
+step() { echo "==> $*" >&2; }
+
+# llama.cpp's CUDA build and torch's CUDA libraries cannot share a process: each check runs in its own
+$PY -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" \
+  || fail "llama-cpp-python cannot offload to a GPU here: run ./install.sh on this machine (it builds it with CUDA)"
+GPU=$($PY -c "import sys, torch; sys.path.insert(0, 'benchmarks/gpu'); from bench_all import slug
+print(slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else '')")
+[ -n "$GPU" ] || fail "torch sees no CUDA GPU"
+LOGS=build/gpu-bench/$GPU
+mkdir -p "$LOGS"
+
+step "synthetic 8B-shape models in $MODELS"
+$PY benchmarks/gpu/synth.py --out "$MODELS" ${VOCAB_GGUF:+--vocab-gguf "$VOCAB_GGUF"}
+WARM=
+if [ -z "${ROWS:-}" ] || [[ ",$ROWS," == *",hf-"* ]]; then
+  step "compiling gptqmodel's Marlin kernels in the background (minutes, once per machine)"
+  $PY benchmarks/gpu/warm_marlin.py "$MODELS/gptq" "$MODELS/awq" > "$LOGS/marlin-warm.txt" 2>&1 &
+  WARM=$!
+fi
+if [ "${KERNELS_ALONE:-1}" != 0 ]; then
+  step "the CUDA GEMV's variants alone: $LOGS/gemv-tune.txt"
+  QUANTDEPLOY_PDL=0 $PY benchmarks/gpu/gemv_tune.py --kernels cuda > "$LOGS/gemv-tune.txt" 2>&1
+fi
+step "the fused decode step against the torch step, and its graph replays: $LOGS/graph-check.txt"
+$PY benchmarks/gpu/graph_check.py "$MODELS/gptq" > "$LOGS/graph-check.txt" 2>&1 \
+  || fail "the fused decode step does not match the torch step (see $LOGS/graph-check.txt)"
+step "settings and GEMV variants in the decode graph, the best saved for this GPU: $LOGS/graph-ab.txt"
+$PY benchmarks/gpu/graph_ab.py "$MODELS/gptq" --sweep --save > "$LOGS/graph-ab.txt" 2>&1
+step "where the decode step's time goes: $LOGS/step-timeline.txt"
+$PY benchmarks/gpu/step_timeline.py "$MODELS/gptq" > "$LOGS/step-timeline.txt" 2>&1
+if [ -n "$WARM" ]; then
+  wait "$WARM" || echo "run.sh: warning: Marlin's warm-up failed (see $LOGS/marlin-warm.txt)" >&2
+fi
+
+step "the record: $RECORDS/$GPU.json and .md"
+$PY benchmarks/gpu/bench_all.py --models "$MODELS" --out "$RECORDS" --name "$GPU" ${ROWS:+--only "$ROWS"}
+if [ "${EMBEDDED:-0}" = 1 ]; then
+  step "the embedded model: $RECORDS/$GPU-embedded.json and .md"
+  $PY -m quantdeploy.testing.fixtures
+  $PY benchmarks/gpu/bench_all.py --out "$RECORDS" --name "$GPU-embedded" --embedded-fixtures \
+    --only embedded,embedded-gptq,embedded-awq --require-gpu
+fi
+
+step "a deliberate CPU fallback must fail --require-gpu: $LOGS/gpu-fallback-caught.txt"
+rc=0
+$PY -m quantdeploy bench "$MODELS/gguf/llama-8b-Q4_K_M.gguf" --gpu-layers 0 --require-gpu --new-tokens 16 \
+  --prompt-tokens 32 --repeat 1 --no-warm-load > "$LOGS/gpu-fallback-caught.txt" 2>&1 || rc=$?
+[ "$rc" = 3 ] || fail "--require-gpu did not catch GGUF on the CPU (exit $rc, not 3; $LOGS/gpu-fallback-caught.txt)"
+step "processes that used prompt graphs exit cleanly: $LOGS/exit-check.txt"
+$PY benchmarks/gpu/exit_check.py "$MODELS/gptq" 12 4 > "$LOGS/exit-check.txt" 2>&1 \
+  || fail "a process that used prompt graphs did not exit cleanly (see $LOGS/exit-check.txt)"
+echo "run.sh: done; the record is $RECORDS/$GPU.md"

@@ -9,7 +9,7 @@ roofline that part of the step runs.
 
 Each --variants (JSON: role -> (R, U, S), or an environment setting such as "QUANTDEPLOY_PDL": "0") is applied on
 top of the engine's variants and gets its own table. The same graph's step time can differ by ~40 us depending on
-what ran before (graph_state.py: the first table of a process read faster than the rest), so with variants every
+what ran before (the first table of a process can read faster than the rest; docs/engine.md), so with variants every
 setting is timed twice, the second pass in reverse order, and both times are printed at the end.
 """
 import argparse

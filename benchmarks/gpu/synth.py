@@ -1,8 +1,10 @@
 """Synthetic 8B-shape models (Llama-3-8B shapes, random weights) in GPTQ, AWQ and GGUF Q4_K_M, for speed only.
 
-    python benchmarks/gpu/synth.py --out DIR [--layers 32] [--vocab-gguf ggml-vocab-llama-bpe.gguf]
+    python benchmarks/gpu/synth.py --out DIR [--layers 32] [--only gptq --only awq] [--vocab-gguf FILE]
 
-Writes DIR/gptq, DIR/awq (safetensors + config + the real Llama-3 tokenizer) and DIR/gguf/llama-8b-Q4_K_M.gguf.
+Writes DIR/gptq, DIR/awq (safetensors + config + the real Llama-3 tokenizer) and DIR/gguf/llama-8b-Q4_K_M.gguf;
+a format already written is kept. The tokenizer comes from llama.cpp's ggml-vocab-llama-bpe.gguf: --vocab-gguf, or
+fetched once with pip from the source package of the installed llama-cpp-python, which ships it (DIR/vocab/).
 Random int4 weights with small scales: the bytes and shapes are real, the text is nonsense. GGUF blocks are
 random bytes with valid fp16 block scales, laid out with the tensor types llama.cpp's Q4_K_M recipe picks (Q6_K
 for output, and for attn_v / ffn_down in the layers use_more_bits() selects). Generation runs on the GPU.
@@ -12,7 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +108,29 @@ def write_hf(out: Path, fmt: str, layers: int, tokenizer_dir: Path, dev) -> None
         (out / f.name).write_bytes(f.read_bytes())
 
 
+VOCAB = "ggml-vocab-llama-bpe.gguf"  # the Llama-3 tokenizer, among llama.cpp's test vocabularies
+
+
+def fetch_vocab(dest_dir: Path) -> Path:
+    """llama.cpp's Llama-3 vocabulary GGUF from the source package of the installed llama-cpp-python (once)."""
+    dest = dest_dir / VOCAB
+    if dest.is_file():
+        return dest
+    spec = f"llama-cpp-python=={version('llama-cpp-python')}"
+    print(f"fetching {VOCAB} from the {spec} source package (pip download, ~75 MB)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+                        spec], check=True)
+        with tarfile.open(next(Path(tmp).glob("*.tar.gz"))) as sdist:
+            member = next(m for m in sdist.getmembers() if m.name.endswith(f"/vendor/llama.cpp/models/{VOCAB}"))
+            data = sdist.extractfile(member).read()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = dest.with_suffix(".part")
+    part.write_bytes(data)
+    part.replace(dest)
+    return dest
+
+
 def save_tokenizer(vocab_gguf: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -183,15 +213,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--vocab-gguf", type=Path, default=Path(".device-kit/ggml-vocab-llama-bpe.gguf"))
+    ap.add_argument("--vocab-gguf", type=Path, help=f"llama.cpp's {VOCAB} (default: fetched into OUT/vocab/)")
     ap.add_argument("--only", choices=["gptq", "awq", "gguf"], action="append")
     a = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     a.out.mkdir(parents=True, exist_ok=True)
+    formats = a.only or ["gptq", "awq", "gguf"]
+    if all((a.out / fmt / ".complete").exists() for fmt in formats):
+        print(f"{', '.join(formats)}: cached in {a.out}")
+        return
+    vocab = a.vocab_gguf or fetch_vocab(a.out / "vocab")
     tok_dir = a.out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
-        save_tokenizer(a.vocab_gguf, tok_dir)
-    for fmt in a.only or ["gptq", "awq", "gguf"]:
+        save_tokenizer(vocab, tok_dir)
+    for fmt in formats:
         t0 = time.time()
         target = a.out / fmt
         done = target / ".complete"
@@ -200,7 +235,7 @@ def main() -> None:
             continue
         if fmt == "gguf":
             target.mkdir(parents=True, exist_ok=True)
-            write_gguf(target / "llama-8b-Q4_K_M.gguf", a.layers, a.vocab_gguf)
+            write_gguf(target / "llama-8b-Q4_K_M.gguf", a.layers, vocab)
         else:
             write_hf(target, fmt, a.layers, tok_dir, dev)
         done.write_text("ok")

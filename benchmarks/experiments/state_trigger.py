@@ -4,7 +4,7 @@ graph into the slow state (400 replays), times 100 replays, runs one candidate o
 3 x 100 replays; candidates: a whole eager step, one Triton RMSNorm with and without PDL, one CUDA GEMV (PDL),
 one cuBLAS GEMV (the fp16 lm_head), nothing.
 
-    python benchmarks/gpu/state_trigger.py MODEL_DIR
+    python benchmarks/experiments/state_trigger.py MODEL_DIR
 """
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Timing the greedy decode graph's replays, for the graph-state probes (graph_state.py, state_trigger.py)."""
+"""Timing the greedy decode graph's replays, for the graph-state probes (state_trigger.py)."""
 import time
 
 import torch

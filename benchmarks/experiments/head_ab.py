@@ -2,7 +2,7 @@
 Triton GEMV (QUANTDEPLOY_LM_HEAD=int8) in a few block shapes. Each is timed as 50 calls in one CUDA graph (no launch
 gaps), best of 5 replays; GB/s counts the weight bytes read.
 
-    python benchmarks/gpu/head_ab.py [N] [K]        (default 128256 4096: Llama-3-8B)
+    python benchmarks/experiments/head_ab.py [N] [K]        (default 128256 4096: Llama-3-8B)
 """
 import sys
 

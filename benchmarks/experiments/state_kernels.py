@@ -3,7 +3,7 @@ for ~300 replays after an eager step, then at ~1.898.) Profiles 30 greedy-graph 
 (fast) and 30 after 400 more replays (slow), and prints each kernel's device time per replay in both, largest
 difference first.
 
-    python benchmarks/gpu/state_kernels.py MODEL_DIR
+    python benchmarks/experiments/state_kernels.py MODEL_DIR
 """
 import sys
 from collections import defaultdict

@@ -1,10 +1,10 @@
-"""When does the decode graph switch between its fast and slow state? (graph_state.py: the same greedy graph
-replays at ~1.856 or ~1.896 ms per step.) Times every replay with CUDA events, 4 rounds of 100 from position 600,
-and prints the mean of each 25 replays, for: replays right after the capture; the same with the same input token in
-every round (are the data the cause?); a 1 ms idle GPU every 10 replays (power?); a tiny eager kernel on the
+"""When does the decode graph switch between its fast and slow state? (The same greedy graph
+replays at ~1.856 or ~1.896 ms per step on an H200.) Times every replay with CUDA events, 4 passes of 100 from
+position 600, and prints the mean of each 25 replays, for: replays right after the capture; the same with the same
+input token in every pass (are the data the cause?); a 1 ms idle GPU every 10 replays (power?); a tiny eager kernel on the
 stream every 10 replays; replays after one eager decode step.
 
-    python benchmarks/gpu/graph_trace.py MODEL_DIR
+    python benchmarks/experiments/graph_trace.py MODEL_DIR
 
 Run nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw.instant,temperature.gpu,temperature.memory,
 clocks_event_reasons.active --format=csv,noheader -lms 20 beside it; each line here starts with the wall time.
@@ -53,7 +53,7 @@ def trace(label, fixed=False, idle_ms=0.0, nudge=False):
 with torch.inference_mode():
     for _ in range(2):
         list(eng.generate(ids, max_new=256, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set()))
-    print("ms per replay, mean of each 25 (4 rounds of 100 from position 600)", flush=True)
+    print("ms per replay, mean of each 25 (4 passes of 100 from position 600)", flush=True)
     for r in range(2):
         trace(f"plain {r}")
         trace(f"same input token {r}", fixed=True)
