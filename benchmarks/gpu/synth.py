@@ -19,7 +19,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,12 @@ def fetch_vocab(dest_dir: Path) -> Path:
     dest = dest_dir / VOCAB
     if dest.is_file():
         return dest
-    spec = f"llama-cpp-python=={version('llama-cpp-python')}"
+    try:
+        spec = f"llama-cpp-python=={version('llama-cpp-python')}"
+    except PackageNotFoundError:
+        sys.exit(f"synth.py: llama-cpp-python is not installed, so its source package cannot be chosen: pass "
+                 f"--vocab-gguf FILE (VOCAB_GGUF=FILE for run.sh and make test-gpu) with llama.cpp's {VOCAB}, "
+                 "or run ./install.sh")
     print(f"fetching {VOCAB} from the {spec} source package (pip download, ~75 MB)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
