@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
 
 from .backends.base import LoadedModel, ModelSpec
@@ -61,6 +63,49 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     model = backend.load(spec)
     model.load_time_s = time.perf_counter() - t0
     return model
+
+
+def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
+    """Load through the registry, keeping third-party banners and progress bars off stdout."""
+    with quiet_third_party(quiet):
+        model = load_model(spec)
+    warning = model.kernel_report().get("warning")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return model
+
+
+class quiet_third_party:
+    """Send stdout to stderr while libraries load (gptqmodel prints a banner), and silence their INFO logs."""
+
+    def __init__(self, quiet: bool = True):
+        self.quiet = quiet
+
+    def __enter__(self):
+        self._stdout = sys.stdout
+        sys.stdout = sys.stderr
+        if self.quiet:
+            for name in ("gptqmodel", "transformers", "optimum", "accelerate", "tokenicer", "logbar"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            _silence_gptqmodel()
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout = self._stdout
+
+
+def _silence_gptqmodel() -> None:
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("GPTQMODEL_LOG_LEVEL", "ERROR")
+    try:
+        from logbar import LogBar
+
+        LogBar.shared().setLevel("ERROR")
+    except Exception:
+        pass
 
 
 def load(model: str | None = None, *, fmt: str | None = None, **options) -> LoadedModel:

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..chat.templates import TURN_START_TOKENS, TemplateSource, render_chat
 from ..errors import UsageError
+
+__all__ = ["Backend", "Generation", "GenerationParams", "LoadedModel", "ModelSpec", "TemplateSource", "Usage"]
 
 
 @dataclass
@@ -183,7 +186,7 @@ class LoadedModel(abc.ABC):
         """Yield (token_id, text_piece) for each new token; text pieces concatenate to the reply."""
 
     @abc.abstractmethod
-    def chat_template_info(self) -> "TemplateSource":
+    def chat_template_info(self) -> TemplateSource:
         """The model's own chat template (or None) and what the fallback needs (architecture, special tokens)."""
 
     @abc.abstractmethod
@@ -245,8 +248,6 @@ class LoadedModel(abc.ABC):
     def chat(self, messages: list[dict[str, str]], params: GenerationParams | None = None, *,
              template: str | None = None) -> Generation:
         """Stream the assistant's reply to a conversation, rendered with the model's chat template."""
-        from ..chat.templates import render_chat
-
         prompt = render_chat(self, messages, template=template)
         params = (params or GenerationParams()).validate()
         ids = self.tokenize(prompt, add_bos=False)
@@ -256,8 +257,6 @@ class LoadedModel(abc.ABC):
         return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params, eog_ids=eog)
 
     def turn_start_ids(self) -> set[int]:
-        from ..chat.templates import TURN_START_TOKENS
-
         out = set()
         for t in TURN_START_TOKENS:
             ids = self.tokenize(t, add_bos=False)
@@ -266,8 +265,6 @@ class LoadedModel(abc.ABC):
         return out
 
     def render_chat(self, messages: list[dict[str, str]], *, template: str | None = None) -> str:
-        from ..chat.templates import render_chat
-
         return render_chat(self, messages, template=template)
 
     def _check_fits(self, n_prompt: int, params: GenerationParams) -> None:
@@ -285,14 +282,6 @@ class LoadedModel(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-@dataclass
-class TemplateSource:
-    template: str | None  # the model's own Jinja chat template, if any
-    architecture: str  # e.g. "gemma3", "llama", "qwen2"
-    bos_token: str = ""
-    eos_token: str = ""
 
 
 class Backend(abc.ABC):

@@ -81,7 +81,7 @@ class HFQuantBackend(Backend):
     def load(self, spec: ModelSpec) -> LoadedModel:
         prepare_process_env()
         if self._use_fast_engine(spec):
-            from ..engine.loaded import FastQuantModel
+            from .fast import FastQuantModel
 
             return FastQuantModel(spec)
         return HFQuantModel(spec, self)
@@ -95,9 +95,9 @@ class HFQuantBackend(Backend):
             return False
         if pick_torch_device(spec.device) == "cpu":
             return False
-        from ..engine.loaded import engine_supports
+        from ..engine.capability import engine_supports
 
-        return engine_supports(spec)[0]
+        return engine_supports(spec.path)[0]
 
 
 def _capability(device: str) -> tuple[int, int] | None:
@@ -110,7 +110,7 @@ def _capability(device: str) -> tuple[int, int] | None:
 
 class HFTokenizerModel(LoadedModel):
     """What every HF-format quantized model shares: config, quantization, device, tokenizer, stop tokens, template.
-    Subclasses run the weights: HFQuantModel (transformers + gptqmodel) and engine.loaded.FastQuantModel."""
+    Subclasses run the weights: HFQuantModel (transformers + gptqmodel) and fast.FastQuantModel."""
 
     def _init_common(self, spec: ModelSpec) -> dict:
         from transformers import AutoTokenizer

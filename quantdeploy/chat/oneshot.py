@@ -17,7 +17,7 @@ def stats_line(model, gen) -> str:
 
 def answer_once(spec: ModelSpec, prompt: str, params: GenerationParams, *, system: str | None = None,
                 template: str | None = None, raw: bool = False, verbose: bool = False) -> None:
-    from ..cli.common import load_spec
+    from ..models import load_spec
 
     model = load_spec(spec)
     if verbose:

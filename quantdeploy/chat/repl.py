@@ -178,7 +178,7 @@ class ChatSession:
 
 def run_repl(spec: ModelSpec, params: GenerationParams, *, system: str | None = None, template: str | None = None,
              verbose: bool = False) -> None:
-    from ..cli.common import load_spec
+    from ..models import load_spec
     from ..settings import get_settings
 
     model = load_spec(spec)

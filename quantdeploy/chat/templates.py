@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import UsageError
 
-if TYPE_CHECKING:
-    from ..backends.base import LoadedModel
+
+@dataclass
+class TemplateSource:
+    """What a loaded model tells the renderer: its own template (or None) and what the fallback needs."""
+
+    template: str | None  # the model's own Jinja chat template, if any
+    architecture: str  # e.g. "gemma3", "llama", "qwen2"
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+class HasTemplate(Protocol):
+    """Anything that answers chat_template_info(): a LoadedModel of any backend."""
+
+    def chat_template_info(self) -> TemplateSource: ...
+
 
 GEMMA = (
     "{{ bos_token }}"
@@ -66,7 +81,7 @@ def fallback_name(architecture: str) -> str:
     return _ARCH.get((architecture or "").lower(), "chatml")
 
 
-def resolve_template(model: "LoadedModel", template: str | None = None) -> tuple[str, str]:
+def resolve_template(model: HasTemplate, template: str | None = None) -> tuple[str, str]:
     """(jinja source, where it came from). `template` is a fallback name or a file path, overriding the model's."""
     if template:
         name = ALIASES.get(template.lower(), template.lower())
@@ -93,7 +108,7 @@ def _read_template_file(template: str) -> str:
     return text
 
 
-def template_notice(model: "LoadedModel", template: str | None = None) -> str | None:
+def template_notice(model: HasTemplate, template: str | None = None) -> str | None:
     """One line for the user when a built-in fallback stands in for a template the model lacks; else None."""
     if template:
         return None
@@ -105,7 +120,7 @@ def template_notice(model: "LoadedModel", template: str | None = None) -> str | 
             f"{info.architecture or 'an unknown architecture'}); --template NAME|FILE overrides")
 
 
-def render_chat(model: "LoadedModel", messages: list[dict], *, template: str | None = None) -> str:
+def render_chat(model: HasTemplate, messages: list[dict], *, template: str | None = None) -> str:
     src, _ = resolve_template(model, template)
     info = model.chat_template_info()
     return render(src, messages, bos_token=info.bos_token, eos_token=info.eos_token)

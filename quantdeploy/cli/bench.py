@@ -10,7 +10,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..errors import UsageError
-from .common import CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, build_spec, load_spec
+from ..models import load_spec
+from .common import CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, build_spec
 
 HELP = ("Benchmark models (speed, memory, GB/s vs the roofline, kernel evidence, optional quality) in one report. "
         "Exit 3 when --require-gpu / --require-kernel is not met.")

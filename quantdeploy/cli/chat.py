@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..backends.base import GenerationParams
-from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec,
-                     load_spec)
+from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
 
 
 def register(app: typer.Typer) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..backends.base import LoadedModel, ModelSpec
+from ..backends.base import ModelSpec
 from ..errors import UsageError
 
 ModelArg = Annotated[Optional[str], typer.Argument(
@@ -35,51 +33,6 @@ def build_spec(model: str | None, fmt: str | None, *, device: str = "auto", kern
         raise UsageError(f"unknown engine '{engine}'; choose one of: auto, hf, fast")
     return resolve_model(model, fmt=fmt, device=device, kernel=kernel, n_ctx=ctx, allow_pickle=allow_pickle,
                          trust_remote_code=trust_remote_code, engine=engine)
-
-
-def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
-    """Load through the registry, keeping third-party banners and progress bars off stdout."""
-    from ..models import load_model
-
-    with quiet_third_party(quiet):
-        model = load_model(spec)
-    warning = model.kernel_report().get("warning")
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return model
-
-
-class quiet_third_party:
-    """Send stdout to stderr while libraries load (gptqmodel prints a banner), and silence their INFO logs."""
-
-    def __init__(self, quiet: bool = True):
-        self.quiet = quiet
-
-    def __enter__(self):
-        self._stdout = sys.stdout
-        sys.stdout = sys.stderr
-        if self.quiet:
-            for name in ("gptqmodel", "transformers", "optimum", "accelerate", "tokenicer", "logbar"):
-                logging.getLogger(name).setLevel(logging.ERROR)
-            _silence_gptqmodel()
-        return self
-
-    def __exit__(self, *exc):
-        sys.stdout = self._stdout
-
-
-def _silence_gptqmodel() -> None:
-    import os
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("GPTQMODEL_LOG_LEVEL", "ERROR")
-    try:
-        from logbar import LogBar
-
-        LogBar.shared().setLevel("ERROR")
-    except Exception:
-        pass
 
 
 def existing_path(p: str) -> Path:

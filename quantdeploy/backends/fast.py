@@ -1,35 +1,15 @@
-"""FastQuantModel: a GPTQ / AWQ checkpoint served by quantdeploy's own decode engine (engine/runner.py)."""
+"""FastQuantModel: a GPTQ / AWQ checkpoint served by quantdeploy's own decode engine (engine/runner.py), with the
+tokenizer, stop tokens and template every HF-format model shares (hf_quant.HFTokenizerModel)."""
 
 from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..backends.base import GenerationParams, ModelSpec
-from ..backends.hf_quant import HFTokenizerModel
+from ..engine.capability import ENGINE_KERNELS, engine_supports
+from ..engine.detok import IncrementalDetokenizer
 from ..errors import BackendUnavailable, UsageError
-from .detok import IncrementalDetokenizer
-
-
-# --kernel with --engine fast: auto (the CUDA GEMV, then ExLlamaV2), cuda, exllama_v2, triton
-ENGINE_KERNELS = ("auto", "cuda", "exllama_v2", "triton")
-
-
-def engine_supports(spec: ModelSpec) -> tuple[bool, str]:
-    import json
-
-    from .model import SUPPORTED
-
-    try:
-        cfg = json.loads((spec.path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False, "no readable config.json"
-    mt = cfg.get("model_type")
-    if mt not in SUPPORTED:
-        return False, f"the fast engine does not implement {mt} (supported: {', '.join(SUPPORTED)})"
-    q = cfg.get("quantization_config") or {}
-    if int(q.get("bits", 4)) != 4:
-        return False, f"the fast engine runs 4-bit weights only (this model has {q.get('bits')})"
-    return True, ""
+from .base import GenerationParams, ModelSpec
+from .hf_quant import HFTokenizerModel
 
 
 class FastQuantModel(HFTokenizerModel):
@@ -39,9 +19,9 @@ class FastQuantModel(HFTokenizerModel):
         super().__init__(spec)
         import torch
 
-        from .runner import FastEngine
+        from ..engine.runner import FastEngine
 
-        ok, reason = engine_supports(spec)
+        ok, reason = engine_supports(spec.path)
         if not ok:
             raise BackendUnavailable(f"--engine fast: {reason}; use --engine hf")
         cfg = self._init_common(spec)
