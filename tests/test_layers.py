@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantdeploy"
 # Bottom first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("quantdeploy.errors", "quantdeploy.settings")),
-    ("templates", ("quantdeploy.chat.templates",)),  # Jinja rendering, fallbacks, stop-token names
+    ("templates", ("quantdeploy.chat.templates", "quantdeploy.chat.jinja")),  # rendering, fallbacks, stop tokens
     ("interface", ("quantdeploy.backends.base",)),  # ModelSpec, LoadedModel, Backend: what every layer speaks
     ("engine", ("quantdeploy.engine", "quantdeploy.batching")),  # decode loops, kernels, scheduling
     ("backends", ("quantdeploy.backends",)),  # one module per format family; they drive the engine
