@@ -256,6 +256,20 @@ class LoadedModel(abc.ABC):
         eog = self.eog_token_ids() | self.turn_start_ids()
         return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params, eog_ids=eog)
 
+    def generate_batch(self, prompts: list[Any], params: GenerationParams | list[GenerationParams] | None = None, *,
+                       max_concurrency: int | None = None, template: str | None = None,
+                       return_errors: bool = False) -> list[Any]:
+        """Generate for many prompts at once; one `offline.BatchResult` (id, text, finish_reason, usage) per
+        prompt, in order. A prompt is a str (raw completion), a list of messages (chat), or a dict with `prompt` or
+        `messages` and any of max_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, id, metadata
+        (overriding `params`, which is one GenerationParams for all or one per prompt). Up to `max_concurrency`
+        (default and at most: max_sequences) run at once, batched by the backend. A prompt that cannot run raises
+        QuantDeployError naming it, unless return_errors=True, which sets that result's `error` instead."""
+        from ..offline import generate_batch
+
+        return generate_batch(self, prompts, params, max_concurrency=max_concurrency, template=template,
+                              return_errors=return_errors)
+
     def turn_start_ids(self) -> set[int]:
         out = set()
         for t in TURN_START_TOKENS:

@@ -17,9 +17,9 @@ app = typer.Typer(name="quantdeploy", help="Pull, chat with, serve and benchmark
 
 
 def _register() -> None:
-    from . import bench, chat, core, doctor, hub, serve
+    from . import bench, chat, core, doctor, generate, hub, serve
 
-    for mod in (core, chat, hub, serve, bench, doctor):
+    for mod in (core, chat, hub, serve, generate, bench, doctor):
         mod.register(app)
 
 
