@@ -17,14 +17,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantdeploy"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("quantdeploy.errors", "quantdeploy.settings")),
     ("templates", ("quantdeploy.chat.templates", "quantdeploy.chat.jinja")),  # rendering, fallbacks, stop tokens
-    ("interface", ("quantdeploy.backends.base",)),  # ModelSpec, LoadedModel, Backend: what every layer speaks
+    ("interface", ("quantdeploy.backends.base",  # ModelSpec, LoadedModel, Backend: what every layer speaks
+                   "quantdeploy.offline.requests", "quantdeploy.offline.runner")),  # LoadedModel.generate_batch
     ("engine", ("quantdeploy.engine", "quantdeploy.batching")),  # decode loops, kernels, scheduling
     ("backends", ("quantdeploy.backends",)),  # one module per format family; they drive the engine
     ("registry", ("quantdeploy.registry",)),  # format -> backend, detection
     ("hub", ("quantdeploy.hub",)),  # pull, store: asks the registry what a repo is and which files it needs
     ("models", ("quantdeploy.models", "quantdeploy.inspection")),  # MODEL argument -> spec -> loaded model
     ("apps", ("quantdeploy.chat", "quantdeploy.server", "quantdeploy.bench", "quantdeploy.doctor",
-              "quantdeploy.testing")),
+              "quantdeploy.offline", "quantdeploy.testing")),
     ("api", ("quantdeploy",)),  # the package's public names (quantdeploy/__init__.py)
     ("cli", ("quantdeploy.cli", "quantdeploy.__main__")),
 ]

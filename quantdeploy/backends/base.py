@@ -265,7 +265,7 @@ class LoadedModel(abc.ABC):
         (overriding `params`, which is one GenerationParams for all or one per prompt). Up to `max_concurrency`
         (default and at most: max_sequences) run at once, batched by the backend. A prompt that cannot run raises
         QuantDeployError naming it, unless return_errors=True, which sets that result's `error` instead."""
-        from ..offline import generate_batch
+        from ..offline.runner import generate_batch
 
         return generate_batch(self, prompts, params, max_concurrency=max_concurrency, template=template,
                               return_errors=return_errors)

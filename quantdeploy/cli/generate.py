@@ -9,8 +9,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..backends.base import GenerationParams
-from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec,
-                     load_spec)
+from ..models import load_spec
+from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
 
 HELP = ("Generate for every request of a JSONL file (one {\"prompt\"} or {\"messages\"} object per line, optional "
         "sampling fields and id) into a JSONL file of results in input order. Rerun the same command to resume: "
