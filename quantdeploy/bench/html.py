@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from .report import environment_lines, summary_rows
+from .serving_report import to_html as serving_html
 
 _CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
@@ -73,7 +74,9 @@ def to_html(report: dict[str, Any]) -> str:
             cls = f' class="{c}"' if i == gpu_col else ""
             cells.append(f"<td{cls}>{escape(c)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table><h2>Kernels</h2><ul>")
+    out.append("</table>")
+    out.append(serving_html(report))
+    out.append("<h2>Kernels</h2><ul>")
     for r in results:
         yes = r.get("gpu_kernels_in_use")
         items = [f"<b>{escape(str(r.get('model')))}</b> ({escape(str(r.get('format')))}): GPU kernels in use: "
@@ -91,7 +94,7 @@ def to_html(report: dict[str, Any]) -> str:
         out.append("<li>" + "".join(items) + "</li>")
     out.append("</ul>")
     req = report.get("requirements") or {}
-    if req.get("require_gpu") or req.get("require_kernel"):
+    if req.get("require_gpu") or req.get("require_kernel") or req.get("failures"):
         out.append("<h2>Requirements</h2>")
         out.append("<p class=\"yes\">satisfied</p>" if req.get("satisfied") else
                    "<ul>" + "".join(f"<li class=\"no\">{escape(f)}</li>" for f in req.get("failures") or []) + "</ul>")

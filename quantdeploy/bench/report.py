@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .serving_report import to_markdown as serving_markdown
 
 SUFFIXES = (".json", ".md", ".html")
 
@@ -128,6 +129,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    out += serving_markdown(report)
     out += ["", "## Kernels", ""]
     for r in report.get("results", []):
         out.append(f"- **{_md_escape(str(r['model']))}** ({r['format']}): GPU kernels in use: "
@@ -147,7 +149,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         if q.get("note") or q.get("error"):
             out.append(f"  - quality: {_md_escape(q.get('error') or q['note'])}")
     req = report.get("requirements") or {}
-    if req.get("require_gpu") or req.get("require_kernel"):
+    if req.get("require_gpu") or req.get("require_kernel") or req.get("failures"):
         out += ["", "## Requirements", "",
                 "satisfied" if req.get("satisfied") else "NOT satisfied:"]
         out += [f"- {_md_escape(f)}" for f in req.get("failures") or []]

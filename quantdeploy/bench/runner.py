@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +28,7 @@ SCHEMA = "quantdeploy.bench/1"
 
 
 class RequirementFailed(QuantDeployError):
-    """--require-gpu / --require-kernel not satisfied (the report is still written)."""
+    """--require-gpu / --require-kernel not satisfied, or served requests failed (the report is still written)."""
 
     exit_code = 3
 
@@ -45,9 +45,11 @@ class BenchConfig:
     quality_tokens: int = 256
     reference: Path | None = None
     refresh_roofline: bool = False
+    concurrency: list[int] = field(default_factory=list)  # serving levels: N concurrent streaming clients
+    requests_per_client: int = 2  # streamed requests each client sends, one after the other, per level
 
     def validate(self) -> "BenchConfig":
-        for name in ("prompt_tokens", "new_tokens", "repeat", "quality_tokens"):
+        for name in ("prompt_tokens", "new_tokens", "repeat", "quality_tokens", "requests_per_client"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
@@ -55,6 +57,8 @@ class BenchConfig:
             raise UsageError("--prompt-tokens must be at least 2")
         if self.new_tokens < 2:
             raise UsageError("--new-tokens must be at least 2 (decode speed needs two tokens)")
+        if any(not isinstance(n, int) or n < 1 for n in self.concurrency):
+            raise UsageError(f"--concurrency must list positive integers, got {self.concurrency}")
         if self.quality_tokens < 2:
             raise UsageError("--quality-tokens must be at least 2")
         if self.reference is not None:
@@ -107,8 +111,10 @@ def _default_load(spec: ModelSpec) -> LoadedModel:
 
 
 def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec], LoadedModel] = _default_load,
-                log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Benchmark one model's speed; the returned dict is one entry of report["results"] (quality: None)."""
+                log: Callable[[str], None] = _log, before_close: Callable[[LoadedModel], None] | None = None
+                ) -> dict[str, Any]:
+    """Benchmark one model's speed; the returned dict is one entry of report["results"] (quality: None).
+    `before_close` gets the loaded model after the runs (the serving bench makes its prompts with it)."""
     from ..backends.hw import cuda_device_count
 
     name = spec.display_name
@@ -152,6 +158,8 @@ def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec]
         weights = bytes_per_token(model)
         peak = mem.result(model.device, model.backend)
         result = _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, cfg)
+        if before_close is not None:
+            before_close(model)
     finally:
         model.close()
         del model
@@ -226,7 +234,34 @@ def requirement_failures(results: list[dict[str, Any]], require_gpu: bool, requi
         for k in require_kernels:
             if not kernel_required(k, r):
                 out.append(f"{r['model']} ({r['format']}): kernel '{k}' did not run (ran: {r['kernel']})")
+        for lv in (r.get("serving") or {}).get("levels", []):
+            if lv["failed"]:
+                out.append(f"{r['model']} ({r['format']}): {lv['failed']} of {lv['requests']} requests failed with "
+                           f"{lv['concurrency']} concurrent clients: {'; '.join(lv['errors'])}")
     return out
+
+
+def _release_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # never initialise CUDA here (llama.cpp processes)
+        torch.cuda.empty_cache()
+
+
+def _bench_one(spec: ModelSpec, cfg: BenchConfig, load, log) -> dict[str, Any]:
+    """The single-stream runs, then (--concurrency) the same model served to N concurrent clients."""
+    if not cfg.concurrency:
+        return bench_model(spec, cfg, load=load, log=log)
+    from ..settings import get_settings
+    from .concurrency import make_prompts, prompt_count, serve_bench
+
+    prompts: list[str] = []
+    count = prompt_count(cfg.concurrency, cfg.requests_per_client)
+    result = bench_model(spec, cfg, load=load, log=log,
+                         before_close=lambda m: prompts.extend(make_prompts(m, count, cfg.prompt_tokens)))
+    _release_gpu_cache()  # the server sizes its KV pool from the GPU memory it finds free
+    result["serving"] = serve_bench(spec, cfg.concurrency, cfg.requests_per_client, prompts, cfg.new_tokens,
+                                    api_key=get_settings().api_key, log=log)
+    return result
 
 
 def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", require_gpu: bool = False,
@@ -243,7 +278,7 @@ def run_bench(specs: list[ModelSpec], cfg: BenchConfig, *, command: str = "", re
         except ImportError:
             pass
     load_at_start = load_average()
-    results = [bench_model(s, cfg, load=load, log=log) for s in specs]
+    results = [_bench_one(s, cfg, load, log) for s in specs]
     if cfg.quality:
         quality_pass(specs, results, cfg, load=load, log=log)
     rooflines: dict[str, Any] = {}

@@ -64,12 +64,18 @@ def bench(
     no_warm_load: Annotated[bool, typer.Option("--no-warm-load", help="Skip the second (warm) load.")] = False,
     refresh_roofline: Annotated[bool, typer.Option(
         "--refresh-roofline", help="Measure the device's copy bandwidth again instead of using the cache.")] = False,
+    concurrency: Annotated[Optional[str], typer.Option(
+        "--concurrency", help="Also serve each model (quantdeploy serve) to N concurrent streaming clients per "
+        "level, e.g. 1,8,32,64: aggregate tok/s, TTFT and inter-token latency per N.", show_default=False)] = None,
+    requests_per_client: Annotated[int, typer.Option(
+        "--requests-per-client", help="With --concurrency: streamed requests each client sends per level.")] = 2,
     ctx: CtxOpt = None,
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
     from ..bench import BenchConfig, RequirementFailed, run_bench
+    from ..bench.concurrency import parse_levels
     from ..bench.report import check_output_path, render, write_report
 
     outputs = [check_output_path(p) for p in output or []]
@@ -77,12 +83,16 @@ def bench(
         raise UsageError("--reference is used by --quality; add --quality (or drop --reference)")
     cfg = BenchConfig(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeat=repeat, quality=quality,
                       quality_tokens=quality_tokens, reference=reference, warm_load=not no_warm_load,
-                      refresh_roofline=refresh_roofline).validate()
+                      refresh_roofline=refresh_roofline, requests_per_client=requests_per_client,
+                      concurrency=parse_levels(concurrency) if concurrency is not None else []).validate()
     specs = []
     for model, f in pair_models(list(models or [None]), list(fmt or [])):
         spec = build_spec(model, f, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, engine=engine)
         if gpu_layers is not None:
+            if cfg.concurrency:
+                raise UsageError("--gpu-layers does not apply with --concurrency (the server offloads every layer "
+                                 "it can); drop one of them")
             if spec.format != "gguf":
                 raise UsageError(f"--gpu-layers applies to GGUF models; {spec.display_name} is {spec.format.upper()}")
             spec.extra["n_gpu_layers"] = gpu_layers
