@@ -40,10 +40,28 @@ class FastQuantModel(HFTokenizerModel):
                              "use --engine hf for gptqmodel's other kernels")
         self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv)
         self._ctx = self.engine.max_len
+        self.scheduler = None
+        if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler
+            from ..batching import Scheduler
+            from .stepper import FastStepper
+
+            self.stepper = FastStepper(self.engine.dec, max_seqs=spec.max_seqs, max_len=self._ctx,
+                                       memory_fraction=spec.gpu_memory_utilization)
+            self.scheduler = Scheduler(self.stepper)
+
+    @property
+    def max_sequences(self) -> int:
+        return self.spec.max_seqs if self.scheduler is not None else 1
+
+    def batch_stats(self) -> dict[str, Any] | None:
+        return self.scheduler.stats() if self.scheduler is not None else None
 
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
         detok = IncrementalDetokenizer(self.tokenizer)
         stop = set() if params.ignore_eos else self._eog
+        if self.scheduler is not None:
+            yield from self._batched(prompt_ids, params, stop, detok)
+            return
         for tok in self.engine.generate(prompt_ids, max_new=params.max_tokens + 1, temperature=params.temperature,
                                         top_p=params.top_p, top_k=params.top_k, seed=params.seed,
                                         stop_ids=stop):
@@ -51,6 +69,21 @@ class FastQuantModel(HFTokenizerModel):
                 yield tok, ""
                 return
             yield tok, detok.push(tok)
+
+    def _batched(self, prompt_ids, params, stop, detok) -> Iterator[tuple[int, str]]:
+        try:
+            handle = self.scheduler.submit(prompt_ids, params, stop_ids=stop,
+                                           max_new=min(params.max_tokens + 1, self._ctx - len(prompt_ids)))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            for s in handle:
+                if s.token in stop:
+                    yield s.token, ""
+                    return
+                yield s.token, detok.push(s.token)
+        finally:
+            handle.cancel()
 
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")
@@ -73,6 +106,9 @@ class FastQuantModel(HFTokenizerModel):
             return self.engine.prefill(list(token_ids), all_logits=True).float().cpu().numpy()
 
     def close(self) -> None:
+        if getattr(self, "scheduler", None) is not None:
+            self.scheduler.close()
+            self.scheduler = None
         if self.engine is not None:
             self.engine.close()
         self.engine = None

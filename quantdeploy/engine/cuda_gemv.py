@@ -328,6 +328,14 @@ def grid(n: int, r: int, s: int, sms: int) -> int:
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}
+# Up to this many tokens a product runs as the W4A16 GEMM (triton_gemm) on the packed weights; longer prompts
+# dequantize the weight once and run one cuBLAS matmul.
+GEMM_MAX_TOKENS = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class CudaLinear:
@@ -367,6 +375,10 @@ class CudaLinear:
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
             self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
+        if x.shape[0] <= GEMM_MAX_TOKENS:  # a batch of decode rows: the tensor-core GEMM on these same weights
+            from .triton_gemm import gemm
+
+            return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
 
     def dense(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import head
+from .attention import StaticCache
 from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
 
 log = logging.getLogger("quantdeploy.engine")
@@ -206,9 +207,7 @@ class Decoder:
             freqs = torch.outer(pos, _inv_freq(d, th, cfg.rope_scaling))
             emb = torch.cat([freqs, freqs], -1)
             self.rope[th] = (emb.cos().to(self.device, dtype), emb.sin().to(self.device, dtype))
-        shape = (cfg.kv_heads, max_len, d)
-        self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
-        self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.layers)]
+        self._static: tuple[list, list] | None = None  # the single-sequence KV cache, made on first use
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
         self.fused = fused_ops_enabled(self.device)
@@ -279,32 +278,37 @@ class Decoder:
         rot = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * cos + rot * sin
 
-    def attend(self, i: int, q, masks: dict, kv_len: int, causal_from_zero: bool):
-        """q [M, H, D] (rotated; this layer's k, v already in the cache) -> [M, H*D]."""
-        cfg = self.cfg
-        m, h, d = q.shape
-        window = cfg.window[i]
-        if causal_from_zero and (window == 0 or window >= m):  # a prompt from position 0: flash attention
-            k, v, mask, causal = self.k_cache[i][:, :m], self.v_cache[i][:, :m], None, True
-        else:
-            k, v, mask, causal = self.k_cache[i][:, :kv_len], self.v_cache[i][:, :kv_len], masks[window], False
-        att = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                             attn_mask=mask, is_causal=causal, scale=cfg.scale,
-                                             enable_gqa=cfg.kv_heads != h)
-        return att[0].transpose(0, 1).reshape(m, h * d)
+    def static_cache(self) -> tuple[list, list]:
+        """The single-sequence KV cache: per layer K and V [KVH, max_len, D] (allocated on first use)."""
+        if self._static is None:
+            cfg = self.cfg
+            shape = (cfg.kv_heads, self.max_len, cfg.head_dim)
+            self._static = ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)],
+                            [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(cfg.layers)])
+        return self._static
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, masks: dict, kv_len: int,
                 all_logits: bool = False, causal_from_zero: bool = False, last: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """tokens, positions: [M] on device; attention reads the first kv_len cache slots (> every position).
-        masks: window -> bool [M, kv_len] (True = attend); causal_from_zero: positions are 0..M-1.
-        Returns the last position's logits (float32 [vocab]) (or position `last`, a device index [1], for a padded
-        prompt), or every position's with all_logits."""
-        cfg = self.cfg
-        m = tokens.shape[0]
+        """One sequence in the static cache. tokens, positions: [M] on device; attention reads the first kv_len
+        cache slots (> every position). masks: window -> bool [M, kv_len] (True = attend); causal_from_zero:
+        positions are 0..M-1. Returns the last position's logits (float32 [vocab]) (or position `last`, a device
+        index [1], for a padded prompt), or every position's with all_logits."""
+        ctx = StaticCache(self, positions, masks, kv_len, causal_from_zero)
+        rows = None if all_logits else last
+        logits = self.run(tokens, positions, ctx, rows=rows, all_rows=all_logits)
+        return logits if all_logits else logits[0]
+
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, ctx, rows: torch.Tensor | None = None,
+            all_rows: bool = False) -> torch.Tensor:
+        """The decoder over tokens [M] at positions [M], KV through `ctx` (attention.StaticCache or PagedBatch).
+        Returns float32 logits [R, vocab] for the token indices `rows` (device [R]), every token (all_rows), or the
+        last token."""
         x = self.embed_tokens(tokens)
         if self.fused:
-            return self._forward_fused(x, positions, masks, kv_len, all_logits, causal_from_zero, last)
+            return self._forward_fused(x, ctx, rows, all_rows)
+        cfg = self.cfg
+        m = tokens.shape[0]
         h, kvh, d = cfg.heads, cfg.kv_heads, cfg.head_dim
         for i, L in enumerate(self.layers):
             n = L.norms
@@ -318,9 +322,8 @@ class Decoder:
             cos, sin = self.rope[cfg.rope_theta[i]]
             c, s = cos.index_select(0, positions)[:, None], sin.index_select(0, positions)[:, None]
             q, k = self.rotate(q, c, s), self.rotate(k, c, s)
-            self.k_cache[i].index_copy_(1, positions, k.transpose(0, 1))
-            self.v_cache[i].index_copy_(1, positions, v.transpose(0, 1))
-            y = L.o(self.attend(i, q, masks, kv_len, causal_from_zero))
+            ctx.store(i, k, v)
+            y = L.o(ctx.attend(i, q))
             if "pre_feedforward_layernorm" in n:  # gemma: norms after each block too
                 y = self.norm(y, n["post_attention_layernorm"])
                 x = res + y
@@ -338,9 +341,8 @@ class Decoder:
             if "post_feedforward_layernorm" in n:
                 y = self.norm(y, n["post_feedforward_layernorm"])
             x = res + y
-        x = self.norm(x if all_logits else x[-1:] if last is None else x.index_select(0, last), self.final_norm)
-        logits = self.logits(x)
-        return logits if all_logits else logits[0]
+        x = self.norm(x if all_rows else x[-1:] if rows is None else x.index_select(0, rows), self.final_norm)
+        return self.logits(x)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         x = F.embedding(tokens, self.embed)
@@ -349,25 +351,25 @@ class Decoder:
     def prompt_layers(self, tokens, positions, masks, kv_len: int, stop: int) -> torch.Tensor:
         """A prompt from position 0 through layers [0, stop) of the fused path: [2, M, hidden], the residual stream
         and the last block's output not yet added into it (what prompt_rest continues from)."""
-        x, pending = self._forward_fused(self.embed_tokens(tokens), positions, masks, kv_len, False, True,
-                                         layers=range(stop))
+        ctx = StaticCache(self, positions, masks, kv_len, True)
+        x, pending = self._forward_fused(self.embed_tokens(tokens), ctx, layers=range(stop))
         return torch.stack([x, pending])
 
     def prompt_rest(self, state, positions, masks, kv_len: int, start: int, last=None) -> torch.Tensor:
         """prompt_layers' state through layers [start, end) and the head: forward()'s logits (state[0] changes)."""
-        return self._forward_fused(state[0], positions, masks, kv_len, False, True, last=last,
-                                   layers=range(start, len(self.layers)), pending=state[1])
+        ctx = StaticCache(self, positions, masks, kv_len, True)
+        return self._forward_fused(state[0], ctx, last, layers=range(start, len(self.layers)),
+                                   pending=state[1])[0]
 
-    def _forward_fused(self, x, positions, masks, kv_len, all_logits, causal_from_zero, last=None, layers=None,
-                       pending=None):
-        """forward() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
+    def _forward_fused(self, x, ctx, rows=None, all_rows=False, layers=None, pending=None):
+        """run() in Triton kernels around the linears: ~10 kernels per layer instead of ~70 (see triton_ops).
         x (the residual stream) is updated in place. layers: a range of layers only, then (x, pending) for the
         rest (a prompt graph's part); pending: the last block's output, not yet added into x."""
         from . import triton_ops as T
 
         cfg = self.cfg
         m = x.shape[0]
-        h, kvh, eps, gemma = cfg.heads, cfg.kv_heads, cfg.eps, cfg.gemma
+        eps, gemma = cfg.eps, cfg.gemma
         span = range(len(self.layers)) if layers is None else layers
         pending_w = None  # pending: the last block's output, added into x by the next norm (with this norm first)
         if pending is not None:
@@ -377,14 +379,8 @@ class Decoder:
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
             cos, sin = self.rope[cfg.rope_theta[i]]
-            q = T.rope_cache(L.qkv(y), positions, cos, sin, self.k_cache[i], self.v_cache[i], h, kvh, eps,
-                             n.get("q_norm"), n.get("k_norm"), gemma)
-            if m == 1:
-                att = T.decode_attention(q, self.k_cache[i], self.v_cache[i], positions, kv_len, cfg.scale,
-                                         cfg.window[i])
-            else:
-                att = self.attend(i, q, masks, kv_len, causal_from_zero)
-            o = L.o(att)
+            q = ctx.rope_store(i, L.qkv(y), cos, sin, n.get("q_norm"), n.get("k_norm"))
+            o = L.o(ctx.attend_fused(i, q))
             if "pre_feedforward_layernorm" in n:  # gemma: x += norm(o); y = norm(x)
                 y = T.add_rmsnorm(x, n["pre_feedforward_layernorm"], eps, gemma, o, n["post_attention_layernorm"])
             else:
@@ -394,13 +390,12 @@ class Decoder:
             pending_w = n.get("post_feedforward_layernorm")
         if span.stop < len(self.layers):
             return x, pending
-        if not all_logits and last is not None:
-            x, pending = x.index_select(0, last), pending.index_select(0, last)
-        elif not all_logits:
+        if not all_rows and rows is not None:
+            x, pending = x.index_select(0, rows), pending.index_select(0, rows)
+        elif not all_rows:
             x, pending = x[-1:].contiguous(), pending[-1:].contiguous()
         y = T.add_rmsnorm(x, self.final_norm, eps, gemma, pending, pending_w)
-        logits = self.logits(y)
-        return logits if all_logits else logits[0]
+        return self.logits(y)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normed hidden states [M, hidden] -> fp32 logits [M, vocab]."""

@@ -81,14 +81,19 @@ def add_rmsnorm(x, w, eps: float, gemma: bool, res=None, res_w=None, out=None):
 
 
 @triton.jit
-def _rope_cache(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, kc_ptr, vc_ptr,
+def _rope_cache(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, kc_ptr, vc_ptr,
                 H, KVH, max_len, stride, eps,
                 D: tl.constexpr, HALF: tl.constexpr, QK_NORM: tl.constexpr, GEMMA: tl.constexpr,
-                PDL: tl.constexpr):
+                PAGED: tl.constexpr, PDL: tl.constexpr):
     _pdl_enter(PDL)
     t = tl.program_id(0)
     hh = tl.program_id(1)
     pos = tl.load(pos_ptr + t)
+    if PAGED:  # caches [blocks, KVH, max_len (the block size), D]; the token's slot = block * max_len + offset
+        slot = tl.load(slot_ptr + t)
+        row = (slot // max_len) * KVH * max_len + slot % max_len
+    else:  # caches [KVH, max_len, D]
+        row = pos
     offs = tl.arange(0, HALF)
     src = qkv_ptr + t * stride + hh * D
     dt = q_ptr.dtype.element_ty
@@ -116,26 +121,29 @@ def _rope_cache(qkv_ptr, pos_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, kc_pt
         if hh < H:
             dst = q_ptr + (t * H + hh) * D
         else:
-            dst = kc_ptr + ((hh - H) * max_len + pos) * D
+            dst = kc_ptr + ((hh - H) * max_len + row) * D
         tl.store(dst + offs, o1.to(dt))
         tl.store(dst + HALF + offs, o2.to(dt))
     else:
-        dst = vc_ptr + ((hh - H - KVH) * max_len + pos) * D
+        dst = vc_ptr + ((hh - H - KVH) * max_len + row) * D
         tl.store(dst + offs, x1)
         tl.store(dst + HALF + offs, x2)
 
 
 def rope_cache(qkv, positions, cos, sin, k_cache, v_cache, heads: int, kv_heads: int, eps: float,
-               q_norm=None, k_norm=None, gemma: bool = False):
+               q_norm=None, k_norm=None, gemma: bool = False, slots=None):
     """qkv [M, (H + 2 KVH) D] -> q [M, H, D] (normed?, rotated); k (normed?, rotated) and v written into the
-    caches [KVH, max_len, D] at `positions` [M]."""
+    caches [KVH, max_len, D] at `positions` [M], or, with `slots` [M], into paged caches [blocks, KVH,
+    block_size, D] at slot = block * block_size + offset."""
     m = qkv.shape[0]
-    kvh, max_len, d = k_cache.shape
+    d = k_cache.shape[-1]
+    rows = k_cache.shape[-2]  # max_len, or the block size
     q = torch.empty((m, heads, d), dtype=qkv.dtype, device=qkv.device)
     _rope_cache[(m, heads + 2 * kv_heads)](
-        qkv, positions, cos, sin, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
-        q, k_cache, v_cache, heads, kv_heads, max_len, qkv.stride(0), eps, D=d, HALF=d // 2,
-        QK_NORM=q_norm is not None, GEMMA=gemma, num_warps=1 if d <= 128 else 2,
+        qkv, positions, slots if slots is not None else positions, cos, sin,
+        q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos,
+        q, k_cache, v_cache, heads, kv_heads, rows, qkv.stride(0), eps, D=d, HALF=d // 2,
+        QK_NORM=q_norm is not None, GEMMA=gemma, PAGED=slots is not None, num_warps=1 if d <= 128 else 2,
         **_pdl(qkv.device))
     return q
 
@@ -223,6 +231,83 @@ def decode_attention(q, k_cache, v_cache, pos, kv_len: int, scale: float, window
     _attn_combine[(heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
                             SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
                             **_pdl(q.device))
+    return out
+
+
+@triton.jit
+def _paged_attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, tab_ptr, po_ptr, pm_ptr, pl_ptr, scale, window, chunk,
+                      tab_stride, KVH, BS,
+                      G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
+                      SPLITS: tl.constexpr, PDL: tl.constexpr):
+    """_attn_split for many sequences in a paged cache [blocks, KVH, BS, D]: program (b, kv head, split) reads
+    sequence b's positions of its split through b's block table; BLOCK divides BS, so a tile is in one block."""
+    _pdl_enter(PDL)
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    sp = tl.program_id(2)
+    pos = tl.load(pos_ptr + b).to(tl.int32)
+    lo = sp * chunk
+    hi = tl.minimum(lo + chunk, pos + 1)
+    if window > 0:
+        lo = tl.maximum(lo, pos - window + 1)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    H = KVH * G
+    q = tl.load(q_ptr + (b * H + kvh * G + g)[:, None] * D + d[None, :], mask=(g < G)[:, None], other=0.0)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    for start in range((lo // BLOCK) * BLOCK, hi, BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        jm = (j >= lo) & (j < hi)
+        blk = tl.load(tab_ptr + b * tab_stride + start // BS).to(tl.int64)
+        base = ((blk * KVH + kvh) * BS + start % BS) * D
+        rows = tl.arange(0, BLOCK)
+        k = tl.load(kc_ptr + base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(jm[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(vc_ptr + base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    row = ((b * KVH + kvh) * SPLITS + sp) * GP + g
+    tl.store(po_ptr + row[:, None] * D + d[None, :], acc)
+    tl.store(pm_ptr + row, m_i)
+    tl.store(pl_ptr + row, l_i)
+
+
+def paged_attention_plan(kv_len: int, batch: int, kv_heads: int, d: int, block_size: int, sms: int
+                         ) -> tuple[int, int, int]:
+    """(tile, chunk, splits) for a batch of decode rows: about two programs per multiprocessor in all."""
+    tile = min(64 if d <= 128 else 32, block_size)
+    splits = max(1, min(triton.cdiv(kv_len, tile), (2 * sms) // max(1, kv_heads * batch)))
+    chunk = triton.cdiv(triton.cdiv(kv_len, splits), tile) * tile
+    return tile, chunk, triton.cdiv(kv_len, chunk)
+
+
+def paged_decode_attention(q, k_cache, v_cache, positions, tables, kv_len: int, scale: float, window: int = 0):
+    """One query per sequence: q [B, H, D] over each sequence's positions max(0, pos-window+1)..pos (positions
+    [B] on the device) in paged caches [blocks, KVH, BS, D] through block tables [B, max_blocks] (int32);
+    kv_len bounds every sequence's length (the plan's bucket). Returns [B, H*D]."""
+    bsz, heads, d = q.shape
+    _, kvh, bs, _ = k_cache.shape
+    g = heads // kvh
+    gp = max(16, triton.next_power_of_2(g))
+    tile, chunk, splits = paged_attention_plan(kv_len, bsz, kvh, d, bs, _sms(q.device))
+    rows = bsz * kvh * splits * gp
+    po = torch.empty((rows, d), dtype=torch.float32, device=q.device)
+    pm = torch.empty((rows,), dtype=torch.float32, device=q.device)
+    pl = torch.empty_like(pm)
+    _paged_attn_split[(bsz, kvh, splits)](q, k_cache, v_cache, positions, tables, po, pm, pl, scale, window, chunk,
+                                          tables.stride(0), kvh, bs, G=g, GP=gp, D=d, BLOCK=tile, SPLITS=splits,
+                                          num_warps=4, **_pdl(q.device))
+    out = torch.empty((bsz, heads * d), dtype=q.dtype, device=q.device)
+    _attn_combine[(bsz * heads,)](po, pm, pl, out, G=g, GP=gp, D=d, SPLITS=splits,
+                                  SP=triton.next_power_of_2(splits), num_warps=1 if d <= 128 else 2,
+                                  **_pdl(q.device))
     return out
 
 

@@ -52,6 +52,29 @@ for dt in (torch.float32, torch.float16):
       j=torch.arange(256); mask=(j<=p)&((j>p-win) if win else True)
       ref=F.scaled_dot_product_attention(q.transpose(0,1).unsqueeze(0).float(),kc[:,:256].unsqueeze(0).float(),vc[:,:256].unsqueeze(0).float(),attn_mask=mask[None,:],scale=D**-0.5,enable_gqa=KVH!=H)
       check((dt,'attn',H,KVH,D,win,p),rel(o,ref[0].transpose(0,1).reshape(1,-1)),1e-3)
+  # paged: the same rope / attention through block tables (blocks deliberately out of order)
+  H,KVH,D,BS,NB=8,2,64,16,12
+  qkv=torch.randn(3,(H+2*KVH)*D).to(dt); pos=torch.tensor([5,17,40])
+  tables=torch.tensor([[3,0,0],[7,1,0],[9,4,11]],dtype=torch.int32)
+  slots=torch.tensor([int(tables[i,p//BS])*BS+p%BS for i,p in enumerate(pos.tolist())])
+  kp=torch.zeros(NB,KVH,BS,D,dtype=dt); vp=torch.zeros_like(kp)
+  inv=1.0/(10000**(torch.arange(0,D,2).float()/D)); fr=torch.outer(torch.arange(64).float(),inv); emb=torch.cat([fr,fr],-1)
+  cos,sin=emb.cos().to(dt),emb.sin().to(dt)
+  q=T.rope_cache(qkv,pos,cos,sin,kp,vp,H,KVH,1e-6,slots=slots)
+  ks=torch.zeros(KVH,64,D,dtype=dt); vs=torch.zeros_like(ks)
+  qs=T.rope_cache(qkv,pos,cos,sin,ks,vs,H,KVH,1e-6)
+  for i,p in enumerate(pos.tolist()):
+    b=int(tables[i,p//BS])
+    check((dt,'paged-rope',i),max(rel(kp[b,:,p%BS],ks[:,p]),rel(vp[b,:,p%BS],vs[:,p])),0)
+  check((dt,'paged-rope-q'),rel(q,qs),0)
+  kp=torch.randn(NB,KVH,BS,D).to(dt); vp=torch.randn(NB,KVH,BS,D).to(dt); qb=torch.randn(3,H,D).to(dt)
+  for win in (0,9):
+    o=T.paged_decode_attention(qb,kp,vp,pos,tables,64,D**-0.5,win)
+    for i,p in enumerate(pos.tolist()):
+      kk=kp[tables[i].long()].transpose(0,1).reshape(KVH,-1,D)[:,:p+1]; vv=vp[tables[i].long()].transpose(0,1).reshape(KVH,-1,D)[:,:p+1]
+      j=torch.arange(p+1); mask=(j<=p)&((j>p-win) if win else True)
+      ref=F.scaled_dot_product_attention(qb[i:i+1].transpose(0,1).unsqueeze(0).float(),kk.unsqueeze(0).float(),vv.unsqueeze(0).float(),attn_mask=mask[None,:],scale=D**-0.5,enable_gqa=True)
+      check((dt,'paged-attn',win,i),rel(o[i:i+1],ref[0].transpose(0,1).reshape(1,-1)),1e-3)
   gu=torch.randn(2,2*300).to(dt)
   for gelu in (False,True):
     g,u=gu.chunk(2,-1); a=F.gelu(g,approximate='tanh') if gelu else F.silu(g)

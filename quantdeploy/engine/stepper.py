@@ -1,0 +1,233 @@
+"""The batching engine's Stepper: runs the scheduler's steps (batching/scheduler.py) on the decoder, with the KV
+of every sequence in one paged pool (attention.PagedKV).
+
+A step's decode rows go through a CUDA graph per (batch bucket, context bucket) on CUDA: the rows are padded to
+a power of two with rows that write into a scratch block and a scratch slot. Prompt chunks run eagerly. Each
+slot's last sampled token stays on the device (`self.last`): a decode reads its input from there, so the host
+never waits for a token before launching the next step; the sampled ids are copied to pinned memory behind the
+step and read by collect().
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..batching import Sampled, Sequence, Work
+from .attention import Chunk, PagedBatch, PagedKV
+from .sampling import make_generator, sample
+
+log = logging.getLogger("quantdeploy.engine")
+
+BLOCK_SIZE = 32
+MAX_GRAPH_BATCH = 256
+
+
+def pool_blocks(dec, max_seqs: int, max_len: int, block_size: int, memory_fraction: float | None) -> int:
+    """KV blocks to allocate: on CUDA what `memory_fraction` of the GPU leaves after the weights (less a margin for
+    activations and graphs); elsewhere enough for every slot at full context."""
+    cfg = dec.cfg
+    per_block = PagedKV.bytes_per_block(cfg.layers, block_size, cfg.kv_heads, cfg.head_dim, dec.dtype)
+    full = max_seqs * -(-max_len // block_size)
+    if dec.device.type != "cuda":
+        return full
+    free, total = torch.cuda.mem_get_info(dec.device)
+    used = total - free
+    margin = 1.5 * 2 ** 30 + max_seqs * (cfg.vocab * 4 * 3 + cfg.hidden * 64)
+    budget = (memory_fraction or 0.9) * total - used - margin
+    blocks = int(budget // per_block)
+    if blocks < -(-max_len // block_size):
+        from ..errors import UsageError
+
+        raise UsageError(f"the GPU has room for {max(0, blocks)} KV blocks of {block_size} tokens after the weights, "
+                         f"less than one sequence of {max_len} tokens; lower --ctx or raise "
+                         "--gpu-memory-utilization")
+    return min(blocks, full)
+
+
+@dataclass
+class _Step:
+    event: Any
+    host: torch.Tensor | None  # sampled ids, one per sampling row
+    rows: list[int | None]  # per work item: its row in `host`, or None
+
+
+class FastStepper:
+    def __init__(self, dec, *, max_seqs: int, max_len: int, chunk_tokens: int = 512, block_size: int = BLOCK_SIZE,
+                 num_blocks: int | None = None, memory_fraction: float | None = None, use_graph: bool | None = None,
+                 prefix_caching: bool = True):
+        self.dec = dec
+        cfg = dec.cfg
+        self.device = dec.device
+        self.max_seqs, self.max_len, self.chunk_tokens = max_seqs, max_len, chunk_tokens
+        self.block_size = block_size
+        self.prefix_caching = prefix_caching
+        self.num_blocks = num_blocks or pool_blocks(dec, max_seqs, max_len, block_size, memory_fraction)
+        # one block and one slot more: where padded rows of a graph write
+        self.kv = PagedKV(cfg.layers, self.num_blocks + 1, block_size, cfg.kv_heads, cfg.head_dim, dec.dtype,
+                          self.device)
+        self.scratch_block, self.scratch_slot = self.num_blocks, max_seqs
+        self.max_blocks = -(-max_len // block_size)
+        self.last = torch.zeros(max_seqs + 1, dtype=torch.long, device=self.device)
+        self.gens: dict[int, Any] = {}
+        self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
+        self.graphs: dict[tuple[int, int], tuple] = {}
+        self._pool = None
+        log.info("batching: %d slots, KV pool of %d blocks x %d tokens (%.2f GiB)", max_seqs, self.num_blocks,
+                 block_size, self.num_blocks * PagedKV.bytes_per_block(cfg.layers, block_size, cfg.kv_heads,
+                                                                        cfg.head_dim, dec.dtype) / 2 ** 30)
+
+    # --- sequences --------------------------------------------------------------------------------------
+    def begin(self, seq: Sequence) -> None:
+        seed = getattr(seq.params, "seed", None)
+        self.gens[seq.slot] = make_generator(self.device, seed) if seed is not None else None
+
+    def end(self, seq: Sequence) -> None:
+        self.gens.pop(seq.slot, None)
+
+    def reset(self) -> None:
+        self.graphs.clear()
+        self._pool = None
+
+    # --- one step -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def launch(self, decodes: list[Work], prefills: list[Work]) -> _Step:
+        logits_parts, works_sampled = [], []
+        if decodes:
+            logits_parts.append(self._decode(decodes))
+            works_sampled += decodes
+        chunked = [w for w in prefills]
+        if chunked:
+            lg = self._prefill(chunked)
+            if lg is not None:
+                logits_parts.append(lg)
+                works_sampled += [w for w in chunked if w.sample]
+        rows: list[int | None] = []
+        r = 0
+        for w in decodes + prefills:
+            if w.sample:
+                rows.append(r)
+                r += 1
+            else:
+                rows.append(None)
+        if not works_sampled:
+            return _Step(None, None, rows)
+        logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
+        toks = self._sample(logits, works_sampled)
+        slots = torch.tensor([w.seq.slot for w in works_sampled], dtype=torch.long, device=self.device)
+        self.last.index_copy_(0, slots, toks)
+        if self.device.type == "cuda":
+            host = torch.empty(len(works_sampled), dtype=torch.long, pin_memory=True)
+            host.copy_(toks, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            return _Step(event, host, rows)
+        return _Step(None, toks, rows)
+
+    def collect(self, step: _Step) -> list[Sampled | None]:
+        if step.event is not None:
+            step.event.synchronize()
+        ids = step.host.tolist() if step.host is not None else []
+        return [Sampled(ids[r]) if r is not None else None for r in step.rows]
+
+    # --- decode rows ----------------------------------------------------------------------------------------
+    def _tables(self, seqs: list[Sequence], rows: int) -> torch.Tensor:
+        t = torch.full((rows, self.max_blocks), self.scratch_block, dtype=torch.int32)
+        for i, s in enumerate(seqs):
+            t[i, :len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
+        return t
+
+    def _kv_slot(self, seq: Sequence, pos: int) -> int:
+        bs = self.block_size
+        return seq.blocks[pos // bs] * bs + pos % bs
+
+    def kv_bucket(self, longest: int) -> int:
+        b = 256
+        while b < longest:
+            b *= 2
+        return min(b, self.max_blocks * self.block_size)
+
+    def _decode_inputs(self, decodes: list[Work], rows: int):
+        n = len(decodes)
+        pad = rows - n
+        slots = [w.seq.slot for w in decodes] + [self.scratch_slot] * pad
+        pos = [w.start for w in decodes] + [0] * pad
+        kvs = [self._kv_slot(w.seq, w.start) for w in decodes] + [self.scratch_block * self.block_size] * pad
+        as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        return as_long(slots), as_long(pos), as_long(kvs), self._tables([w.seq for w in decodes], rows)
+
+    def _decode(self, decodes: list[Work]) -> torch.Tensor:
+        n = len(decodes)
+        kv_len = self.kv_bucket(max(w.start for w in decodes) + 1)
+        if self.use_graph and n <= MAX_GRAPH_BATCH:
+            rows = 1
+            while rows < n:
+                rows *= 2
+            g = self.graphs.get((rows, kv_len)) or self._capture(rows, kv_len)
+            if g is not None:
+                graph, inputs, out = g
+                for dst, src in zip(inputs, self._decode_inputs(decodes, rows)):
+                    dst.copy_(src, non_blocking=True)
+                graph.replay()
+                return out[:n]
+        slots, pos, kvs, tables = (t.to(self.device) for t in self._decode_inputs(decodes, n))
+        return self._decode_body(slots, pos, kvs, tables, kv_len)
+
+    def _decode_body(self, slots, pos, kvs, tables, kv_len: int) -> torch.Tensor:
+        ctx = PagedBatch(self.dec, self.kv, pos, kvs, len(pos), tables, [], kv_len)
+        return self.dec.run(self.last.index_select(0, slots), pos, ctx, all_rows=True)
+
+    def _capture(self, rows: int, kv_len: int):
+        from .runner import _capture_checked
+
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        inputs = [torch.full((rows,), self.scratch_slot, dtype=torch.long, device=self.device),
+                  torch.zeros(rows, dtype=torch.long, device=self.device),
+                  torch.full((rows,), self.scratch_block * self.block_size, dtype=torch.long, device=self.device),
+                  torch.full((rows, self.max_blocks), self.scratch_block, dtype=torch.int32, device=self.device)]
+        g, out, err = _capture_checked(self.device, lambda: self._decode_body(*inputs, kv_len), self._pool)
+        if not err < 1e-2:
+            log.warning("the batched decode graph does not reproduce the eager step (rel err %.3g); decoding "
+                        "batches eagerly", err)
+            self.use_graph = False
+            return None
+        self.graphs[(rows, kv_len)] = (g, inputs, out)
+        return self.graphs[(rows, kv_len)]
+
+    # --- prompt chunks ----------------------------------------------------------------------------------------
+    def _prefill(self, works: list[Work]) -> torch.Tensor | None:
+        toks, pos, kvs, chunks, rows = [], [], [], [], []
+        for w in works:
+            first = len(toks)
+            toks += w.tokens
+            pos += range(w.start, w.start + len(w.tokens))
+            kvs += [self._kv_slot(w.seq, p) for p in range(w.start, w.start + len(w.tokens))]
+            table = torch.tensor(w.seq.blocks, dtype=torch.int32, device=self.device)
+            chunks.append(Chunk(first, len(w.tokens), w.start, table))
+            if w.sample:
+                rows.append(len(toks) - 1)
+        dev = self.device
+        as_long = lambda v: torch.tensor(v, dtype=torch.long, device=dev)  # noqa: E731
+        positions = as_long(pos)
+        ctx = PagedBatch(self.dec, self.kv, positions, as_long(kvs), 0, None, chunks, 0)
+        if not rows:
+            self.dec.run(as_long(toks), positions, ctx, rows=as_long([len(toks) - 1]))
+            return None
+        return self.dec.run(as_long(toks), positions, ctx, rows=as_long(rows))
+
+    # --- sampling -----------------------------------------------------------------------------------------------
+    def _sample(self, logits: torch.Tensor, works: list[Work]) -> torch.Tensor:
+        params = [w.seq.params for w in works]
+        if all(p is None or p.temperature <= 0 for p in params):
+            return logits.argmax(-1)
+        out = []
+        for i, (w, p) in enumerate(zip(works, params)):
+            if p is None or p.temperature <= 0:
+                out.append(logits[i].argmax())
+            else:
+                out.append(sample(logits[i], p.temperature, p.top_p, p.top_k, self.gens.get(w.seq.slot)))
+        return torch.stack(out)
