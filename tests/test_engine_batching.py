@@ -68,3 +68,21 @@ def test_a_seed_reproduces_whatever_else_is_in_the_batch(pair):
     together = concurrently(batched, [PROMPTS[0], PROMPTS[1], PROMPTS[2]],
                             params)  # the same seed in three different sequences at once
     assert together[0] == first
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_batched_greedy_on_the_gpu_equals_each_sequence_alone(fmt, model_paths):
+    """On CUDA the batch runs through the W4A16 GEMM and the paged kernels, alone through the GEMV: the greedy
+    tokens must still agree (the fixtures' prompts have no near-ties in their first tokens)."""
+    path = str(model_paths[fmt])
+    params = GenerationParams(max_tokens=16, temperature=0)
+    solo = quantdeploy.load(path, engine="fast", device="cuda")
+    alone = ["".join(solo.generate(p, params)) for p in PROMPTS]
+    solo.close()
+    batched = quantdeploy.load(path, engine="fast", device="cuda", max_seqs=4)
+    try:
+        assert concurrently(batched, PROMPTS, params) == alone
+        assert batched.kernel_report()["kernel"] == "qd-w4a16-gemv"
+    finally:
+        batched.close()

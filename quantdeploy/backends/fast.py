@@ -43,7 +43,7 @@ class FastQuantModel(HFTokenizerModel):
         self.scheduler = None
         if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler
             from ..batching import Scheduler
-            from .stepper import FastStepper
+            from ..engine.stepper import FastStepper
 
             self.stepper = FastStepper(self.engine.dec, max_seqs=spec.max_seqs, max_len=self._ctx,
                                        memory_fraction=spec.gpu_memory_utilization)
