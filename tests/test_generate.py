@@ -250,7 +250,7 @@ def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path):
     assert "tokens but the context window holds 512" in rows[4]["error"]
     assert rows[5]["finish_reason"] == "length" and rows[5]["usage"] == {"prompt_tokens": 5, "completion_tokens": 4,
                                                                           "total_tokens": 9}
-    assert "3 results, 3 errors" in proc.stderr
+    assert "3 results, 3 errors" in proc.stderr and "tok/s" in proc.stderr  # the progress bar's last state
 
     # a rerun has nothing to do (the model is not even loaded), and still says that 3 failed
     again = run_cli("generate", "no/such-model", "--input", str(inp), "--output", str(out))
@@ -270,36 +270,53 @@ def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path):
     assert rows2[0] == rows[0] and rows2[5] == rows[5]  # finished lines were not run again
 
 
-def test_resume_after_a_kill(tmp_path, gguf_model):
-    n = 10
+def stop_midway(cmd: list[str], out: Path, at_least: int, sig: int) -> subprocess.CompletedProcess:
+    """Run cmd until `out` holds `at_least` lines, then send it `sig`."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= at_least:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "finished before it could be stopped: " + proc.stderr.read()[-2000:]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "", err)
+
+
+@pytest.mark.slow
+def test_resume_after_ctrl_c_and_after_a_kill(tmp_path, gguf_model):
+    n = 12
     lines = [{"prompt": PROMPTS[i % len(PROMPTS)] + f" ({i})", "id": f"r{i}", "max_tokens": 4, **GREEDY}
              for i in range(n)]
     inp = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "quantdeploy", "generate", "--input", str(inp), "--output", str(out)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(30)
+
+    stopped = stop_midway(cmd, out, 2, signal.SIGINT)  # Ctrl-C: the work in flight stops, whole lines stay
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "run the same command again to resume" in stopped.stderr.strip().splitlines()[-1]
+    after_int = out.read_bytes().count(b"\n")
+    assert after_int >= 2 and out.read_bytes().endswith(b"\n")
+
+    killed = stop_midway(cmd, out, after_int + 2, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
     first = out.read_bytes()
     kept = first.count(b"\n")
-    assert 3 <= kept < n and first.endswith(b"\n")
+    assert after_int + 2 <= kept < n and first.endswith(b"\n")
     with open(out, "ab") as f:  # as if the kill had landed inside a write
-        f.write(b'{"id": "r9", "text": "half')
+        f.write(b'{"id": "r11", "text": "half')
 
     done = run_cli("generate", "--input", str(inp), "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dropped a cut-off last line" in done.stderr and f"{kept} of {n} ids already there" in done.stderr
     rows = read_out(out)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(n)]  # none lost, none twice, input order
-    assert out.read_bytes().startswith(first)  # the killed run's lines stayed as they were
+    assert out.read_bytes().startswith(first)  # the stopped runs' lines stayed as they were
     assert all(r["usage"]["completion_tokens"] >= 1 and "error" not in r for r in rows)
 
     # the same requests run in one go give the same results
