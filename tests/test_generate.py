@@ -215,15 +215,21 @@ def test_generate_batch_equals_one_generation_at_a_time(gguf_model):
 
 
 @pytest.mark.slow
-def test_generate_batch_on_the_gptq_fixture(gptq_path):
+def test_generate_batch_on_the_gptq_fixture_batched_by_the_fast_engine(gptq_path):
+    """A backend that really batches: the fast engine's scheduler decodes up to 3 of the 4 requests together."""
     import quantdeploy
 
-    model = quantdeploy.load(str(gptq_path))
+    model = quantdeploy.load(str(gptq_path), engine="fast", device="cpu", max_seqs=3)
     try:
-        params = GenerationParams(max_tokens=4, **GREEDY)
-        res = model.generate_batch(PROMPTS[:2], params)
-        assert [r.text for r in res] == ["".join(model.generate(p, params)) for p in PROMPTS[:2]]
-        assert all(r.usage.completion_tokens == 4 for r in res)
+        assert model.max_sequences == 3
+        params = GenerationParams(max_tokens=6, **GREEDY)
+        items = PROMPTS[:3] + [[{"role": "user", "content": "Name a fruit."}]]
+        res = model.generate_batch(items, params)
+        steps = model.batch_stats()["steps"]
+        alone = ["".join(model.chat(x, params) if isinstance(x, list) else model.generate(x, params)) for x in items]
+        assert [r.text for r in res] == alone
+        assert all(r.usage.completion_tokens == 6 for r in res)
+        assert steps < model.batch_stats()["steps"] - steps  # together took fewer steps than one after the other
     finally:
         model.close()
 
