@@ -22,8 +22,8 @@ from .text import shipped_text
 
 WARMUP_TOKENS = 8  # new tokens of each warm-up request (one wave at the highest concurrency, not measured)
 REQUEST_TIMEOUT_S = 600.0  # longest silence tolerated on one connection
-ERRORS_KEPT = 3
-SERVER_START_TIMEOUT_S = 900.0  # loading a large model (and capturing its graphs) before /health answers  # distinct error messages kept per level
+ERRORS_KEPT = 3  # distinct error messages kept per level
+SERVER_START_TIMEOUT_S = 900.0  # loading a large model (and capturing its graphs) before /health answers
 
 
 def parse_levels(text: str) -> list[int]:
