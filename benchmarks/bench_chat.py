@@ -88,7 +88,7 @@ class ChatProcess:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model", nargs="?", default=None, help="model path or name (default: the embedded GGUF)")
+    ap.add_argument("model", nargs="?", default=None, help="model path or name (default: the default model)")
     ap.add_argument("--format", dest="fmt", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tokens", type=int, default=64, help="reply tokens per round")

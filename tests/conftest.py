@@ -33,9 +33,18 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
-    from quantdeploy.models import embedded_model_path
+    """Gemma-3-270M Q4_K_M: the base model the fixtures of all three formats are built from."""
+    from quantdeploy.testing.fixtures import gemma_gguf
 
-    return embedded_model_path()
+    return gemma_gguf()
+
+
+@pytest.fixture(scope="session")
+def default_gguf_path() -> Path:
+    """The default model (SmolLM2-135M-Instruct Q4_1), what `chat` and `serve` load when no MODEL is named."""
+    from quantdeploy.models import default_model_path
+
+    return default_model_path()
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +75,7 @@ def model_paths(gguf_path, gptq_path, awq_path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def gguf_model(gguf_path):
-    """One loaded embedded GGUF model shared by the tests that only read from it."""
+    """One loaded Gemma GGUF model shared by the tests that only read from it."""
     import quantdeploy
 
     m = quantdeploy.load(str(gguf_path))

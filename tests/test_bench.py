@@ -1,4 +1,4 @@
-"""`quantdeploy bench` through the real CLI on the embedded GGUF: report schema, the three output formats,
+"""`quantdeploy bench` through the real CLI on the Gemma test GGUF: report schema, the three output formats,
 gpu_kernels_in_use false on CPU with its reason, --require-gpu / --require-kernel exit codes, bad input."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory, home, reference_path):
-    """One real bench of the embedded model, written as JSON, Markdown and HTML, with --quality."""
+def bench_run(tmp_path_factory, home, gguf_path, reference_path):
+    """One real bench of the Gemma GGUF, written as JSON, Markdown and HTML, with --quality against its reference."""
     out = tmp_path_factory.mktemp("bench")
     files = {s: out / f"report.{s}" for s in ("json", "md", "html")}
-    args = ["bench", "--prompt-tokens", "24", "--new-tokens", "6", "--repeat", "2", "--quality",
+    args = ["bench", str(gguf_path), "--prompt-tokens", "24", "--new-tokens", "6", "--repeat", "2", "--quality",
             "--quality-tokens", "48", "--reference", str(reference_path)]
     for f in files.values():
         args += ["--output", str(f)]
@@ -100,11 +100,11 @@ def test_quality_against_the_reference(bench_run):
     assert q["reference_perplexity"] == pytest.approx(q["perplexity"], rel=0.05)
 
 
-def test_markdown_and_html_reports(bench_run):
+def test_markdown_and_html_reports(bench_run, gguf_path):
     proc, files, rep = bench_run
     md = files["md"].read_text()
     assert "| model | format | device | kernel | GPU kernels |" in md
-    assert "| gemma3-270m:Q4_K_M | gguf | cpu | llama.cpp-cpu | no |" in md
+    assert f"| {gguf_path.name} | gguf | cpu | llama.cpp-cpu | no |" in md
     assert "no CUDA GPU here" in md and "roofline cpu:" in md and rep["command"] in md
     assert proc.stdout == md  # the table printed is the Markdown report
     html = files["html"].read_text()

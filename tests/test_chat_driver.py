@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -24,13 +25,16 @@ def clean(text: str) -> str:
 class Chat:
     """One REPL session. `say(line)` types a line and returns what was printed before the next prompt."""
 
-    def __init__(self, *args: str, home: Path, env: dict | None = None, timeout: float = TIMEOUT):
+    def __init__(self, *args: str, home: Path, env: dict | None = None, timeout: float = TIMEOUT,
+                 sigint_ignored: bool = False):
+        """sigint_ignored: start it as a background job or a CI runner does, with SIGINT ignored (inherited)."""
         e = dict(os.environ)
         e.pop("QUANTDEPLOY_DEBUG", None)
         e.update({"QUANTDEPLOY_HOME": str(home), "TERM": "xterm"}, **(env or {}))
         self.transcript = io.StringIO()
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.p = pexpect.spawn(sys.executable, ["-m", "quantdeploy", "chat", *args], encoding="utf-8",
-                               timeout=timeout, env=e, cwd=str(REPO), dimensions=(50, 4000))
+                               timeout=timeout, env=e, cwd=str(REPO), dimensions=(50, 4000), preexec_fn=ignore)
         self.p.logfile_read = self.transcript
         self.banner = self.wait_prompt()
 

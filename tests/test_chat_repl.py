@@ -1,4 +1,7 @@
-"""`quantdeploy chat` on the embedded GGUF, typed at like a person would (pexpect in a pseudo-terminal)."""
+"""`quantdeploy chat` on the Gemma test GGUF, typed at like a person would (pexpect in a pseudo-terminal).
+
+Gemma-3-270M is a base model without a chat template: these tests rely on its fallback template and on its greedy
+replies (test_default_model.py chats with the default, instruction-tuned model)."""
 
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ def home(tmp_path):
 
 
 @pytest.fixture()
-def chat(home):
+def chat(home, gguf_path):
     sessions = []
 
-    def start(*args, **kw):
-        c = Chat(*args, home=home, **kw)
+    def start(*args, model=None, **kw):
+        c = Chat(model or str(gguf_path), *args, home=home, **kw)
         sessions.append(c)
         return c
 
@@ -40,7 +43,7 @@ def chat(home):
 
 @pytest.fixture(scope="module")
 def gguf_copy(tmp_path_factory, gguf_path):
-    """A copy of the embedded GGUF whose eos_token_id metadata we rewrite per test (`declare_eos`)."""
+    """A copy of the Gemma GGUF whose eos_token_id metadata we rewrite per test (`declare_eos`)."""
     path = tmp_path_factory.mktemp("eos") / "gemma-eos.gguf"
     shutil.copyfile(gguf_path, path)
     return path
@@ -134,6 +137,17 @@ def test_leaving_exits_zero(chat, how):
     assert "Traceback" not in c.text() and "error" not in c.text()
 
 
+def test_ctrl_c_works_when_started_with_sigint_ignored(chat):
+    # A shell running a job in the background, or a CI runner, starts it with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: Ctrl-C at the prompt did nothing and the session hung.
+    c = chat(*GREEDY, "--max-tokens", "300", sigint_ignored=True)
+    c.start_reply("Tell me a very long story.")
+    c.p.sendintr()
+    assert "[reply stopped]" in c.wait_prompt()
+    assert c.leave("ctrl-c") == 0
+    assert "Traceback" not in c.text()
+
+
 def test_multiline_block_is_one_message_never_a_command(chat, tmp_path):
     c = chat(*GREEDY, "--max-tokens", "3")
     c.type_line('"""', more=True)
@@ -169,7 +183,7 @@ def test_stop_token_from_gguf_metadata_ends_the_reply_unprinted(chat, gguf_copy,
     # model's eos and the reply must end right before it, without printing it.
     (stop_id,) = gguf_model.tokenize(" mendatang", add_bos=False)
     declare_eos(gguf_copy, stop_id)
-    c = chat(str(gguf_copy), *GREEDY, "--max-tokens", "40")
+    c = chat(*GREEDY, "--max-tokens", "40", model=str(gguf_copy))
     out = c.say("Say hello.")
     s = c.stats()
     assert s["finish"] == "stop" and s["reply"] < 40, s
@@ -182,7 +196,7 @@ def test_stop_token_from_gguf_metadata_ends_the_reply_unprinted(chat, gguf_copy,
 def test_empty_reply_gets_a_friendly_note(chat, gguf_copy, gguf_model):
     (first_id,) = gguf_model.tokenize("Say", add_bos=False)  # the model's first reply token is now its eos
     declare_eos(gguf_copy, first_id)
-    c = chat(str(gguf_copy), *GREEDY, "--max-tokens", "40")
+    c = chat(*GREEDY, "--max-tokens", "40", model=str(gguf_copy))
     out = c.say("Say hello.")
     assert "empty reply" in out, out
     assert c.stats()["finish"] == "stop"

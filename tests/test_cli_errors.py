@@ -74,7 +74,7 @@ def test_missing_optional_dependency_names_pip(tmp_path, gguf_path):
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['llama_cpp'] = None\n")
     env = {"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = run_cli("chat", str(gguf_path), "--prompt", "hi", env=env)
-    assert_clean_error(proc, "pip install llama-cpp-python")
+    assert_clean_error(proc, "llama-cpp-python is not installed", "./install.sh", "pip install 'quantdeploy[gguf]'")
     listing = run_cli("backends", env=env)
     assert listing.returncode == 0 and "llama-cpp-python" in listing.stdout
 

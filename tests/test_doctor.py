@@ -14,8 +14,10 @@ from quantdeploy.errors import UsageError
 from quantdeploy.settings import Settings
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
-REQS = ["torch<=2.14.1,>=2.6", "transformers<6,>=5.0", "optimum>=2.0", "gptqmodel==7.7.0", "gguf>=0.10",
-        "huggingface_hub>=1.0", "llama-cpp-python>=0.3.9; extra == \"llama\"", "pytest>=8; extra == \"test\""]
+REQS = ["gguf>=0.10", "huggingface_hub>=1.0", "llama-cpp-python>=0.3.9; extra == \"gguf\"",
+        "torch<=2.14.1,>=2.6; extra == \"gptq\"", "transformers<6,>=5.0; extra == \"gptq\"",
+        "optimum>=2.0; extra == \"gptq\"", "gptqmodel==7.7.0; extra == \"gptq\"",
+        "quantdeploy[gptq]; extra == \"awq\"", "pytest>=8; extra == \"test\""]
 VERSIONS = {"torch": "2.14.1", "transformers": "5.23.0", "optimum": "2.3.0", "gptqmodel": "7.7.0",
             "huggingface_hub": "1.3.0", "gguf": "0.19.0", "llama-cpp-python": "0.3.36", "numpy": "2.4.6"}
 
@@ -82,7 +84,8 @@ CASES = [
                                                          "devices": []},
                                          nvidia=lambda: {"driver": "550.54", "cuda": "12.4", "gpus": [H100]}),
      "torch-cuda", "fail", ["CUDA 13.0", "up to CUDA 12.4"], ["upgrade the NVIDIA driver", "whl/cu124"]),
-    ("torch missing", dict(torch=lambda: None), "torch-cuda", "fail", ["not installed"], ["pip install torch"]),
+    ("torch missing (a GGUF-only install)", dict(torch=lambda: None), "torch-cuda", "skip",
+     ["not installed", "pip install 'quantdeploy[gptq]'"], []),
     ("T4: no Marlin", dict(torch=lambda: {"version": "2.14.1", "cuda": "13.0", "cuda_available": True,
                                           "devices": [{"name": "Tesla T4", "capability": [7, 5]}]}),
      "compute-capability", "warn", ["Tesla T4", "Marlin needs 8.0", "exllama_v2"], ["Ampere"]),
@@ -121,8 +124,12 @@ CASES = [
      "gguf-smoke", "fail", ["RuntimeError: bad things"], ["python -c"]),
     ("old transformers", dict(versions=lambda: dict(VERSIONS, transformers="4.57.1")), "versions", "fail",
      ["transformers 4.57.1 (needs <6,>=5.0)"], ["pip install 'transformers<6,>=5.0'"]),
-    ("gptqmodel missing", dict(versions=lambda: dict(VERSIONS, gptqmodel=None)), "versions", "fail",
-     ["gptqmodel is missing"], ["pip install 'gptqmodel==7.7.0'"]),
+    ("gptqmodel too old", dict(versions=lambda: dict(VERSIONS, gptqmodel="7.6.0")), "versions", "fail",
+     ["gptqmodel 7.6.0 (needs ==7.7.0)"], ["pip install 'gptqmodel==7.7.0'"]),
+    ("an extra not installed is no failure", dict(versions=lambda: dict(VERSIONS, gptqmodel=None, torch=None)),
+     "versions", "ok", ["gguf 0.19.0"], []),
+    ("a core dependency missing", dict(versions=lambda: dict(VERSIONS, gguf=None)), "versions", "fail",
+     ["gguf is missing"], ["pip install 'gguf>=0.10'"]),
     ("disk nearly full", dict(disk_free=lambda path: (Path("/srv"), 1 * 10**9)), "disk", "fail", ["1.0 GB free"],
      ["QUANTDEPLOY_HOME"]),
     ("disk small", dict(disk_free=lambda path: (Path("/srv"), 6 * 10**9)), "disk", "warn", ["6.0 GB free"],

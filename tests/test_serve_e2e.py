@@ -14,6 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from quantdeploy.models import DEFAULT_MODEL
 from quantdeploy.server.process import ServerProcess, free_port
 
 from conftest import assert_clean_error, run_cli
@@ -240,7 +241,7 @@ def test_queue_full_gets_429_with_retry_after(small):
         assert err["type"] == "rate_limit_error" and err["code"] == "queue_full"
         c = openai.OpenAI(base_url=small.base_url + "/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.RateLimitError):
-            c.completions.create(model="gemma3-270m:Q4_K_M", prompt="x", max_tokens=2)
+            c.completions.create(model=DEFAULT_MODEL.name, prompt="x", max_tokens=2)
         running.close()  # frees the slot: the queued request runs to the end
         body = queued.read_all()
         assert queued.status == 200 and b'"finish_reason": "length"' in body and b"data: [DONE]" in body

@@ -53,10 +53,9 @@ def rows(models: Path | None, embedded: Path | None = None, embedded_fixtures: b
         Row("gguf", d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp", {}),
     ]
     if embedded_fixtures:
-        from quantdeploy.models import embedded_model_path
-        from quantdeploy.testing.fixtures import awq_model, gptq_model
+        from quantdeploy.testing.fixtures import awq_model, gemma_gguf, gptq_model
 
-        embedded = embedded_model_path()
+        embedded = gemma_gguf()
         out += [Row("embedded-gptq", gptq_model(), e, "gemma-3-270m GPTQ (fixture) · quantdeploy engine", {}),
                 Row("embedded-awq", awq_model(), e, "gemma-3-270m AWQ (fixture) · quantdeploy engine", {})]
     if embedded and embedded.is_file():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmark of record. On a machine with an NVIDIA GPU, after ./install.sh (which builds llama-cpp-python
-# with CUDA there), from anywhere:
+# The GPU benchmark of record. On a machine with an NVIDIA GPU, after ./install.sh --test (which builds
+# llama-cpp-python with CUDA there and installs every backend), from anywhere:
 #
 #     bash benchmarks/gpu/run.sh
 #
@@ -19,10 +19,12 @@
 # Logs of 2-5 and 7 go to build/gpu-bench/<gpu>/. A failed check (3, 7) stops the script with one line.
 # Environment: ROWS=gptq,awq,... benches only those rows (bench_all.py --only); KERNELS_ALONE=0 skips step 2;
 # EMBEDDED=1 adds the embedded model's rows; VOCAB_GGUF=FILE gives synth.py llama.cpp's ggml-vocab-llama-bpe.gguf
-# instead of fetching it with pip; PYTHON: the interpreter quantdeploy is installed in (default python3).
+# instead of fetching it with pip; PYTHON: the interpreter quantdeploy is installed in (default: the .venv that
+# ./install.sh made, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 MODELS=build/gpu-models
 RECORDS=benchmarks/results/gpu
 fail() { echo "run.sh: $*" >&2; exit 1; }
@@ -30,7 +32,7 @@ step() { echo "==> $*" >&2; }
 
 # llama.cpp's CUDA build and torch's CUDA libraries cannot share a process: each check runs in its own
 $PY -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" \
-  || fail "llama-cpp-python cannot offload to a GPU here: run ./install.sh on this machine (it builds it with CUDA)"
+  || fail "llama-cpp-python cannot offload to a GPU here: run ./install.sh --test on this machine (it builds it with CUDA)"
 GPU=$($PY -c "import sys, torch; sys.path.insert(0, 'benchmarks/gpu'); from bench_all import slug
 print(slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else '')")
 [ -n "$GPU" ] || fail "torch sees no CUDA GPU"

@@ -8,6 +8,7 @@ from .hf_quant import HFQuantBackend
 class AWQBackend(HFQuantBackend):
     name = "gptqmodel-awq"
     formats = ("awq",)
+    install_hint = "pip install 'quantdeploy[awq]'"
 
     def _config_class(self):
         from transformers import AwqConfig

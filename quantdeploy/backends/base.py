@@ -239,7 +239,7 @@ class LoadedModel(abc.ABC):
     def generate(self, prompt: str | list[int], params: GenerationParams | None = None, *, add_bos: bool = True
                  ) -> Generation:
         """Stream a continuation of a raw prompt (text or token ids), no chat template."""
-        params = (params or GenerationParams()).validate()
+        params = (params or self.default_params()).validate()
         ids = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=add_bos)
         self._check_fits(len(ids), params)
         return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params,
@@ -249,7 +249,7 @@ class LoadedModel(abc.ABC):
              template: str | None = None) -> Generation:
         """Stream the assistant's reply to a conversation, rendered with the model's chat template."""
         prompt = render_chat(self, messages, template=template)
-        params = (params or GenerationParams()).validate()
+        params = (params or self.default_params()).validate()
         ids = self.tokenize(prompt, add_bos=False)
         self._check_fits(len(ids), params)
         # A model that opens a new turn has ended its own: stop there too (base models often do).
@@ -269,6 +269,11 @@ class LoadedModel(abc.ABC):
 
         return generate_batch(self, prompts, params, max_concurrency=max_concurrency, template=template,
                               return_errors=return_errors)
+
+    def default_params(self) -> GenerationParams:
+        """What a call without params uses: GenerationParams' defaults with the sampling the model's authors
+        recommend, where the spec carries it (the default model does)."""
+        return GenerationParams(**self.spec.extra.get("sampling", {}))
 
     def turn_start_ids(self) -> set[int]:
         out = set()

@@ -15,8 +15,8 @@ from .hw import cuda_device_count, pick_torch_device
 
 log = logging.getLogger("quantdeploy.gguf")
 DEFAULT_CTX = 8192  # allocated when the model's own context is larger (KV cache memory); --ctx overrides
-INSTALL_HINT = ('build it with: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
-                "pip install llama-cpp-python diskcache (or run ./install.sh)")
+INSTALL_HINT = ("./install.sh builds it for this machine, or: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON "
+                "-DGGML_FMA=ON -DGGML_F16C=ON\" pip install 'quantdeploy[gguf]'")
 
 
 def _llama_cpp():

@@ -61,7 +61,7 @@ def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
 class HFQuantBackend(Backend):
     """Base for gptq.py and awq.py: they set name, formats and _config_class."""
 
-    install_hint = "pip install 'gptqmodel==7.7.0' 'transformers>=5' optimum"
+    install_hint = "pip install 'quantdeploy[gptq]'"
     _needs = ("torch", "transformers", "gptqmodel")
 
     def check_environment(self) -> tuple[bool, str]:

@@ -181,6 +181,7 @@ def run_repl(spec: ModelSpec, params: GenerationParams, *, system: str | None = 
     from ..models import load_spec
     from ..settings import get_settings
 
+    _take_ctrl_c()
     model = load_spec(spec)
     try:
         session = ChatSession(model, params, system=system, template=template, verbose=verbose)
@@ -200,6 +201,15 @@ def run_repl(spec: ModelSpec, params: GenerationParams, *, system: str | None = 
             reader.close()
     finally:
         model.close()
+
+
+def _take_ctrl_c() -> None:
+    """Ctrl-C leaves at the prompt and stops a reply, whatever SIGINT disposition the process inherited. A process
+    started with SIGINT ignored (by a shell running it as a background job, a CI runner, nohup-like wrappers) keeps
+    it ignored across exec, and Python then installs no KeyboardInterrupt handler: Ctrl-C at the prompt would do
+    nothing. Someone typing at this prompt is at a terminal and means it."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def loop(session: ChatSession, reader: LineReader) -> None:

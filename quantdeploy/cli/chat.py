@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..backends.base import GenerationParams
+from ..models import DEFAULT_MODEL
 from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
 
 
@@ -23,8 +24,12 @@ def chat(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens per reply.")] = 512,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", "-t", help=f"0 = greedy. Default: {GenerationParams.temperature}, or what the model's "
+        f"authors recommend (the default model: {DEFAULT_MODEL.sampling['temperature']}).", show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option(
+        "--top-p", help=f"Default: {GenerationParams.top_p}, or the model's recommended value (the default model: "
+        f"{DEFAULT_MODEL.sampling['top_p']}).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     template: Annotated[Optional[str], typer.Option(
         "--template", help="Chat template instead of the model's: gemma, llama3, chatml, mistral, or a Jinja file.")
@@ -38,9 +43,11 @@ def chat(
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
-    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed).validate()
+    given = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
+    GenerationParams(max_tokens=max_tokens, seed=seed, **given).validate()  # bad values fail before any load
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
+    params = GenerationParams(max_tokens=max_tokens, seed=seed, **{**spec.extra.get("sampling", {}), **given})
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
         if not prompt.strip():

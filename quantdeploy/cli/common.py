@@ -11,7 +11,8 @@ from ..backends.base import ModelSpec
 from ..errors import UsageError
 
 ModelArg = Annotated[Optional[str], typer.Argument(
-    help="A model directory, a .gguf file, a pulled name or org/repo[:QUANT]. Default: the embedded Gemma-3-270M.",
+    help="A model directory, a .gguf file, a pulled name or org/repo[:QUANT]. Default: SmolLM2-135M-Instruct "
+         "(a 98 MB Q4_1 GGUF that ./install.sh installs).",
     show_default=False)]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="Expected format: gptq, awq or gguf.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]

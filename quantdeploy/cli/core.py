@@ -26,9 +26,11 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
         return
+    from rich.markup import escape
+
     t = Table("format", "backend", "available", "reason")
-    for r in rows:
-        t.add_row(r.format, r.backend, "yes" if r.available else "no", r.reason)
+    for r in rows:  # reasons name extras in brackets (quantdeploy[gptq]), which rich would take for markup
+        t.add_row(r.format, r.backend, "yes" if r.available else "no", escape(r.reason))
     Console().print(t)
 
 

@@ -47,6 +47,9 @@ def serve(
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
+    from ..extras import require
+
+    require("serve", "serve")  # before anything imports fastapi
     from ..server import ServerSettings
     from ..server.run import serve as run_server
     from ..settings import get_settings

