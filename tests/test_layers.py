@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantdeploy"
 
 # Bottom first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("quantdeploy.errors", "quantdeploy.settings")),
+    ("foundation", ("quantdeploy.errors", "quantdeploy.settings", "quantdeploy.extras")),
     ("templates", ("quantdeploy.chat.templates", "quantdeploy.chat.jinja")),  # rendering, fallbacks, stop tokens
     ("interface", ("quantdeploy.backends.base",  # ModelSpec, LoadedModel, Backend: what every layer speaks
                    "quantdeploy.offline.requests", "quantdeploy.offline.runner")),  # LoadedModel.generate_batch
