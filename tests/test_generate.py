@@ -1,4 +1,4 @@
-"""Offline batch generation: `quantdeploy generate` through the real CLI on the embedded GGUF (mixed good and bad
+"""Offline batch generation: `quantdeploy generate` through the real CLI on the Gemma test GGUF (mixed good and bad
 lines, resume after a real kill, --retry-errors), `model.generate_batch` against single generations (the GGUF
 and the GPTQ fixture), ordering under concurrency with a model that batches, and the file rules."""
 
@@ -199,7 +199,7 @@ def test_generate_batch_errors_raise_or_are_returned():
     assert [r.usage.completion_tokens for r in res] == [1, 3]
 
 
-# --- real runs on the embedded model -----------------------------------------------------------------------
+# --- real runs on the Gemma test model -----------------------------------------------------------------------
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Water boils at", "My favourite colour is", "Once upon a time"]
 
@@ -234,7 +234,7 @@ def test_generate_batch_on_the_gptq_fixture_batched_by_the_fast_engine(gptq_path
         model.close()
 
 
-def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path):
+def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path, gguf_path):
     inp = write_lines(tmp_path / "in.jsonl", [
         {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 12, "stop": " 9", **GREEDY},
         "{not json",
@@ -245,7 +245,7 @@ def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path):
         {"prompt": "Once upon a time", "max_tokens": 4, "ignore_eos": True},
     ])
     out = tmp_path / "out.jsonl"
-    proc = run_cli("generate", "--input", str(inp), "--output", str(out), "--ctx", "512")
+    proc = run_cli("generate", str(gguf_path), "--input", str(inp), "--output", str(out), "--ctx", "512")
     assert_clean_error(proc, "3 of 6 requests failed", "--retry-errors")
     rows = read_out(out)
     assert [r["id"] for r in rows] == [1, 2, "chat", 5, "long", 7]
@@ -268,7 +268,8 @@ def test_cli_runs_good_lines_and_reports_bad_ones(tmp_path):
     lines[1] = json.dumps({"prompt": "Water boils at", "max_tokens": 2})
     lines[4] = json.dumps({"prompt": "x", "max_tokens": 3})
     inp.write_text("\n".join(lines) + "\n")
-    fixed = run_cli("generate", "--input", str(inp), "--output", str(out), "--ctx", "512", "--retry-errors")
+    fixed = run_cli("generate", str(gguf_path), "--input", str(inp), "--output", str(out), "--ctx", "512",
+                    "--retry-errors")
     assert_clean_error(fixed, "1 of 6 requests failed")
     rows2 = read_out(out)
     assert [r["id"] for r in rows2] == [1, 2, "chat", 5, "long", 7]
@@ -295,13 +296,13 @@ def stop_midway(cmd: list[str], out: Path, at_least: int, sig: int) -> subproces
 
 
 @pytest.mark.slow
-def test_resume_after_ctrl_c_and_after_a_kill(tmp_path, gguf_model):
+def test_resume_after_ctrl_c_and_after_a_kill(tmp_path, gguf_path, gguf_model):
     n = 12
     lines = [{"prompt": PROMPTS[i % len(PROMPTS)] + f" ({i})", "id": f"r{i}", "max_tokens": 4, **GREEDY}
              for i in range(n)]
     inp = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "quantdeploy", "generate", "--input", str(inp), "--output", str(out)]
+    cmd = [sys.executable, "-m", "quantdeploy", "generate", str(gguf_path), "--input", str(inp), "--output", str(out)]
 
     stopped = stop_midway(cmd, out, 2, signal.SIGINT)  # Ctrl-C: the work in flight stops, whole lines stay
     assert stopped.returncode == 130, stopped.stderr[-2000:]
@@ -317,7 +318,7 @@ def test_resume_after_ctrl_c_and_after_a_kill(tmp_path, gguf_model):
     with open(out, "ab") as f:  # as if the kill had landed inside a write
         f.write(b'{"id": "r11", "text": "half')
 
-    done = run_cli("generate", "--input", str(inp), "--output", str(out))
+    done = run_cli("generate", str(gguf_path), "--input", str(inp), "--output", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dropped a cut-off last line" in done.stderr and f"{kept} of {n} ids already there" in done.stderr
     rows = read_out(out)

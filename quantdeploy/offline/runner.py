@@ -169,7 +169,7 @@ def generate_batch(model: LoadedModel, items: list[Any], params: GenerationParam
             raise UsageError(f"{len(params)} GenerationParams for {len(items)} prompts; pass one for all or one each")
         per_item = [p.validate() for p in params]
     else:
-        per_item = [(params or GenerationParams()).validate()] * len(items)
+        per_item = [(params or model.default_params()).validate()] * len(items)
     reqs: list[Request | BatchResult] = []
     for i, (item, p) in enumerate(zip(items, per_item)):
         try:
