@@ -1,4 +1,4 @@
-"""`bench --concurrency`: the embedded GGUF served by a real `quantdeploy serve` to 1 and 2 concurrent streaming
+"""`bench --concurrency`: the default model's GGUF served by a real `quantdeploy serve` to 1 and 2 concurrent streaming
 clients (JSON, Markdown and HTML with its charts), and the pieces: levels, prompts, statistics, server
 arguments, failures as unmet requirements."""
 
@@ -16,6 +16,7 @@ from quantdeploy.bench.concurrency import level_stats, make_prompts, parse_level
 from quantdeploy.bench.runner import requirement_failures
 from quantdeploy.bench.serving_report import line_chart
 from quantdeploy.errors import UsageError
+from quantdeploy.models import DEFAULT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_reports_show_the_levels(served_run):
     proc, files, rep = served_run
     md = files["md"].read_text()
     assert "## Serving: concurrent streaming clients" in md and md == proc.stdout
-    table = [line for line in md.splitlines() if line.startswith("| gemma3-270m")]
+    table = [line for line in md.splitlines() if line.startswith(f"| {DEFAULT_MODEL.name}")]
     assert [row.split("|")[3].strip() for row in table[1:]] == ["1", "2"]  # after the single-stream row
     html = files["html"].read_text()
     charts = re.findall(r'<svg[^>]*aria-label="([^"]+)"', html)
