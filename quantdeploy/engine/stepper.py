@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..batching import Sampled, Sequence, Work
@@ -72,6 +73,10 @@ class FastStepper:
         self.scratch_block, self.scratch_slot = self.num_blocks, max_seqs
         self.max_blocks = -(-max_len // block_size)
         self.last = torch.zeros(max_seqs + 1, dtype=torch.long, device=self.device)
+        # block tables of every slot, kept up to date as sequences gain blocks (the scheduler only appends while a
+        # sequence holds its slot); a decode step gathers its rows from here
+        self.tables = np.full((max_seqs + 1, self.max_blocks), self.scratch_block, dtype=np.int32)
+        self.table_len = np.zeros(max_seqs + 1, dtype=np.int64)
         self.gens: dict[int, Any] = {}
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[tuple[int, int], tuple] = {}
@@ -82,6 +87,8 @@ class FastStepper:
 
     # --- sequences --------------------------------------------------------------------------------------
     def begin(self, seq: Sequence) -> None:
+        self.tables[seq.slot] = self.scratch_block
+        self.table_len[seq.slot] = 0
         seed = getattr(seq.params, "seed", None)
         self.gens[seq.slot] = make_generator(self.device, seed) if seed is not None else None
 
@@ -134,11 +141,14 @@ class FastStepper:
         return [Sampled(ids[r]) if r is not None else None for r in step.rows]
 
     # --- decode rows ----------------------------------------------------------------------------------------
-    def _tables(self, seqs: list[Sequence], rows: int) -> torch.Tensor:
-        t = torch.full((rows, self.max_blocks), self.scratch_block, dtype=torch.int32)
-        for i, s in enumerate(seqs):
-            t[i, :len(s.blocks)] = torch.tensor(s.blocks, dtype=torch.int32)
-        return t
+    def _table_rows(self, seqs: list[Sequence], slots: np.ndarray) -> torch.Tensor:
+        """The block tables of `slots` ([rows]; padded rows name the scratch slot), brought up to date first."""
+        for s in seqs:
+            have, n = self.table_len[s.slot], len(s.blocks)
+            if have < n:
+                self.tables[s.slot, have:n] = s.blocks[have:n]
+                self.table_len[s.slot] = n
+        return torch.from_numpy(self.tables[slots])
 
     def _kv_slot(self, seq: Sequence, pos: int) -> int:
         bs = self.block_size
@@ -151,13 +161,12 @@ class FastStepper:
         return min(b, self.max_blocks * self.block_size)
 
     def _decode_inputs(self, decodes: list[Work], rows: int):
-        n = len(decodes)
-        pad = rows - n
-        slots = [w.seq.slot for w in decodes] + [self.scratch_slot] * pad
+        pad = rows - len(decodes)
+        slots = np.array([w.seq.slot for w in decodes] + [self.scratch_slot] * pad, dtype=np.int64)
         pos = [w.start for w in decodes] + [0] * pad
         kvs = [self._kv_slot(w.seq, w.start) for w in decodes] + [self.scratch_block * self.block_size] * pad
-        as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-        return as_long(slots), as_long(pos), as_long(kvs), self._tables([w.seq for w in decodes], rows)
+        tables = self._table_rows([w.seq for w in decodes], slots)
+        return torch.from_numpy(slots), torch.tensor(pos, dtype=torch.long), torch.tensor(kvs, dtype=torch.long), tables
 
     def _decode(self, decodes: list[Work]) -> torch.Tensor:
         n = len(decodes)
