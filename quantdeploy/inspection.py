@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .backends.base import ModelSpec
 from .backends.gguf_check import validate_gguf
-from .errors import InvalidModel
 from .registry import get_backend
 
 
@@ -22,6 +20,7 @@ def inspect_model(spec: ModelSpec) -> dict[str, Any]:
     info: dict[str, Any] = {"name": spec.display_name, "path": str(spec.path), "format": spec.format,
                             "size_bytes": _size(spec.path)}
     backend = get_backend(spec.format)
+    backend.check_files(spec)
     info["backend"] = backend.name
     ok, reason = backend.check_environment()
     info["backend_available"] = ok
@@ -73,10 +72,9 @@ def _gguf_stop_tokens(f: Path, md: dict) -> list[str]:
 
 
 def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModel(f"{path} is not valid JSON ({e}); re-download the model") from None
+    from .backends.hf_check import read_json_object
+
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _inspect_hf(spec: ModelSpec) -> dict[str, Any]:
@@ -112,8 +110,8 @@ def _hf_stop_tokens(p: Path, cfg: dict, gen_cfg: dict, tok_cfg: dict) -> list[st
     for src in (gen_cfg, cfg):
         v = src.get("eos_token_id")
         ids.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
-    tok_json = _read(p / "tokenizer.json") if (p / "tokenizer.json").stat().st_size < 64 << 20 else {}
-    added = {t["id"]: t["content"] for t in tok_json.get("added_tokens", [])}
+    tok_json = _read(p / "tokenizer.json")
+    added = {t.get("id"): t.get("content") for t in tok_json.get("added_tokens") or [] if isinstance(t, dict)}
     names = {added[i] for i in ids if i in added}
     eos = tok_cfg.get("eos_token")
     if isinstance(eos, dict):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import LoadedModel, ModelSpec
 from .errors import ModelNotFound
 from .registry import check_format, get_backend
+from .settings import quiet_third_party_env
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(:[\w.\-]+)?$")
 
@@ -81,11 +84,17 @@ def _resolve_pulled(name: str, *, fmt: str | None) -> Path:
     return resolve_or_pull(name, fmt=fmt)
 
 
+def check_model(spec: ModelSpec) -> None:
+    """The model's files, checked without loading anything (a missing or damaged file is one InvalidModel)."""
+    get_backend(spec.format).check_files(spec)
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load a resolved spec with the backend the registry maps its format to."""
     import time
 
     backend = get_backend(spec.format)
+    backend.check_files(spec)  # a missing or damaged file fails here, before anything heavy is imported
     ok, reason = backend.can_load(spec)
     if not ok:
         from .errors import BackendUnavailable
@@ -97,11 +106,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return model
 
 
-def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
-    """Load through the registry, keeping third-party banners and progress bars off stdout."""
-    # the torch stack's loggers and banners need silencing; silencing imports gptqmodel's logger, which a GGUF
-    # load never needs (llama.cpp's own log is routed by the GGUF backend)
-    with quiet_third_party(quiet and spec.format != "gguf"):
+def load_spec(spec: ModelSpec, *, verbose: bool = False) -> LoadedModel:
+    """Load through the registry, for the CLI. Third-party banners, warnings and progress bars are dropped unless
+    `verbose` (or QUANTDEPLOY_DEBUG); either way they stay off stdout, which carries only the replies."""
+    from .settings import get_settings
+
+    with quiet_third_party(quiet=not (verbose or get_settings().debug)):
         model = load_model(spec)
     warning = model.kernel_report().get("warning")
     if warning:
@@ -109,37 +119,56 @@ def load_spec(spec: ModelSpec, *, quiet: bool = True) -> LoadedModel:
     return model
 
 
+# Loggers of the libraries a GPTQ/AWQ load imports; quiet keeps their errors only.
+THIRD_PARTY_LOGGERS = ("torch", "torchao", "transformers", "optimum", "accelerate", "gptqmodel", "tokenicer",
+                       "logbar", "triton")
+
+
+class _Discard(io.TextIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 class quiet_third_party:
-    """Send stdout to stderr while libraries load (gptqmodel prints a banner), and silence their INFO logs."""
+    """While a model loads, what libraries print goes elsewhere than stdout: dropped when quiet (gptqmodel's
+    banner and log lines, which it prints to stdout; torch's and transformers' warnings; the "Loading weights"
+    bar), or sent to stderr when not. Nothing here imports those libraries: a GGUF load never pulls them in."""
 
     def __init__(self, quiet: bool = True):
         self.quiet = quiet
 
     def __enter__(self):
         self._stdout = sys.stdout
-        sys.stdout = sys.stderr
-        if self.quiet:
-            for name in ("gptqmodel", "transformers", "optimum", "accelerate", "tokenicer", "logbar"):
-                logging.getLogger(name).setLevel(logging.ERROR)
-            _silence_gptqmodel()
+        if not self.quiet:
+            sys.stdout = sys.stderr
+            return self
+        sys.stdout = _Discard()
+        quiet_third_party_env()  # read by torch, huggingface_hub and transformers when they are imported
+        warnings.filterwarnings("ignore")
+        self._quiet_imported()
         return self
 
     def __exit__(self, *exc):
+        if self.quiet:
+            self._quiet_imported()  # what the load imported stays quiet while the model runs
         sys.stdout = self._stdout
 
+    @staticmethod
+    def _quiet_imported() -> None:
+        """Loggers, and libraries already imported (their import-time settings were read before)."""
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)  # torch resets its own logger's level on import
+        if sys.modules.get("transformers") is not None:
+            from transformers.utils import logging as hf_logging
 
-def _silence_gptqmodel() -> None:
-    import os
-    import warnings
+            hf_logging.disable_progress_bar()
+        if sys.modules.get("logbar") is not None:
+            from logbar import LogBar
 
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("GPTQMODEL_LOG_LEVEL", "ERROR")
-    try:
-        from logbar import LogBar
-
-        LogBar.shared().setLevel("ERROR")
-    except Exception:
-        pass
+            LogBar.shared().setLevel("ERROR")
 
 
 def load(model: str | None = None, *, fmt: str | None = None, **options) -> LoadedModel:

@@ -55,5 +55,19 @@ def prepare_process_env() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Read by third-party libraries when they are imported: their warnings, log lines and progress bars, off.
+THIRD_PARTY_QUIET_ENV = {
+    "TORCH_LOGS": "-all",  # torch's own loggers at ERROR (pytree and cpp_extension warnings at import)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" bar goes through huggingface_hub's switch
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def quiet_third_party_env() -> None:
+    """Quiet defaults for the libraries a GPTQ/AWQ load imports (a value the user set wins)."""
+    for key, value in THIRD_PARTY_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def get_settings() -> Settings:
     return Settings.from_env()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
+from conftest import run_cli
 from test_chat_driver import Chat
 
 pytestmark = pytest.mark.slow
 GREEDY = ("--temperature", "0", "--seed", "1")
 NEWLINE_ID = 107  # Gemma-3's "\n" token
+OUR_LINE = re.compile(r"(note|warning): |\[|\(the model returned")  # what quantdeploy itself writes to stderr
 
 
 @pytest.fixture()
@@ -73,3 +76,18 @@ def test_generation_config_eos_list_ends_the_reply_unprinted(chat, model_paths, 
     reply = c.save(tmp_path / "r.json")[-1]
     assert reply["role"] == "assistant" and reply["content"].strip() and "\n" not in reply["content"], reply
     assert c.leave() == 0
+
+
+@pytest.mark.parametrize("fmt", ["gptq", "awq"])
+def test_one_shot_stderr_holds_only_our_lines(model_paths, fmt):
+    """gptqmodel's banner and log lines, torch's warnings and transformers' progress bar stay out of a plain run;
+    -v shows them (on stderr: stdout carries the reply alone)."""
+    proc = run_cli("chat", str(model_paths[fmt]), "--prompt", "Say hello.", "-n", "4", *GREEDY)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    assert [line for line in proc.stderr.splitlines() if not OUR_LINE.match(line)] == [], proc.stderr
+    if fmt == "gptq":
+        loud = run_cli("chat", str(model_paths[fmt]), "--prompt", "Say hello.", "-n", "4", *GREEDY, "-v")
+        assert loud.returncode == 0, loud.stderr
+        assert loud.stdout == proc.stdout
+        assert [line for line in loud.stderr.splitlines() if line.strip() and not OUR_LINE.match(line)], loud.stderr

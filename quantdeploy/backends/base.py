@@ -319,6 +319,10 @@ class Backend(abc.ABC):
             return False, f"{self.name} loads {', '.join(self.formats)}, not {spec.format}"
         return self.check_environment()
 
+    def check_files(self, spec: ModelSpec) -> None:
+        """Check the model's files without loading weights or importing heavy libraries (headers, JSON): raise
+        InvalidModel naming the missing or malformed file and what to do. Runs before load() and inspect."""
+
     @abc.abstractmethod
     def load(self, spec: ModelSpec) -> LoadedModel:
         """Load weights and return a ready model; raise QuantDeployError with a fix on failure."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import os
 from pathlib import Path
@@ -67,10 +68,24 @@ class GGUFBackend(Backend):
     def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
         return ["llama.cpp-cuda", "llama.cpp-cpu"] if gpu_offload_supported() else ["llama.cpp-cpu"]
 
+    def check_files(self, spec: ModelSpec) -> None:
+        _validated(gguf_main_file(spec))
+
     def load(self, spec: ModelSpec) -> LoadedModel:
         path = gguf_main_file(spec)
-        info = validate_gguf(path)  # never hand llama.cpp a truncated or garbage file
+        info = _validated(path)  # never hand llama.cpp a truncated or garbage file
         return GGUFModel(spec, path, info)
+
+
+def _validated(path: Path) -> dict:
+    """validate_gguf(path), read once per file version (check_files and load both ask)."""
+    st = path.stat()
+    return dict(_validate_cached(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _validate_cached(path: str, size: int, mtime_ns: int) -> dict:
+    return validate_gguf(Path(path))
 
 
 def gguf_main_file(spec: ModelSpec) -> Path:

@@ -75,6 +75,11 @@ class HFQuantBackend(Backend):
     def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
         return kernel_names(self.formats[0])
 
+    def check_files(self, spec: ModelSpec) -> None:
+        from .hf_check import check_checkpoint
+
+        check_checkpoint(spec.path, spec.format, allow_pickle=spec.allow_pickle)
+
     def _config_class(self):
         raise NotImplementedError
 

@@ -19,7 +19,7 @@ def answer_once(spec: ModelSpec, prompt: str, params: GenerationParams, *, syste
                 template: str | None = None, raw: bool = False, verbose: bool = False) -> None:
     from ..models import load_spec
 
-    model = load_spec(spec)
+    model = load_spec(spec, verbose=verbose)
     if verbose:
         print(f"[loaded {spec.display_name} in {model.load_time_s:.1f}s]", file=sys.stderr)
     try:

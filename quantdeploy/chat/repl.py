@@ -182,7 +182,7 @@ def run_repl(spec: ModelSpec, params: GenerationParams, *, system: str | None = 
     from ..settings import get_settings
 
     _take_ctrl_c()
-    model = load_spec(spec)
+    model = load_spec(spec, verbose=verbose)
     try:
         session = ChatSession(model, params, system=system, template=template, verbose=verbose)
         note = template_notice(model, template)

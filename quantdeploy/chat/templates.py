@@ -95,6 +95,14 @@ def resolve_template(model: HasTemplate, template: str | None = None) -> tuple[s
     return FALLBACKS[name], f"built-in '{name}' template (the model has none; chosen for {info.architecture or '?'})"
 
 
+def check_template(template: str | None) -> None:
+    """Fail on a --template that cannot work before any model loads: an unknown name, an unreadable or empty
+    file, or a file that does not render a one-message conversation."""
+    if not template or ALIASES.get(template.lower(), template.lower()) in FALLBACKS:
+        return
+    render(_read_template_file(template), [{"role": "user", "content": "hi"}])
+
+
 def _read_template_file(template: str) -> str:
     p = Path(template).expanduser()
     if not p.is_file():

@@ -43,17 +43,21 @@ def chat(
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
+    from ..chat.templates import check_template
+
     given = {k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None}
     GenerationParams(max_tokens=max_tokens, seed=seed, **given).validate()  # bad values fail before any load
-    spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, engine=engine)
-    params = GenerationParams(max_tokens=max_tokens, seed=seed, **{**spec.extra.get("sampling", {}), **given})
+    if not raw:
+        check_template(template)  # everything that can fail without the model fails before it loads (or pulls)
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
         if not prompt.strip():
             from ..errors import UsageError
 
             raise UsageError("stdin was empty: pipe a prompt, or pass --prompt TEXT")
+    spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, engine=engine)
+    params = GenerationParams(max_tokens=max_tokens, seed=seed, **{**spec.extra.get("sampling", {}), **given})
     if prompt is not None:
         from ..chat.oneshot import answer_once
 

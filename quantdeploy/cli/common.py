@@ -32,6 +32,10 @@ def build_spec(model: str | None, fmt: str | None, *, device: str = "auto", kern
 
     if engine not in ("auto", "hf", "fast"):
         raise UsageError(f"unknown engine '{engine}'; choose one of: auto, hf, fast")
+    if device != "auto":
+        from ..backends.hw import pick_torch_device
+
+        pick_torch_device(device)  # an unknown device, or cuda without a GPU, fails before anything loads
     return resolve_model(model, fmt=fmt, device=device, kernel=kernel, n_ctx=ctx, allow_pickle=allow_pickle,
                          trust_remote_code=trust_remote_code, engine=engine)
 

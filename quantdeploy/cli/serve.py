@@ -47,29 +47,23 @@ def serve(
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
+    from ..chat.templates import check_template
     from ..extras import require
-
-    require("serve", "serve")  # before anything imports fastapi
-    from ..server import ServerSettings
-    from ..server.run import serve as run_server
+    from ..models import check_model
     from ..settings import get_settings
 
-    _check_template(template)
+    require("serve", "serve")  # before anything imports fastapi
+    # what can fail without the model fails before the server's libraries load and the port is bound
+    check_template(template)
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
+    check_model(spec)
+    from ..server import ServerSettings
+    from ..server.run import serve as run_server
+
     settings = ServerSettings(model_name=name if name is not None else spec.display_name, spec=spec,
                               api_key=api_key if api_key is not None else get_settings().api_key,
-                              max_concurrency=max_concurrency, max_queue=max_queue, template=template, aliases=tuple(alias or ()),
-                              cors_origins=tuple(cors_origin or ())).validate()
-    run_server(settings, host, port, loader=lambda: load_spec(spec), log_level=log_level.lower())
-
-
-def _check_template(template: str | None) -> None:
-    """Fail before binding the port, not after loading the model."""
-    from pathlib import Path
-
-    from ..chat.templates import FALLBACKS
-    from ..errors import UsageError
-
-    if template and template not in FALLBACKS and not Path(template).expanduser().is_file():
-        raise UsageError(f"unknown template '{template}'; pass a file or one of: {', '.join(FALLBACKS)}")
+                              max_concurrency=max_concurrency, max_queue=max_queue, template=template,
+                              aliases=tuple(alias or ()), cors_origins=tuple(cors_origin or ())).validate()
+    run_server(settings, host, port, loader=lambda: load_spec(spec, verbose=log_level.lower() == "debug"),
+               log_level=log_level.lower())
