@@ -72,7 +72,7 @@ def test_list_and_rm(hub, qd_home):
 def test_a_repo_id_not_yet_pulled_is_pulled_on_first_use(hub, qd_home):
     proc = run_cli("inspect", GGUF_REPO, "--json", env={"HF_ENDPOINT": hub.url})
     assert proc.returncode == 0, proc.stderr
-    assert f"pulling {GGUF_REPO}:Q4_K_M" in proc.stderr  # progress on stderr ...
+    assert f"pulling {GGUF_REPO} from" in proc.stderr and f"{GGUF_REPO}:Q4_K_M (gguf)" in proc.stderr  # on stderr
     info = json.loads(proc.stdout)  # ... and stdout stays clean
     assert info["format"] == "gguf" and info["name"] == GGUF_REPO
     assert Path(info["path"]).name == "gemma-3-270m-Q4_K_M.gguf"

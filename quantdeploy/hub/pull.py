@@ -68,6 +68,7 @@ def pull(req: PullRequest, *, progress: Progress | None = None) -> PullResult:
             return _result(have)
         raise DownloadError(f"HF_HUB_OFFLINE is set and {req.name} is not pulled; unset HF_HUB_OFFLINE to pull it")
     hub = Hub(req.endpoint or settings.hf_endpoint, req.token or settings.hf_token)
+    progress.say(f"pulling {req.name} from {hub.where}")
     try:
         repo = hub.repo(repo_id, revision, on_retry=progress.retrying)
     except DownloadError as e:
@@ -200,8 +201,7 @@ class _Puller:
         before = old or read_json(self.meta / PENDING) or {}
         old_paths = {f["path"] for f in before.get("files", [])} if before.get("repo") == plan.repo.repo_id else set()
         write_json(self.meta / PENDING, self._pending(done))
-        title = (f"pulling {plan.name} ({plan.format}) from {self.hub.where}: {len(todo)} of {len(plan.files)} "
-                 f"files, {human_bytes(need)} to fetch")
+        title = f"{plan.name} ({plan.format}): {len(todo)} of {len(plan.files)} files, {human_bytes(need)} to fetch"
         progress.start(title, total=plan.size, have=plan.size - need)
         fetched = 0
         try:

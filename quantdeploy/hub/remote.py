@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -47,10 +48,25 @@ def public_endpoint(endpoint: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
+def unresolvable_host(e: BaseException) -> bool:
+    """The hub's host name did not resolve (no network, no DNS, or a typo in the endpoint). Not worth retrying:
+    on an offline machine it fails the same way every time, and "temporary failure" (EAI_AGAIN) is what a machine
+    without a reachable DNS server says, every time."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def is_retryable(e: BaseException) -> bool:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
+    if unresolvable_host(e):
+        return False
     if isinstance(e, HfHubHTTPError):
         return e.response is not None and e.response.status_code in RETRY_STATUS
     return isinstance(e, httpx2.TransportError) and not isinstance(e, httpx2.ProxyError)
@@ -101,6 +117,11 @@ def explain(e: BaseException, *, repo_id: str, endpoint: str, revision: str | No
     if isinstance(e, hf.HfHubHTTPError):
         return DownloadError(f"{where} answered HTTP {status} for {repo_id}{f' {path}' if path else ''}; "
                              "try again later, or point HF_ENDPOINT / --endpoint at a mirror")
+    if unresolvable_host(e):
+        host = urlsplit(endpoint).hostname or where
+        return DownloadError(f"cannot reach {where}: the host name {host} does not resolve (offline, or no DNS); "
+                             "check your connection, point HF_ENDPOINT / --endpoint at a reachable mirror, or set "
+                             "HF_HUB_OFFLINE=1 to use pulled models only")
     if isinstance(e, (httpx2.ConnectError, httpx2.ConnectTimeout)):
         return DownloadError(f"cannot reach {where}: check your connection, or point HF_ENDPOINT / --endpoint at "
                              "a reachable mirror")
