@@ -63,9 +63,9 @@ build_progress() {  # a line per 10 % of the build (ninja's [N/M] or make's [ N%
   local next=10 line pct
   while IFS= read -r line; do
     printf '%s\n' "$line" >> "$1"
-    if [[ $line =~ ^\[\ *([0-9]+)/([0-9]+)\] ]]; then
+    if [[ $line =~ ^[[:space:]]*\[\ *([0-9]+)/([0-9]+)\] ]]; then  # pip -v indents the build's output
       pct=$((100 * BASH_REMATCH[1] / BASH_REMATCH[2]))
-    elif [[ $line =~ ^\[\ *([0-9]+)%\] ]]; then
+    elif [[ $line =~ ^[[:space:]]*\[\ *([0-9]+)%\] ]]; then
       pct=${BASH_REMATCH[1]}
     else
       continue

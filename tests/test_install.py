@@ -168,3 +168,18 @@ def test_fixture_step_prints_a_line_per_fixture(tmp_path):
     (log,) = (tmp_path / "fixtures").glob("*-noisy.log")
     text = log.read_text()
     assert "Quantizing layer 1999" in text and "native library banner" in text and "a child process" in text
+
+
+def test_llama_build_progress_is_a_line_per_ten_percent(tmp_path):
+    # install.sh's filter over `pip wheel -v` (which indents the build's ninja or make lines): ten lines, whole log
+    script = (REPO / "install.sh").read_text()
+    (func,) = re.findall(r"^build_progress\(\) \{.*?^\}\n", script, re.S | re.M)
+    build = "noise\n" + "".join(f"  [{i}/193] /usr/bin/g++ -c ggml{i}.c\n" for i in range(1, 194)) + "[100%] Linking\n"
+    log = tmp_path / "build.log"
+    shell = "SECONDS=0\nelapsed() { printf '%dm%02ds' $((SECONDS / 60)) $((SECONDS % 60)); }\n" + func + \
+        f'build_progress "{log}"\n'
+    proc = subprocess.run(["bash", "-c", shell], input=build, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [int(re.search(r"built +(\d+) %", l)[1]) for l in lines] == list(range(10, 101, 10)), lines
+    assert log.read_text() == build
