@@ -102,24 +102,18 @@ class FastStepper:
     # --- one step -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def launch(self, decodes: list[Work], prefills: list[Work]) -> _Step:
-        logits_parts, works_sampled = [], []
+        logits_parts = []
         if decodes:
             logits_parts.append(self._decode(decodes))
-            works_sampled += decodes
-        chunked = [w for w in prefills]
-        if chunked:
-            lg = self._prefill(chunked)
+        if prefills:
+            lg = self._prefill(prefills)
             if lg is not None:
                 logits_parts.append(lg)
-                works_sampled += [w for w in chunked if w.sample]
-        rows: list[int | None] = []
-        r = 0
+        works_sampled = [w for w in decodes + prefills if w.sample]  # decodes always sample
+        rows, r = [], 0  # each work item's row among the sampled ones
         for w in decodes + prefills:
-            if w.sample:
-                rows.append(r)
-                r += 1
-            else:
-                rows.append(None)
+            rows.append(r if w.sample else None)
+            r += w.sample
         if not works_sampled:
             return _Step(None, None, rows)
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
