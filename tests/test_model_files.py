@@ -147,3 +147,16 @@ def test_gguf_errors_are_one_line(tmp_path):
     bad = tmp_path / "garbage.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     _one_line(run_cli("chat", str(bad), "--prompt", "hi"), "garbage.gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, needles", [
+    ({"model_type": "nosuchmodel", "architectures": ["NoSuchForCausalLM"]},
+     ["does not know the architecture 'nosuchmodel'", "--trust-remote-code"]),
+    ({"intermediate_size": 4096}, ["weights do not match config.json", "re-download"]),
+], ids=["unknown-architecture", "shapes-differ"])
+def test_what_only_the_load_finds_is_one_line_too(gptq_path, tmp_path, change, needles):
+    """Files that pass the checks but that transformers refuses: still one line that says what is wrong."""
+    d = tmp_path / "model"
+    _break(gptq_path, d, {"config.json": change})
+    _one_line(run_cli("chat", str(d), "--prompt", "hi", "-n", "2"), *needles)

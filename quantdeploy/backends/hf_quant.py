@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UsageError
+from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UnsupportedFormat, UsageError
 from ..settings import get_settings, prepare_process_env
 from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
 from .hw import pick_torch_device
@@ -291,7 +291,17 @@ def _explain_load_error(e: Exception, path: Path, kernel: Kernel) -> QuantDeploy
     if "CUTLASS" in msg or "urlopen" in msg.lower() or "URLError" in msg:
         return BackendUnavailable(f"kernel {kernel.name} tried to download code and this machine is offline; "
                                   "pass --kernel marlin")
-    if isinstance(e, (KeyError, ValueError, TypeError)) or "size mismatch" in msg or "safetensor" in msg.lower():
+    if "does not recognize this architecture" in msg:
+        import transformers
+
+        model_type = read_config(path).get("model_type")
+        return UnsupportedFormat(f"{path}: transformers {transformers.__version__} does not know the architecture "
+                                 f"'{model_type}' (config.json model_type); upgrade transformers, or pass "
+                                 "--trust-remote-code if the repo ships the model's code")
+    if "size mismatch" in msg or "mismatched_sizes" in msg:
+        return InvalidModel(f"{path}: the weights do not match config.json (tensor shapes differ), so they come from "
+                            "another model or a file is damaged; re-download the model")
+    if isinstance(e, (KeyError, ValueError, TypeError)) or "safetensor" in msg.lower():
         return InvalidModel(f"{path.name} could not be loaded ({type(e).__name__}: {msg}); "
                             "the files may be corrupt or not match config.json — re-download the model")
     return InvalidModel(f"{path.name} could not be loaded with kernel {kernel.name}: {msg}")
