@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .backends.base import LoadedModel, ModelSpec
 from .errors import ModelNotFound
-from .registry import check_format, get_backend
+from .registry import get_backend, identify, local_files
 from .settings import quiet_third_party_env
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(:[\w.\-]+)?$")
@@ -72,8 +72,9 @@ def resolve_model(model: str | None, *, fmt: str | None = None, **options) -> Mo
             path, name = _resolve_pulled(model, fmt=fmt), model
         else:
             raise ModelNotFound(f"no such model: {model} (pass a directory, a .gguf file, or org/repo[:QUANT])")
-    detected = check_format(path, fmt)
-    return ModelSpec(path=path, format=detected, name=name, **options)
+    files = local_files(path)
+    detected = identify(files, fmt)
+    return ModelSpec(path=path, format=detected, name=name, files=files, **options)
 
 
 def _resolve_pulled(name: str, *, fmt: str | None) -> Path:

@@ -6,16 +6,17 @@ are imported lazily so `quantdeploy backends` works when an optional dependency 
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .backends.base import Backend
-from .errors import InvalidModel, ModelNotFound, UnsupportedFormat, UsageError
+from .backends.base import Backend, Confidence
+from .checkpoint import LocalFiles, ModelFiles
+from .errors import InvalidModel, ModelNotFound, QuantDeployError, UnsupportedFormat, UsageError
 
-FORMATS = ("gptq", "awq", "gguf")
+log = logging.getLogger("quantdeploy.registry")
 ENTRY_POINT_GROUP = "quantdeploy.backends"
 # Used when the package is imported from a source tree that was never pip-installed (no entry points).
 _BUILTIN = {
@@ -86,74 +87,102 @@ def list_backends() -> list[BackendStatus]:
 
 # --- format detection ------------------------------------------------------------------------------
 
-GGUF_MAGIC = b"GGUF"
+def formats() -> list[str]:
+    """Every registered format name (built-ins and plugins), sorted: what --format accepts."""
+    _ensure_entry_points()
+    return sorted(_registry)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModel(f"{path} is not valid JSON ({e}); re-download the model") from None
-    if not isinstance(data, dict):
-        raise InvalidModel(f"{path} is not a JSON object; re-download the model")
-    return data
-
-
-def _quant_method(cfg: dict, source: Path) -> str | None:
-    qc = cfg.get("quantization_config")
-    if qc is None:
+def check_requested(requested: str | None) -> str | None:
+    """--format, lower case, or a usage error naming the registered formats."""
+    if not requested:
         return None
-    if not isinstance(qc, dict):
-        raise InvalidModel(f"{source}: quantization_config is not an object")
-    method = str(qc.get("quant_method", "")).lower()
-    if not method:
-        raise InvalidModel(f"{source}: quantization_config has no quant_method")
-    return method
+    req = requested.lower()
+    if req not in formats():
+        raise UsageError(f"unknown format '{requested}'; choose one of: {', '.join(formats())}")
+    return req
+
+
+def _detectors() -> list[tuple[str, Backend]]:
+    """(format, backend) for every backend that imports; a broken plugin is skipped (backends lists why)."""
+    out = []
+    for fmt in formats():
+        try:
+            out.append((fmt, _resolve(fmt)))
+        except Exception as e:
+            log.warning("backend %s failed to import (%s); not used for detection", fmt, e)
+    return out
+
+
+def kernel_patterns() -> tuple[str, ...]:
+    """Every backend's kernel_patterns: the names (lower-case substrings) of quantized matmul kernels."""
+    return tuple(sorted({p.lower() for _, backend in _detectors() for p in backend.kernel_patterns}))
+
+
+def claims(files: ModelFiles) -> dict[str, Confidence]:
+    """Format -> how surely its backend recognizes `files`, for every backend that does."""
+    out = {}
+    for fmt, backend in _detectors():
+        try:
+            found = backend.detect(files)
+        except QuantDeployError:
+            raise  # a broken config file: the same error whichever backend read it first
+        except Exception as e:  # a plugin's bug must not make every model unloadable
+            log.warning("backend %s failed to detect %s (%s: %s)", fmt, files.where, type(e).__name__, e)
+            continue
+        if found:
+            out[fmt] = Confidence(found)
+    return out
+
+
+def identify(files: ModelFiles, requested: str | None = None) -> str:
+    """The format of `files`: the surest claim, or `requested` (--format) when its backend recognizes them too."""
+    req = check_requested(requested)
+    found = claims(files)
+    if not found:
+        raise _unrecognized(files)
+    best = max(found.values())
+    top = sorted(f for f, c in found.items() if c == best)
+    if req is not None:
+        if req in found:
+            return req
+        raise UsageError(f"--format {req} does not match {files.where}: it is a {top[0].upper()} {files.noun} "
+                         f"(drop --format or pass --format {top[0]})")
+    if len(top) > 1:
+        raise UsageError(f"{files.where} looks like {' and '.join(f.upper() for f in top)} alike; pass --format "
+                         f"({', '.join(top)})")
+    return top[0]
+
+
+def _unrecognized(files: ModelFiles) -> QuantDeployError:
+    """Why no backend took the files, and what quantdeploy does load."""
+    names = ", ".join(formats())
+    if files.single_file:
+        return UnsupportedFormat(f"{files.where} is not a model file quantdeploy can load ({names}); pass a model "
+                                 "directory or a model file")
+    quant = files.quant
+    if quant is not None:
+        return UnsupportedFormat(f"{files.where}: quant_method '{quant.method}' is not supported; quantdeploy loads "
+                                 f"{names} (a backend plugin can add more; `quantdeploy backends` lists them)")
+    if files.config is not None:
+        return UnsupportedFormat(f"{files.where} is not quantized (config.json has no quantization_config); "
+                                 f"quantdeploy loads {names}")
+    expected = "; ".join(b.expects for _, b in _detectors() if b.expects)
+    return InvalidModel(f"{files.where} holds no model" + (f": expected {expected}" if expected else ""))
 
 
 def detect_format(path: str | Path) -> str:
-    """Return 'gptq', 'awq' or 'gguf' for a model directory or file, or raise with what was found."""
+    """The format of a model directory or file (e.g. 'gptq', 'awq', 'gguf'), or an error saying what was found."""
+    return identify(local_files(path))
+
+
+def local_files(path: str | Path) -> LocalFiles:
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelNotFound(f"no such file or directory: {p}")
-    if p.is_file():
-        if p.suffix.lower() == ".gguf":
-            return "gguf"
-        with open(p, "rb") as f:
-            if f.read(4) == GGUF_MAGIC:
-                return "gguf"
-        raise UnsupportedFormat(f"{p} is not a GGUF file; pass a model directory or a .gguf file")
-    cfg_path = p / "config.json"
-    method = None
-    if cfg_path.is_file():
-        method = _quant_method(_read_json(cfg_path), cfg_path)
-    if method is None and (p / "quantize_config.json").is_file():  # AutoGPTQ legacy
-        qc = _read_json(p / "quantize_config.json")
-        method = str(qc.get("quant_method", "gptq")).lower()
-    if method is None and (p / "quant_config.json").is_file():  # AutoAWQ legacy
-        qc = _read_json(p / "quant_config.json")
-        method = str(qc.get("quant_method", "awq")).lower()
-    if method is not None:
-        if method in ("gptq", "awq"):
-            return method
-        raise UnsupportedFormat(f"{p}: quant_method '{method}' is not supported; quantdeploy loads gptq, awq and gguf")
-    if list(p.glob("*.gguf")):
-        return "gguf"
-    if cfg_path.is_file():
-        raise UnsupportedFormat(f"{p} is not quantized (config.json has no quantization_config); "
-                                "quantdeploy loads GPTQ, AWQ and GGUF models")
-    raise InvalidModel(f"{p} holds no model: expected config.json with quantization_config, "
-                       "quantize_config.json, quant_config.json or *.gguf files")
+    return LocalFiles(p)
 
 
 def check_format(path: Path, requested: str | None) -> str:
     """The detected format, or an error when the user asked for a different one."""
-    detected = detect_format(path)
-    if requested:
-        req = requested.lower()
-        if req not in FORMATS:
-            raise UsageError(f"unknown format '{requested}'; choose one of: {', '.join(FORMATS)}")
-        if req != detected:
-            raise UsageError(f"--format {req} does not match {path}: it is a {detected.upper()} model "
-                             f"(drop --format or pass --format {detected})")
-    return detected
+    return identify(local_files(path), requested)

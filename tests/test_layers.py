@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantdeploy"
 
 # Bottom first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("quantdeploy.errors", "quantdeploy.settings", "quantdeploy.extras")),
+    ("foundation", ("quantdeploy.errors", "quantdeploy.settings", "quantdeploy.extras", "quantdeploy.checkpoint",
+                    "quantdeploy.units")),
     ("templates", ("quantdeploy.chat.templates", "quantdeploy.chat.jinja")),  # rendering, fallbacks, stop tokens
     ("interface", ("quantdeploy.backends.base",  # ModelSpec, LoadedModel, Backend: what every layer speaks
                    "quantdeploy.offline.requests", "quantdeploy.offline.runner")),  # LoadedModel.generate_batch
@@ -26,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("quantdeploy.models", "quantdeploy.inspection")),  # MODEL argument -> spec -> loaded model
     ("apps", ("quantdeploy.chat", "quantdeploy.server", "quantdeploy.bench", "quantdeploy.doctor",
               "quantdeploy.offline", "quantdeploy.testing")),
-    ("api", ("quantdeploy",)),  # the package's public names (quantdeploy/__init__.py)
+    ("api", ("quantdeploy",)),  # the package's public names (quantdeploy/__init__.py itself, nothing below it)
     ("cli", ("quantdeploy.cli", "quantdeploy.__main__")),
 ]
 
@@ -45,7 +46,8 @@ def layer_of(module: str) -> int:
     best, level = -1, None
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            inside = module == prefix or (module.startswith(prefix + ".") and "." in prefix)
+            if inside and len(prefix) > best:
                 best, level = len(prefix), i
     if level is None:
         raise AssertionError(f"{module} is in no layer; add it to LAYERS in {Path(__file__).name}")

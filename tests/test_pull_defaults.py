@@ -10,7 +10,7 @@ import pytest
 
 from conftest import assert_clean_error, run_cli
 from hubserver import HubServer, synthetic_gguf
-from quantdeploy.hub.quants import default_quant, gguf_quants
+from quantdeploy.backends.gguf_quants import default_quant, gguf_quants
 from quantdeploy.hub.remote import RemoteFile
 
 NO_Q4_K_M = "test-org/no-q4km-GGUF"  # Q4_K_S, Q8_0, Q2_K and an incomplete Q4_0

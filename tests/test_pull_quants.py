@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from hubserver import GGUF_REPO, HubServer, gguf_repo
 from quantdeploy.errors import ModelNotFound
-from quantdeploy.hub.quants import gguf_quants, quant_tag, select_quant
+from quantdeploy.backends.gguf_quants import gguf_quants, quant_tag, select_quant
 from quantdeploy.hub.remote import RemoteFile
 
 

@@ -111,3 +111,65 @@ def test_plugin_registers_like_builtins(gguf_path):
         from quantdeploy import registry
 
         registry._registry.pop("demo", None)
+
+
+def test_source_tree_fallback_matches_the_entry_points():
+    """registry._BUILTIN (used when the package runs from a source tree never pip-installed) is pyproject's
+    entry point table, not a second list kept by hand."""
+    import re
+
+    from quantdeploy import registry
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    section = text.split('[project.entry-points."quantdeploy.backends"]', 1)[1].split("\n[", 1)[0]
+    declared = dict(re.findall(r'^(\w+)\s*=\s*"([^"]+)"', section, re.M))
+    assert declared == registry._BUILTIN
+
+
+@pytest.mark.parametrize("files, needles", [
+    ({"config.json": {"quantization_config": {"quant_method": "hqq"}}}, ["quant_method 'hqq' is not supported",
+                                                                         "awq, gguf, gptq"]),
+    ({"config.json": {"model_type": "llama"}}, ["not quantized", "awq, gguf, gptq"]),
+    ({"README.md": "hello"}, ["holds no model", ".gguf", "quant_method gptq", "quant_method awq"]),
+])
+def test_unrecognized_models_say_what_loads(tmp_path, files, needles):
+    from quantdeploy.errors import QuantDeployError
+
+    _write(tmp_path, files)
+    with pytest.raises(QuantDeployError) as e:
+        detect_format(tmp_path)
+    for n in needles:
+        assert n in str(e.value)
+
+
+def test_a_registered_fourth_format_is_detected_and_accepted_by_format(tmp_path):
+    """A backend registered at run time owns its detection: --format reaches it, nothing else changes."""
+    from quantdeploy.backends.base import Backend, Confidence
+
+    class EXL2(Backend):
+        name = "exl2-demo"
+        formats = ("exl2",)
+
+        def check_environment(self):
+            return True, ""
+
+        def detect(self, files):
+            q = files.quant
+            return Confidence.DECLARED if q is not None and q.method == "exl2" else None
+
+        def load(self, spec):
+            raise AssertionError("not loaded here")
+
+    _write(tmp_path, {"config.json": {"quantization_config": {"quant_method": "exl2", "bits": 5}}})
+    with pytest.raises(UnsupportedFormat, match="quant_method 'exl2' is not supported"):
+        detect_format(tmp_path)
+    register_backend("exl2", EXL2)
+    try:
+        assert detect_format(tmp_path) == "exl2"
+        assert check_format(tmp_path, "exl2") == "exl2"
+        with pytest.raises(UsageError, match="it is a EXL2 model"):
+            check_format(tmp_path, "gptq")
+    finally:
+        from quantdeploy import registry
+
+        registry._registry.pop("exl2", None)

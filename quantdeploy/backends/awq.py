@@ -9,6 +9,7 @@ class AWQBackend(HFQuantBackend):
     name = "gptqmodel-awq"
     formats = ("awq",)
     install_hint = "pip install 'quantdeploy[awq]'"
+    expects = "config.json with quantization_config.quant_method awq (or AutoAWQ's quant_config.json)"
 
     def _config_class(self):
         from transformers import AwqConfig

@@ -7,15 +7,18 @@ prompt, knows its stop tokens, and says which kernels really run (`kernel_report
 from __future__ import annotations
 
 import abc
+import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..chat.templates import TURN_START_TOKENS, TemplateSource, render_chat
+from ..checkpoint import LocalFiles, ModelFiles
 from ..errors import UsageError
 
-__all__ = ["Backend", "Generation", "GenerationParams", "LoadedModel", "ModelSpec", "TemplateSource", "Usage"]
+__all__ = ["Backend", "Confidence", "Generation", "GenerationParams", "LoadedModel", "ModelFiles", "ModelSpec",
+           "PullChoice", "PullOffer", "TemplateSource", "Usage"]
 
 
 @dataclass
@@ -35,10 +38,17 @@ class ModelSpec:
     max_seqs: int = 1  # sequences decoded together (serve: --max-concurrency); backends that batch size for it
     gpu_memory_utilization: float | None = None  # share of the GPU's memory for weights + KV pool (None: default)
     extra: dict[str, Any] = field(default_factory=dict)
+    files: ModelFiles | None = field(default=None, repr=False, compare=False)  # what detection already read
 
     @property
     def display_name(self) -> str:
         return self.name or self.path.name
+
+    def model_files(self) -> ModelFiles:
+        """The model's files with the config files detection parsed (each file is read once per load)."""
+        if self.files is None:
+            self.files = LocalFiles(self.path)
+        return self.files
 
 
 @dataclass
@@ -200,6 +210,11 @@ class LoadedModel(abc.ABC):
     def close(self) -> None:  # free memory; backends override when they hold native handles
         pass
 
+    def weight_bytes_per_token(self) -> dict[str, Any] | None:
+        """{"bytes", "method", "detail"}: the weight bytes one decode step reads, for the bench's GB/s. None: the
+        bench counts them itself (a torch module's parameters, a GGUF's tensors, the safetensors files)."""
+        return None
+
     @property
     def max_sequences(self) -> int:
         """Sequences this model decodes together. Above 1, generate() / chat() may be called from that many
@@ -303,12 +318,50 @@ class LoadedModel(abc.ABC):
         self.close()
 
 
+class Confidence(enum.IntEnum):
+    """How surely a backend recognizes a model's files as its format; the registry takes the surest claim."""
+
+    FILES = 1  # files of the format's kind are there (a directory holding *.gguf files)
+    DECLARED = 2  # the model's config declares the format (quantization_config.quant_method)
+    EXACT = 3  # the path is itself a file of the format (a .gguf file, the GGUF magic)
+
+
+@dataclass
+class PullChoice:
+    """What a pull fetches for one format, before --include / --exclude."""
+
+    files: list[str]  # repo paths a default pull fetches
+    model_file: str | None = None  # the file to load; None: the pulled directory
+    variant: str | None = None  # the `org/repo:TAG` variant this choice is (a GGUF quant); None: TAG is a revision
+    note: str | None = None  # one line for the user before fetching (a default chosen for them)
+
+
+@dataclass
+class PullOffer:
+    """One line of `pull --list`: a variant or a file, its size, its files."""
+
+    label: str
+    size: int
+    files: list[str]
+    default: bool = False
+
+
 class Backend(abc.ABC):
-    """A loader for one or more formats. Register it under the `quantdeploy.backends` entry point group."""
+    """A loader for one format. Register it under the `quantdeploy.backends` entry point group, named by the format.
+
+    Everything about the format lives here: how to recognize its files (`detect`), which files of a repo a pull
+    needs (`pull_choice`, `pull_offers`), which kernel names prove its quantized matmuls ran (`kernel_patterns`),
+    how to load it (`load`).
+    """
 
     name: str = ""
     formats: tuple[str, ...] = ()
     install_hint: str = ""
+    # Substrings (lower case) of CUDA kernel / op names that are this format's quantized matrix multiplies: the
+    # bench's profiler evidence that the quantized path really ran.
+    kernel_patterns: tuple[str, ...] = ()
+    # What the files of this format look like, for the message when no backend recognizes a model.
+    expects: str = ""
 
     @abc.abstractmethod
     def check_environment(self) -> tuple[bool, str]:
@@ -329,3 +382,28 @@ class Backend(abc.ABC):
 
     def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
         return []
+
+    def inspect(self, spec: ModelSpec) -> dict[str, Any]:
+        """What `quantdeploy inspect` shows beyond the common fields, read from the files (no weights loaded):
+        architecture, context_length, quantization, chat_template, stop_tokens, ..."""
+        return {}
+
+    def detect(self, files: ModelFiles) -> Confidence | None:
+        """How surely `files` (a directory, a single file, or a repo listing) are in this backend's format; None
+        when they are not. Read only small files (`files.json`, `files.quant`, `files.read(name, limit)`): a
+        repo's are fetched on demand. A broken config file raises InvalidModel."""
+        return None
+
+    def pull_choice(self, files: ModelFiles, tag: str | None) -> PullChoice:
+        """Which files of a repo (already detected as this format) a pull fetches. `tag` is the part after ':' in
+        `org/repo:TAG` when it names no revision of the repo: a backend with variants (GGUF quants) picks one and
+        sets PullChoice.variant; the others leave it None, and the pull reports an unknown revision."""
+        return PullChoice(files=files.names())
+
+    def pull_check(self, files: ModelFiles, choice: PullChoice, selected: list[str]) -> None:
+        """Raise when the files a pull would fetch (its choice after --include / --exclude) cannot load."""
+
+    def pull_offers(self, files: ModelFiles) -> list[PullOffer]:
+        """What `pull --list` shows: by default each file a pull would fetch."""
+        sizes = files.sizes()
+        return [PullOffer(name, sizes.get(name, 0), [name]) for name in self.pull_choice(files, None).files]

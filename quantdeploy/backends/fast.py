@@ -21,10 +21,10 @@ class FastQuantModel(HFTokenizerModel):
 
         from ..engine.runner import FastEngine
 
-        ok, reason = engine_supports(spec.path)
+        cfg = self._init_common(spec)
+        ok, reason = engine_supports(cfg, self.quant_config)
         if not ok:
             raise BackendUnavailable(f"--engine fast: {reason}; use --engine hf")
-        cfg = self._init_common(spec)
         on_cuda = self._device.startswith("cuda")
         want = spec.extra.get("dtype")
         if want:
@@ -38,7 +38,7 @@ class FastQuantModel(HFTokenizerModel):
         if gemv not in ENGINE_KERNELS:
             raise UsageError(f"--engine fast runs the kernels {', '.join(ENGINE_KERNELS)}, not '{gemv}'; "
                              "use --engine hf for gptqmodel's other kernels")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv)
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv, files=spec.model_files())
         self._ctx = self.engine.max_len
         self.scheduler = None
         if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler

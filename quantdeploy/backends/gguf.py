@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import BackendUnavailable, InvalidModel, UsageError
-from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
-from .gguf_check import validate_gguf
+from . import gguf_quants
+from .base import (Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice, PullOffer,
+                   TemplateSource)
+from .gguf_check import GGUF_MAGIC, describe_gguf, validate_gguf
 from .hw import cuda_device_count, pick_torch_device
 
 log = logging.getLogger("quantdeploy.gguf")
@@ -56,6 +58,27 @@ class GGUFBackend(Backend):
     name = "llama.cpp"
     formats = ("gguf",)
     install_hint = INSTALL_HINT
+    expects = "a .gguf file, or a directory of them"
+    kernel_patterns = ("mul_mat_vec_q", "mul_mat_q", "mmvq")  # llama.cpp's quantized matmuls (ggml CUDA)
+
+    def detect(self, files: ModelFiles) -> Confidence | None:
+        """A .gguf file or one starting with the GGUF magic; a directory (or repo) holding model .gguf files."""
+        single = files.single_file
+        if single:
+            return Confidence.EXACT if single.lower().endswith(".gguf") or files.read(single, 4) == GGUF_MAGIC \
+                else None
+        return Confidence.FILES if any(gguf_quants.is_model_gguf(n) for n in files.names()) else None
+
+    def pull_choice(self, files: ModelFiles, tag: str | None) -> PullChoice:
+        return gguf_quants.pull_choice(files, tag)
+
+    def pull_check(self, files: ModelFiles, choice: PullChoice, selected: list[str]) -> None:
+        dropped = [p for p in choice.files if p not in selected]
+        if dropped:
+            raise UsageError(f"--exclude would drop {', '.join(dropped)}, needed to load {files.name}:{choice.variant}")
+
+    def pull_offers(self, files: ModelFiles) -> list[PullOffer]:
+        return gguf_quants.pull_offers(files)
 
     def check_environment(self) -> tuple[bool, str]:
         try:
@@ -70,6 +93,10 @@ class GGUFBackend(Backend):
 
     def check_files(self, spec: ModelSpec) -> None:
         _validated(gguf_main_file(spec))
+
+    def inspect(self, spec: ModelSpec) -> dict[str, Any]:
+        f = gguf_main_file(spec)
+        return describe_gguf(f, _validated(f))
 
     def load(self, spec: ModelSpec) -> LoadedModel:
         path = gguf_main_file(spec)

@@ -17,6 +17,7 @@ _FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9
                26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16"}
 
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 # GGUF value types: sizes of the fixed-width ones (gguf spec: uint8..float64, bool), 8 = string, 9 = array
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _SIZES = {k: struct.calcsize(v) for k, v in _SCALAR.items()}
@@ -127,7 +128,7 @@ def _validate_one(path: Path) -> dict[str, Any]:
             head = f.read(8)
     except OSError as e:
         raise InvalidModel(f"cannot read {path}: {e.strerror}") from None
-    if head[:4] != b"GGUF":
+    if head[:4] != GGUF_MAGIC:
         raise InvalidModel(f"{path.name} is not a GGUF file (bad magic); re-download it")
     size = path.stat().st_size
     try:
@@ -153,3 +154,43 @@ def _validate_one(path: Path) -> dict[str, Any]:
     if arch == "":
         raise InvalidModel(f"{path.name} has no general.architecture; it is not a model GGUF")
     return info
+
+
+# --- inspect --------------------------------------------------------------------------------------------
+
+def describe_gguf(f: Path, md: dict[str, Any]) -> dict[str, Any]:
+    """What `quantdeploy inspect` shows of a GGUF file, from its validated metadata (validate_gguf) and vocabulary;
+    no weights are read."""
+    out = {"file": f.name, "architecture": md.get("architecture"), "context_length": md.get("context_length"),
+           "quantization": {"type": md.get("file_type_name"), "bits": _gguf_bits(md.get("file_type_name"))},
+           "layers": md.get("block_count"), "chat_template": md.get("has_chat_template", False)}
+    out["stop_tokens"] = _gguf_stop_tokens(f, md)
+    return out
+
+
+def _gguf_bits(name: str | None) -> float | None:
+    table = {"Q2_K": 2.6, "Q3_K_S": 3.4, "Q3_K_M": 3.9, "Q3_K_L": 4.3, "Q4_0": 4.5, "Q4_1": 5.0, "Q4_K_S": 4.6,
+             "Q4_K_M": 4.8, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5,
+             "F16": 16, "BF16": 16, "F32": 32}
+    return table.get(name or "")
+
+
+def _gguf_stop_tokens(f: Path, md: dict) -> list[str]:
+    """Read the vocabulary with llama.cpp (vocab_only: no weights) to name the stop tokens."""
+    try:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=str(f), vocab_only=True, verbose=False)
+    except Exception:
+        return []
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        ids = {md.get("tokenizer.ggml.eos_token_id"), md.get("tokenizer.ggml.eot_token_id")}
+        for t in ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>"):
+            toks = llm.tokenize(t.encode(), add_bos=False, special=True)
+            if len(toks) == 1 and llama_cpp.llama_vocab_is_eog(vocab, toks[0]):
+                ids.add(toks[0])
+        names = {llm.detokenize([i], special=True).decode("utf-8", "replace") for i in ids if isinstance(i, int)}
+        return sorted(n for n in names if n)
+    finally:
+        llm.close()

@@ -8,6 +8,7 @@ from .hf_quant import HFQuantBackend
 class GPTQBackend(HFQuantBackend):
     name = "gptqmodel"
     formats = ("gptq",)
+    expects = "config.json with quantization_config.quant_method gptq (or AutoGPTQ's quantize_config.json)"
     _needs = ("torch", "transformers", "gptqmodel", "optimum")
 
     def _config_class(self):

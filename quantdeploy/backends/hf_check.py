@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import LocalFiles, ModelFiles
 from ..errors import InvalidModel
 
 REDOWNLOAD = "re-download the model"
@@ -18,7 +19,6 @@ TOKENIZER_SUFFIXES = (".tiktoken",)
 # Read when present; each must be a JSON object.
 OPTIONAL_JSON = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                  "chat_template.json")
-LEGACY_QUANT_CONFIGS = ("quantize_config.json", "quant_config.json")  # AutoGPTQ, AutoAWQ
 QUANT_BITS = (2, 3, 4, 8)
 MAX_JSON_BYTES = 256 << 20  # larger than any tokenizer.json; a bigger "JSON" file is not one
 MAX_SAFETENSORS_HEADER = 100 << 20
@@ -43,10 +43,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_checkpoint(path: Path, fmt: str, *, allow_pickle: bool) -> None:
-    """Every file a GPTQ/AWQ load reads, checked in the order the load reads them."""
-    from .hf_quant import weight_files
+def check_checkpoint(path: Path, fmt: str, *, allow_pickle: bool, files: ModelFiles | None = None) -> None:
+    """Every file a GPTQ/AWQ load reads, checked in the order the load reads them. `files`: the model's files as
+    detection read them (the config files are parsed once, here and in the load)."""
+    from .hf_files import weight_files
 
+    files = files or LocalFiles(path)
     if not path.is_dir():
         raise InvalidModel(f"{path}: a {fmt.upper()} model is a directory with config.json, a tokenizer and "
                            "*.safetensors weights")
@@ -54,13 +56,13 @@ def check_checkpoint(path: Path, fmt: str, *, allow_pickle: bool) -> None:
     if not config.is_file():
         raise InvalidModel(f"{path} has no config.json (the model's architecture); copy it from the model's "
                            f"original repo, or {REDOWNLOAD}")
-    cfg = read_json_object(config)
+    cfg = files.config or {}
     if not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]:
         raise InvalidModel(f"{config} has no model_type, so the architecture is unknown; {REDOWNLOAD}")
-    _check_quant_config(path, cfg)
+    _check_quant_config(path, files)
     for name in OPTIONAL_JSON:
         if (path / name).exists():
-            read_json_object(path / name)
+            files.json(name)
     for f in weight_files(path, allow_pickle):
         if f.suffix == ".safetensors":
             check_safetensors(f)
@@ -70,21 +72,16 @@ def check_checkpoint(path: Path, fmt: str, *, allow_pickle: bool) -> None:
     _check_tokenizer(path)
 
 
-def _check_quant_config(path: Path, cfg: dict) -> None:
-    qc, source = cfg.get("quantization_config"), path / "config.json"
-    for legacy in LEGACY_QUANT_CONFIGS:
-        if qc is None and (path / legacy).exists():
-            qc, source = read_json_object(path / legacy), path / legacy
-    if not isinstance(qc, dict):
-        raise InvalidModel(f"{source}: quantization_config is not an object; {REDOWNLOAD}")
-    bits = qc.get("bits", qc.get("w_bit", 4))
-    if isinstance(bits, bool) or bits not in QUANT_BITS:
-        raise InvalidModel(f"{source}: bits is {bits!r}; a GPTQ/AWQ checkpoint has "
-                           f"{', '.join(map(str, QUANT_BITS[:-1]))} or {QUANT_BITS[-1]}-bit weights. Fix the file or {REDOWNLOAD}")
-    group = qc.get("group_size", qc.get("q_group_size", 128))
-    if isinstance(group, bool) or not isinstance(group, int) or not (group == -1 or group > 0):
-        raise InvalidModel(f"{source}: group_size is {group!r}; it must be a positive number of columns or -1 "
-                           f"(one group per row). Fix the file or {REDOWNLOAD}")
+def _check_quant_config(path: Path, files: ModelFiles) -> None:
+    """The parsed quantization config (checkpoint.py checks every value's type) has a width GPTQ/AWQ use."""
+    quant = files.quant
+    if quant is None:
+        raise InvalidModel(f"{path} declares no quantization config (config.json quantization_config, "
+                           f"quantize_config.json or quant_config.json); {REDOWNLOAD}")
+    if quant.bits not in QUANT_BITS:
+        raise InvalidModel(f"{path / quant.source}: bits is {quant.bits!r}; a GPTQ/AWQ checkpoint has "
+                           f"{', '.join(map(str, QUANT_BITS[:-1]))} or {QUANT_BITS[-1]}-bit weights. Fix the file "
+                           f"or {REDOWNLOAD}")
 
 
 def _check_tokenizer(path: Path) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UnsupportedFormat, UsageError
 from ..settings import get_settings, prepare_process_env
-from .base import Backend, GenerationParams, LoadedModel, ModelSpec, TemplateSource
+from . import hf_files
+from .base import Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice, TemplateSource
 from .hw import pick_torch_device
 from .kernels import Kernel, choose_kernel, kernel_names
 
@@ -22,47 +23,27 @@ DEFAULT_CTX = 8192
 _GPU_CLASSES = ("Marlin", "ExllamaV2", "Exllama", "Triton", "Machete", "Gemm", "Gemv", "BitBLAS", "Cuda")
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise InvalidModel(f"{path} has no config.json; re-download the model")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidModel(f"{cfg_path} is not valid JSON ({e}); re-download the model") from None
-    if not isinstance(cfg, dict):
-        raise InvalidModel(f"{cfg_path} is not a JSON object")
-    return cfg
-
-
-def quant_config(path: Path) -> dict[str, Any]:
-    """quantization_config from config.json, or the legacy AutoGPTQ / AutoAWQ files."""
-    cfg = read_config(path) if (path / "config.json").is_file() else {}
-    qc = cfg.get("quantization_config")
-    for legacy in ("quantize_config.json", "quant_config.json"):
-        if qc is None and (path / legacy).is_file():
-            qc = json.loads((path / legacy).read_text(encoding="utf-8"))
-    return dict(qc or {})
-
-
-def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
-    st = sorted(path.glob("*.safetensors"))
-    if st:
-        return st
-    pickles = sorted(list(path.glob("*.bin")) + list(path.glob("*.pt")) + list(path.glob("*.pth")))
-    if pickles and not allow_pickle:
-        raise InvalidModel(f"{path} has only pickle weights ({pickles[0].name}), which can run code when loaded; "
-                           "pass --allow-pickle if you trust the source")
-    if not pickles:
-        raise InvalidModel(f"{path} has no weights (*.safetensors); the download may be incomplete")
-    return pickles
-
-
 class HFQuantBackend(Backend):
     """Base for gptq.py and awq.py: they set name, formats and _config_class."""
 
     install_hint = "pip install 'quantdeploy[gptq]'"
     _needs = ("torch", "transformers", "gptqmodel")
+    # gptqmodel's Marlin, Machete, ExLlama, Triton, BitBLAS and AWQ kernels, and the fast engine's W4A16 GEMV
+    kernel_patterns = ("marlin", "machete", "exllama", "gemm_half_q_half", "gptq_gemm", "gptq_gemv", "gptq", "awq",
+                       "gemm_forward_4bit", "gemv_forward", "quant_matmul", "bitblas", "qgemm", "w4a16")
+
+    def detect(self, files: ModelFiles) -> Confidence | None:
+        quant = files.quant
+        return Confidence.DECLARED if quant is not None and quant.method in self.formats else None
+
+    def inspect(self, spec: ModelSpec) -> dict[str, Any]:
+        return hf_files.describe_checkpoint(spec)
+
+    def pull_choice(self, files: ModelFiles, tag: str | None) -> PullChoice:
+        return hf_files.pull_choice(files)
+
+    def pull_check(self, files: ModelFiles, choice: PullChoice, selected: list[str]) -> None:
+        hf_files.pull_check(files, selected)
 
     def check_environment(self) -> tuple[bool, str]:
         import importlib.util
@@ -78,7 +59,7 @@ class HFQuantBackend(Backend):
     def check_files(self, spec: ModelSpec) -> None:
         from .hf_check import check_checkpoint
 
-        check_checkpoint(spec.path, spec.format, allow_pickle=spec.allow_pickle)
+        check_checkpoint(spec.path, spec.format, allow_pickle=spec.allow_pickle, files=spec.model_files())
 
     def _config_class(self):
         raise NotImplementedError
@@ -102,7 +83,8 @@ class HFQuantBackend(Backend):
             return False
         from ..engine.capability import engine_supports
 
-        return engine_supports(spec.path)[0]
+        cfg, quant = hf_files.require_config(spec.model_files(), spec.format)
+        return engine_supports(cfg, quant)[0]
 
 
 def _capability(device: str) -> tuple[int, int] | None:
@@ -122,16 +104,9 @@ class HFTokenizerModel(LoadedModel):
 
         self.format = spec.format
         path = spec.path
-        if not path.is_dir():
-            raise InvalidModel(f"{path}: a {spec.format.upper()} model is a directory with config.json and weights")
-        cfg = read_config(path)
-        qc = quant_config(path)
-        weight_files(path, spec.allow_pickle)
-        bits = int(qc.get("bits", qc.get("w_bit", 4)))
-        group = int(qc.get("group_size", qc.get("q_group_size", 128)))
-        self.quant = {"method": spec.format, "bits": bits, "group_size": group,
-                      "desc_act": qc.get("desc_act"), "sym": qc.get("sym"), "zero_point": qc.get("zero_point"),
-                      "version": qc.get("version") or qc.get("format")}
+        cfg, self.quant_config = hf_files.require_config(spec.model_files(), spec.format)
+        hf_files.weight_files(path, spec.allow_pickle)
+        self.quant = self.quant_config.summary()
         self._device = pick_torch_device(spec.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
@@ -229,7 +204,7 @@ class HFQuantModel(HFTokenizerModel):
         except QuantDeployError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as e:
-            raise _explain_load_error(e, path, self.kernel) from None
+            raise _explain_load_error(e, path, self.kernel, self._model_type) from None
         self.model.eval()
         self.dtype = str(dtype).replace("torch.", "")
         self.config = self.model.config
@@ -283,7 +258,7 @@ class HFQuantModel(HFTokenizerModel):
             pass
 
 
-def _explain_load_error(e: Exception, path: Path, kernel: Kernel) -> QuantDeployError:
+def _explain_load_error(e: Exception, path: Path, kernel: Kernel, model_type: str) -> QuantDeployError:
     msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
     if isinstance(e, ImportError):
         return BackendUnavailable(f"loading {path.name} needs a missing package ({msg}); "
@@ -294,7 +269,6 @@ def _explain_load_error(e: Exception, path: Path, kernel: Kernel) -> QuantDeploy
     if "does not recognize this architecture" in msg:
         import transformers
 
-        model_type = read_config(path).get("model_type")
         return UnsupportedFormat(f"{path}: transformers {transformers.__version__} does not know the architecture "
                                  f"'{model_type}' (config.json model_type); upgrade transformers, or pass "
                                  "--trust-remote-code if the repo ships the model's code")

@@ -11,11 +11,6 @@ import sys
 
 from typing import Any
 
-# Substrings (lower case) of kernel / op names that are quantized matrix multiplies: gptqmodel's Marlin,
-# Machete, ExLlama, Triton and AWQ kernels, llama.cpp's mul_mat_vec_q / mul_mat_q, BitBLAS.
-QUANT_GEMM_PATTERNS = ("marlin", "machete", "exllama", "gemm_half_q_half", "gptq_gemm", "gptq_gemv", "gptq",
-                       "awq", "gemm_forward_4bit", "gemv_forward", "quant_matmul", "mul_mat_vec_q", "mul_mat_q",
-                       "mmvq", "bitblas", "qgemm", "w4a16")
 CUPTI_USED = False  # set once torch.profiler has traced CUDA in this process (see cli._exit)
 # Kernels that turn the weights back into floats: a fallback sign at batch 1, or load-time work.
 NOT_A_GEMM = ("dequant", "reconstruct", "repack", "permute")
@@ -29,9 +24,17 @@ GPU_KERNEL_FIX = ("use a GPU kernel: --kernel marlin (compute capability 8.0+) o
 _TORCH_MARK = "Torch"
 
 
-def is_quant_gemm(name: str) -> bool:
+def quant_gemm_patterns() -> tuple[str, ...]:
+    """Substrings (lower case) of kernel / op names that are quantized matrix multiplies: every registered
+    backend's `kernel_patterns` (gptqmodel's Marlin, ExLlama, AWQ kernels, llama.cpp's mul_mat_vec_q, ...)."""
+    from ..registry import kernel_patterns
+
+    return kernel_patterns()
+
+
+def is_quant_gemm(name: str, patterns: tuple[str, ...] | None = None) -> bool:
     n = name.lower()
-    return any(p in n for p in QUANT_GEMM_PATTERNS) and not any(p in n for p in NOT_A_GEMM)
+    return any(p in n for p in patterns or quant_gemm_patterns()) and not any(p in n for p in NOT_A_GEMM)
 
 
 def _short(name: str, n: int = 140) -> str:
@@ -42,7 +45,8 @@ def summarize_profile(kernels: list[tuple[str, float, int]], ops: list[tuple[str
                       *, tokens: int = 0, top: int = 15) -> dict[str, Any]:
     """kernels: (name, GPU time in µs, calls) per CUDA kernel; ops: (name, calls) per host-side op."""
     total = sum(t for _, t, _ in kernels)
-    quant = [(n, t, c) for n, t, c in kernels if is_quant_gemm(n)]
+    patterns = quant_gemm_patterns()
+    quant = [(n, t, c) for n, t, c in kernels if is_quant_gemm(n, patterns)]
     quant_t = sum(t for _, t, _ in quant)
     rows = sorted(kernels, key=lambda r: -r[1])[:top]
     return {
@@ -50,10 +54,10 @@ def summarize_profile(kernels: list[tuple[str, float, int]], ops: list[tuple[str
         "gpu_time_us": round(total, 1),
         "quant_gemm_share": round(quant_t / total, 4) if total else 0.0,
         "quant_kernels": sorted({_short(n) for n, _, _ in quant}),
-        "quant_ops": sorted({n for n, _ in (ops or []) if is_quant_gemm(n)}),
+        "quant_ops": sorted({n for n, _ in (ops or []) if is_quant_gemm(n, patterns)}),
         "dequant_kernels": sorted({_short(n) for n, _, _ in kernels if "dequant" in n.lower()}),
-        "top_kernels": [{"name": _short(n), "time_us": round(t, 1), "calls": c, "quant_gemm": is_quant_gemm(n)}
-                        for n, t, c in rows],
+        "top_kernels": [{"name": _short(n), "time_us": round(t, 1), "calls": c,
+                         "quant_gemm": is_quant_gemm(n, patterns)} for n, t, c in rows],
     }
 
 

@@ -16,6 +16,9 @@ _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 def bytes_per_token(model) -> dict[str, Any]:
     """{"bytes": int, "method": str, "detail": {...}} for a LoadedModel of any backend."""
+    own = model.weight_bytes_per_token() if hasattr(model, "weight_bytes_per_token") else None
+    if own is not None:
+        return own
     if getattr(model, "format", "") == "gguf" and hasattr(model, "path"):
         n_vocab = model.llm.n_vocab() if getattr(model, "llm", None) is not None else None
         return gguf_bytes_per_token(Path(model.path), n_vocab)

@@ -11,13 +11,17 @@ from ..errors import QuantDeployError
 from ..settings import get_settings, prepare_process_env
 
 HELP_OPTIONS = ["-h", "--help"]
-app = typer.Typer(name="quantdeploy", help="Pull, chat with, serve and benchmark quantized LLMs (GPTQ, AWQ, GGUF).",
+HELP = "Pull, chat with, serve and benchmark quantized LLMs ({formats})."  # the registered formats, at run time
+app = typer.Typer(name="quantdeploy",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": HELP_OPTIONS})
 
 
 def _register() -> None:
+    from ..registry import formats
     from . import bench, chat, core, doctor, generate, hub, serve
+
+    app.info.help = HELP.format(formats=", ".join(f.upper() for f in formats()))
 
     for mod in (core, chat, hub, serve, generate, bench, doctor):
         mod.register(app)

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UsageError
 from ..models import load_spec
-from .common import CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, build_spec
+from .common import FORMATS_TEXT, CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, build_spec
 
 HELP = ("Benchmark models (speed, memory, GB/s vs the roofline, kernel evidence, optional quality) in one report. "
         "Exit 3 when --require-gpu / --require-kernel is not met.")
@@ -41,7 +41,7 @@ def bench(
         help="Model directories, .gguf files, pulled names or org/repo[:QUANT]. Default: the embedded model.",
         show_default=False)] = None,
     fmt: Annotated[Optional[List[str]], typer.Option(
-        "--format", "-f", help="gptq, awq or gguf; once for all models, once per model, or several for one.")] = None,
+        "--format", "-f", help=f"{FORMATS_TEXT}: once for all models, once per model, or several for one.")] = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Prompt length of each run.")] = 128,
     new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens decoded per run (EOS ignored).")] = 64,
     repeat: Annotated[int, typer.Option("--repeat", help="Measured runs per model (after one warm-up).")] = 3,

@@ -9,12 +9,15 @@ import typer
 
 from ..backends.base import ModelSpec
 from ..errors import UsageError
+from ..registry import formats
+
+FORMATS_TEXT = ", ".join(formats())  # the registered formats (built-ins and plugins), for help texts
 
 ModelArg = Annotated[Optional[str], typer.Argument(
     help="A model directory, a .gguf file, a pulled name or org/repo[:QUANT]. Default: SmolLM2-135M-Instruct "
          "(a 98 MB Q4_1 GGUF that ./install.sh installs).",
     show_default=False)]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="Expected format: gptq, awq or gguf.")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Expected format: {FORMATS_TEXT}.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 KernelOpt = Annotated[Optional[str], typer.Option(
     "--kernel", help="GPTQ/AWQ kernel: marlin, exllama_v2, triton, gemm, cpu, torch; with --engine fast: cuda, "

@@ -13,7 +13,8 @@ from ..errors import UsageError
 from .common import FormatOpt
 
 NameArg = Annotated[str, typer.Argument(
-    help="org/repo or org/repo:QUANT (GGUF quant such as Q4_K_M; for GPTQ/AWQ repos a branch).", show_default=False)]
+    help="org/repo or org/repo:TAG: a branch, tag or commit of the repo, else a variant inside it (a GGUF quant such "
+         "as Q4_K_M).", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
@@ -40,7 +41,8 @@ def pull(
     local_dir: Annotated[Optional[Path], typer.Option(
         "--local-dir", help="Pull into this directory instead of the store.")] = None,
     list_only: Annotated[bool, typer.Option(
-        "--list", help="Show the quants (GGUF) or the files and branches (GPTQ/AWQ), with sizes; download nothing.",
+        "--list", help="Show the variants (GGUF quants) or the files a pull fetches, with sizes, and the branches; "
+                       "download nothing.",
     )] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -69,17 +71,17 @@ def _print_listing(name: str, *, revision, fmt, endpoint, token) -> None:
 
     from ..hub.listing import list_repo
     from ..hub.remote import Hub
-    from ..hub.units import human_bytes
+    from ..units import human_bytes
     from ..settings import get_settings
 
     settings = get_settings()
     listing = list_repo(Hub(endpoint or settings.hf_endpoint, token or settings.hf_token), name,
                         revision=revision, fmt=fmt)
-    head = "quant" if listing.format == "gguf" else "file"
-    t = Table(head, "size", "files" if listing.format == "gguf" else "", box=None)
+    variants = any(o.files != [o.label] for o in listing.offers)  # GGUF quants: a tag and its files
+    t = Table("variant" if variants else "file", "size", "files" if variants else "", box=None)
     for o in listing.offers:
         label = f"{o.label} (default)" if o.default else o.label
-        t.add_row(label, human_bytes(o.size), ", ".join(o.files) if listing.format == "gguf" else "")
+        t.add_row(label, human_bytes(o.size), ", ".join(o.files) if variants else "")
     console = Console(width=200)
     console.print(f"{listing.repo_id}@{listing.revision}: {listing.format.upper()}, commit {listing.commit[:12]}",
                   markup=False, highlight=False)
@@ -93,7 +95,7 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
     from rich.table import Table
 
     from ..hub.store import store_from_settings
-    from ..hub.units import human_bytes
+    from ..units import human_bytes
 
     rows = [e.as_dict() for e in store_from_settings().entries()]
     if as_json:
@@ -111,7 +113,7 @@ def list_models(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
 
 def rm(name: NameArg) -> None:
     from ..hub.store import store_from_settings
-    from ..hub.units import human_bytes
+    from ..units import human_bytes
 
     entry = store_from_settings().remove(name)
     print(f"removed {entry.name} ({human_bytes(entry.size)}) from {entry.root}")

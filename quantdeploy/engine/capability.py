@@ -3,25 +3,20 @@ the GPTQ/AWQ backends before they hand a checkpoint to the engine; no torch impo
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..checkpoint import QuantConfig
 
+ENGINE_BITS = 4  # the weight width every engine kernel unpacks
 # --kernel with --engine fast: auto (the CUDA GEMV, then ExLlamaV2), cuda, exllama_v2, triton
 ENGINE_KERNELS = ("auto", "cuda", "exllama_v2", "triton")
 
 
-def engine_supports(path: Path) -> tuple[bool, str]:
-    import json
-
+def engine_supports(config: dict, quant: QuantConfig) -> tuple[bool, str]:
+    """(True, "") when the fast engine runs this checkpoint (config.json and its parsed quantization config)."""
     from .model import SUPPORTED
 
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False, "no readable config.json"
-    mt = cfg.get("model_type")
+    mt = config.get("model_type")
     if mt not in SUPPORTED:
         return False, f"the fast engine does not implement {mt} (supported: {', '.join(SUPPORTED)})"
-    q = cfg.get("quantization_config") or {}
-    if int(q.get("bits", 4)) != 4:
-        return False, f"the fast engine runs 4-bit weights only (this model has {q.get('bits')})"
+    if quant.bits != ENGINE_BITS:
+        return False, f"the fast engine runs {ENGINE_BITS}-bit weights only (this model has {quant.bits})"
     return True, ""

@@ -6,7 +6,6 @@ static KV cache, the position in a device tensor, no host syncs and no shape cha
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import QuantConfig
 from . import head
 from .attention import StaticCache
 from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
@@ -147,13 +147,13 @@ class Layer:
 class Decoder:
     """Weights + static KV cache + the math of one step. Not an nn.Module: nothing here needs autograd."""
 
-    def __init__(self, cfg: DecoderConfig, tensors: dict, quant: dict, device: str, dtype: torch.dtype,
+    def __init__(self, cfg: DecoderConfig, tensors: dict, quant: QuantConfig, device: str, dtype: torch.dtype,
                  max_len: int, gemv: str = "auto"):
         self.cfg, self.device, self.dtype, self.max_len = cfg, torch.device(device), dtype, max_len
         cache_dense = self.device.type == "cpu"
-        fmt, group = quant["method"], int(quant.get("group_size", 128))
-        zero_offset = 1 if quant.get("checkpoint_format", quant.get("format", "gptq")) in ("gptq", None) \
-            and fmt == "gptq" else 0
+        fmt, group = quant.method, quant.group_size
+        # GPTQ's v1 checkpoints store zero points minus one (gptq_v2 and AWQ store them as they are)
+        zero_offset = 1 if fmt == "gptq" and quant.checkpoint_format == "gptq" else 0
 
         def t(name):
             return tensors[name].to(self.device, dtype)
@@ -436,15 +436,3 @@ def load_tensors(path: Path) -> dict:
     for f in sorted(path.glob("*.safetensors")):
         tensors.update(load_file(str(f)))
     return tensors
-
-
-def read_quant(path: Path) -> dict:
-    cfg = json.loads((path / "config.json").read_text())
-    q = dict(cfg.get("quantization_config") or {})
-    for legacy in ("quantize_config.json", "quant_config.json"):
-        if not q and (path / legacy).is_file():
-            q = json.loads((path / legacy).read_text())
-    if "quant_method" not in q:
-        q["quant_method"] = "gptq"
-    q["method"] = q["quant_method"]
-    return q

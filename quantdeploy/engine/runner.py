@@ -15,7 +15,8 @@ from typing import Iterator
 
 import torch
 
-from .model import Decoder, DecoderConfig, load_tensors, read_quant
+from ..checkpoint import LocalFiles, ModelFiles
+from .model import Decoder, DecoderConfig, load_tensors
 from .sampling import make_generator, sample
 
 log = logging.getLogger("quantdeploy.engine")
@@ -59,16 +60,20 @@ def prompt_graph_mode() -> str:
 
 class FastEngine:
     def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None,
-                 gemv: str = "auto"):
-        import json
-
+                 gemv: str = "auto", files: ModelFiles | None = None):
+        files = files or LocalFiles(path)  # the loader passes what detection already parsed
         mode = prompt_graph_mode()
-        cfg = DecoderConfig.from_hf(json.loads((path / "config.json").read_text()))
+        cfg = DecoderConfig.from_hf(files.config or {})
         self.cfg = cfg
         self.max_len = min(max_len, cfg.max_position)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.dec = Decoder(cfg, load_tensors(path), read_quant(path), device, dtype, self.max_len, gemv)
+        quant = files.quant
+        if quant is None:
+            from ..errors import InvalidModel
+
+            raise InvalidModel(f"{path} declares no quantization config; the fast engine runs GPTQ / AWQ checkpoints")
+        self.dec = Decoder(cfg, load_tensors(path), quant, device, dtype, self.max_len, gemv)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
         self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -6,7 +6,7 @@ import sys
 from typing import TextIO
 
 from .remote import RemoteFile
-from .units import human_bytes
+from ..units import human_bytes
 
 
 class Progress:

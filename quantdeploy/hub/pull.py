@@ -14,7 +14,7 @@ from .progress import Progress, make_progress
 from .remote import Hub, RemoteFile, public_endpoint
 from .safety import check_revision, inside
 from .store import MANIFEST, META, PENDING, Entry, Store, entry_at, parse_name, read_json, write_json
-from .units import human_bytes
+from ..units import human_bytes
 
 SPACE_MARGIN = 64 << 20  # keep this much free beyond the files themselves
 

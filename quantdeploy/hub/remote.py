@@ -16,6 +16,10 @@ RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 T = TypeVar("T")
 
 
+class RevisionNotFound(ModelNotFound):
+    """The repo exists; the branch, tag or commit does not."""
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     path: str
@@ -111,7 +115,7 @@ def explain(e: BaseException, *, repo_id: str, endpoint: str, revision: str | No
     if isinstance(e, hf.RepositoryNotFoundError):
         return ModelNotFound(f"no repo {repo_id} at {where} (check the name; private repos need --token or HF_TOKEN)")
     if isinstance(e, hf.RevisionNotFoundError):
-        return ModelNotFound(f"{repo_id} has no revision '{revision}' at {where} (check the branch or commit)")
+        return RevisionNotFound(f"{repo_id} has no revision '{revision}' at {where} (check the branch or commit)")
     if isinstance(e, hf.RemoteEntryNotFoundError):
         return ModelNotFound(f"{repo_id}@{revision} has no file {path}")
     if isinstance(e, hf.HfHubHTTPError):

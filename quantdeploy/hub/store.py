@@ -144,7 +144,7 @@ class Store:
 
     def lookup(self, name: str, *, complete_only: bool = True) -> Entry | None:
         """The entry a pulled name means. `org/repo` alone picks its only variant, `main`, or Q4_K_M."""
-        from .quants import DEFAULT_QUANT
+        from ..backends.gguf_quants import DEFAULT_QUANT
 
         repo_id, tag = parse_name(name)
         same = [e for e in self.entries() if e.repo_id.lower() == repo_id.lower()

@@ -1,13 +1,23 @@
-"""GGUF quant tags: read them from file names, group split parts, pick the one the user asked for."""
+"""GGUF quant tags: read them from file names, group split parts, pick the one the user asked for (a pull's
+`org/repo:QUANT`, or the default when none is named)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Protocol
 
 from ..errors import ModelNotFound
-from .remote import RemoteFile
+from ..units import human_bytes
+from .base import ModelFiles, PullChoice, PullOffer
+
+
+class RepoFile(Protocol):
+    """A file of a repo listing: the hub's RemoteFile, or any object with a path and a size."""
+
+    path: str
+    size: int
 
 DEFAULT_QUANT = "Q4_K_M"
 # No tag given: the first of these the repo has (Unsloth's `UD-` variants count as their plain tag). 4-bit first
@@ -56,7 +66,7 @@ def _core(tag: str) -> str:
 @dataclass(frozen=True)
 class GGUFQuant:
     tag: str
-    files: tuple[RemoteFile, ...]
+    files: tuple[RepoFile, ...]
     missing_parts: tuple[str, ...] = ()
 
     @property
@@ -69,12 +79,12 @@ class GGUFQuant:
         return self.files[0].path
 
 
-def _sort_key(f: RemoteFile) -> tuple:
+def _sort_key(f: RepoFile) -> tuple:
     m = _SPLIT.search(f.path)
     return (_SPLIT.sub("", f.path), int(m.group(1)) if m else 0)
 
 
-def _missing_parts(files: list[RemoteFile]) -> tuple[str, ...]:
+def _missing_parts(files: list[RepoFile]) -> tuple[str, ...]:
     sets: dict[str, tuple[int, set[int]]] = {}
     for f in files:
         m = _SPLIT.search(f.path)
@@ -85,9 +95,9 @@ def _missing_parts(files: list[RemoteFile]) -> tuple[str, ...]:
                  for i in range(1, total + 1) if i not in parts)
 
 
-def gguf_quants(files: list[RemoteFile]) -> dict[str, GGUFQuant]:
+def gguf_quants(files: list[RepoFile]) -> dict[str, GGUFQuant]:
     """Quant tag -> its files, for every model GGUF in a repo listing (smallest quant first)."""
-    groups: dict[str, list[RemoteFile]] = {}
+    groups: dict[str, list[RepoFile]] = {}
     for f in files:
         if is_model_gguf(f.path):
             tag = quant_tag(f.path) or _SPLIT.sub("", PurePosixPath(f.path).name)[:-5]
@@ -97,8 +107,6 @@ def gguf_quants(files: list[RemoteFile]) -> dict[str, GGUFQuant]:
 
 
 def describe(quants: dict[str, GGUFQuant]) -> str:
-    from .units import human_bytes
-
     return ", ".join(f"{t} ({human_bytes(q.size)})" for t, q in quants.items())
 
 
@@ -137,3 +145,32 @@ def select_quant(quants: dict[str, GGUFQuant], requested: str | None, repo_id: s
     if hit.missing_parts:
         raise ModelNotFound(f"{repo_id}:{hit.tag} is incomplete on the hub: missing {', '.join(hit.missing_parts)}")
     return hit
+
+
+# --- what a pull fetches ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListedFile:
+    path: str
+    size: int
+
+
+def repo_quants(files: ModelFiles) -> dict[str, GGUFQuant]:
+    return gguf_quants([ListedFile(p, n) for p, n in files.sizes().items()])
+
+
+def pull_choice(files: ModelFiles, tag: str | None) -> PullChoice:
+    """The quant `org/repo:TAG` names (or the default one) and its files, the first split part to load."""
+    quant = select_quant(repo_quants(files), tag, files.name)
+    note = None
+    if tag is None and quant.tag.upper() != DEFAULT_QUANT:
+        note = (f"{files.name} has no {DEFAULT_QUANT}: pulling {quant.tag}, the first of the default order it has "
+                f"(name another as {files.name}:QUANT; --list shows them)")
+    return PullChoice(files=[f.path for f in quant.files], model_file=quant.model_file, variant=quant.tag, note=note)
+
+
+def pull_offers(files: ModelFiles) -> list[PullOffer]:
+    quants = repo_quants(files)
+    default = default_quant(quants)
+    return [PullOffer(t if not q.missing_parts else f"{t} (incomplete on the hub)", q.size, [f.path for f in q.files],
+                      q is default) for t, q in quants.items()]
