@@ -18,7 +18,8 @@ from .errors import InvalidModel, ModelNotFound, QuantDeployError, UnsupportedFo
 
 log = logging.getLogger("quantdeploy.registry")
 ENTRY_POINT_GROUP = "quantdeploy.backends"
-# Used when the package is imported from a source tree that was never pip-installed (no entry points).
+# Used when the package is imported from a source tree that was never pip-installed (no entry points); a test
+# checks it is pyproject.toml's entry point table.
 _BUILTIN = {
     "gptq": "quantdeploy.backends.gptq:GPTQBackend",
     "awq": "quantdeploy.backends.awq:AWQBackend",
