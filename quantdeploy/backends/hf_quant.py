@@ -6,12 +6,11 @@ QuantLinear class gptqmodel really installed in each layer.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UnsupportedFormat, UsageError
+from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UnsupportedFormat
 from ..settings import get_settings, prepare_process_env
 from . import hf_files
 from .base import Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice, TemplateSource
@@ -118,11 +117,7 @@ class HFTokenizerModel(LoadedModel):
         self._config_eos = cfg.get("eos_token_id")
         model_ctx = int(text_cfg.get("max_position_embeddings") or 4096)
         self._ctx = min(model_ctx, spec.n_ctx or DEFAULT_CTX)
-        gen_cfg = path / "generation_config.json"
-        try:
-            self._gen_eos = json.loads(gen_cfg.read_text()).get("eos_token_id") if gen_cfg.is_file() else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self._gen_eos = None
+        self._gen_eos = (spec.model_files().json("generation_config.json") or {}).get("eos_token_id")
         self._eog = self._find_eog()
         return cfg
 
