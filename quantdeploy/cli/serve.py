@@ -46,6 +46,18 @@ def serve(
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
+    replicas: Annotated[Optional[str], typer.Option(
+        "--replicas", help="Run N copies of the model (or 'auto': one per GPU) as Ray Serve replicas behind this "
+                           "one endpoint; needs the cluster extra.", show_default=False)] = None,
+    autoscale: Annotated[Optional[str], typer.Option(
+        "--autoscale", help="MIN:MAX replicas, added and removed with the queue length (instead of --replicas).",
+        show_default=False)] = None,
+    gpus_per_replica: Annotated[Optional[float], typer.Option(
+        "--gpus-per-replica", help="GPUs each replica holds (default: 1 when the Ray cluster has GPUs, else 0).",
+        show_default=False)] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Join this Ray cluster (head node IP:6379) instead of starting a local Ray instance.",
+        show_default=False)] = None,
 ) -> None:
     from ..chat.templates import check_template
     from ..extras import require
@@ -55,6 +67,12 @@ def serve(
     require("serve", "serve")  # before anything imports fastapi
     # what can fail without the model fails before the server's libraries load and the port is bound
     check_template(template)
+    cluster = None
+    if replicas is not None or autoscale is not None or ray_address is not None or gpus_per_replica is not None:
+        require("cluster", "serve --replicas")
+        from ..server.cluster import ClusterSettings
+
+        cluster = ClusterSettings.from_options(replicas, autoscale, gpus_per_replica, ray_address)
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
     check_model(spec)
@@ -65,5 +83,9 @@ def serve(
                               api_key=api_key if api_key is not None else get_settings().api_key,
                               max_concurrency=max_concurrency, max_queue=max_queue, template=template,
                               aliases=tuple(alias or ()), cors_origins=tuple(cors_origin or ())).validate()
+    if cluster is not None:
+        from ..server.cluster import serve_cluster
+
+        return serve_cluster(settings, cluster, model=model, host=host, port=port, log_level=log_level.lower())
     run_server(settings, host, port, loader=lambda: load_spec(spec, verbose=log_level.lower() == "debug"),
                log_level=log_level.lower())

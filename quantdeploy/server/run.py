@@ -44,8 +44,8 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *
     app = create_app(settings, loader=loader, on_load_error=on_load_error)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="on", ws="none",
                             server_header=False)
-    server = _Server(config, on_exit=app.state.qd.stop_all)
-    _log_to_stderr(log_level)
+    server = Server(config, on_exit=app.state.qd.stop_all)
+    log_to_stderr(log_level)
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving {settings.model_name} at http://{shown}:{bound_port}/v1 "
           f"({'API key required' if settings.api_key else 'no API key'}); loading the model, "
@@ -61,7 +61,7 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, *
         raise QuantDeployError(f"the model failed to load: {type(e).__name__}: {e}")
 
 
-class _Server(uvicorn.Server):
+class Server(uvicorn.Server):
     """uvicorn waits for open responses before it shuts down: end the generations first, so it need not wait."""
 
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]):
@@ -110,7 +110,7 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _log_to_stderr(level: str) -> None:
+def log_to_stderr(level: str) -> None:
     from uvicorn.logging import DefaultFormatter
 
     if log.handlers:

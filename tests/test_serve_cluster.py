@@ -1,0 +1,252 @@
+"""`quantdeploy serve --replicas 2 --ray-address ...` on a real two-node Ray cluster on this machine (a head and a
+worker node, each `ray start` in its own process group, one CPU each), driven by the real `openai` client: both
+replicas take traffic, a replica killed mid-load fails only the request it was streaming while the queued ones go to
+the other replica, and Ray brings the killed one back."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from quantdeploy.server.process import ServerProcess, free_port
+
+from conftest import REPO, assert_clean_error, run_cli
+
+pytest.importorskip("ray.serve", reason="the cluster extra is not installed: pip install 'quantdeploy[cluster]'")
+pytestmark = pytest.mark.slow
+
+NAME = "clustered"
+# the test cluster has no token (Ray enables token authentication by default); the workers import this tree
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+NODE_MEMORY = str(80 * 1024 * 1024)  # each node's object store: the replicas pass only small messages
+STREAM = dict(model=NAME, prompt="Once upon a time", max_tokens=24, temperature=0, stream=True,
+              extra_body={"ignore_eos": True})
+
+
+def _ray_node(*args: str, log: Path) -> subprocess.Popen:
+    ports = []
+    for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                 "--metrics-export-port", "--node-manager-port", "--object-manager-port"):
+        ports += [flag, str(free_port())]
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                                                 os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([ray, "start", *args, "--num-cpus", "1", "--num-gpus", "0", "--object-store-memory",
+                             NODE_MEMORY, "--disable-usage-stats", "--block", *ports],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # its own process group: the teardown ends exactly these
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            if sig == signal.SIGKILL:
+                break
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The head node's address, once its GCS listens; the worker node joins it."""
+    logs = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    head = _ray_node("--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port",
+                     str(free_port()), "--ray-client-server-port", str(free_port()), log=logs / "head.log")
+    nodes = [head]
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head did not start:\n{(logs / 'head.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        nodes.append(_ray_node("--address", f"127.0.0.1:{port}", log=logs / "worker.log"))
+        yield f"127.0.0.1:{port}"
+    finally:
+        for node in reversed(nodes):
+            _end_group(node)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def metrics(server) -> dict[tuple, float]:
+    with urllib.request.urlopen(server.base_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def replicas(server) -> dict[str, dict[str, str]]:
+    """replica id -> {pid, node}, from quantdeploy_replica_info."""
+    return {dict(labels)["replica"]: dict(labels) for (name, labels) in metrics(server)
+            if name == "quantdeploy_replica_info"}
+
+
+def served(server) -> dict[str, float]:
+    """replica id -> completions it answered 200, from its own quantdeploy_requests_total."""
+    out: dict[str, float] = {}
+    for (name, labels), value in metrics(server).items():
+        d = dict(labels)
+        if name == "quantdeploy_requests_total" and d.get("endpoint") == "/v1/completions" and d["status"] == "200":
+            out[d["replica"]] = value
+    return out
+
+
+def health(server) -> tuple[int, dict]:
+    import json
+
+    try:
+        with urllib.request.urlopen(server.base_url + "/health", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def eventually(check, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+def stream_text(client: openai.OpenAI) -> str:
+    return "".join(c.choices[0].text for c in client.completions.create(**STREAM) if c.choices)
+
+
+def test_usage_errors_before_ray_starts():
+    for args, needle in ((["--replicas", "0"], "--replicas takes a positive number"),
+                         (["--replicas", "2", "--autoscale", "1:2"], "either --replicas or --autoscale"),
+                         (["--autoscale", "3:1"], "MIN:MAX"),
+                         (["--replicas", "auto"], "one replica on each GPU"),
+                         (["/no/such/model.gguf", "--replicas", "2"], "no such model")):
+        proc = run_cli("serve", *args, "--port", "0", timeout=120)
+        assert_clean_error(proc, needle)
+        assert "starting" not in proc.stderr  # refused before Ray started
+
+
+def test_a_model_that_fails_to_load_on_the_replicas_ends_the_server_with_one_line(cluster, gguf_path, tmp_path):
+    broken = tmp_path / "truncated.gguf"
+    with gguf_path.open("rb") as f:
+        broken.write_bytes(f.read(1 << 20))  # a valid header, the tensors cut off: only loading notices
+    proc = run_cli("serve", str(broken), "--replicas", "1", "--ray-address", cluster, "--port", "0",
+                   env=RAY_ENV, timeout=240)
+    assert_clean_error(proc, "failed to load", "truncated")
+
+
+@pytest.fixture(scope="module")
+def server(cluster):
+    with ServerProcess("--name", NAME, "--replicas", "2",
+                       "--ray-address", cluster, "--max-concurrency", "1", env=RAY_ENV) as s:
+        eventually(lambda: health(s) == (200, {"status": "ok", "model": NAME,
+                                               "replicas": {"healthy": 2, "target": 2}}), "both replicas are up")
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_both_replicas_take_traffic_behind_one_endpoint(server, client):
+    placed = replicas(server)
+    assert len(placed) == 2 and len({r["node"] for r in placed.values()}) == 2  # one replica on each node
+    assert [m.id for m in client.models.list().data] == [NAME]
+    texts: list[str] = []
+    threads = [threading.Thread(target=lambda: texts.append(stream_text(client))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(texts) == 4 and len(set(texts)) == 1 and texts[0]  # the same model, greedy: the same text
+    eventually(lambda: len(served(server)) == 2 and sum(served(server).values()) >= 4,
+               "each replica's own metrics count the completions it answered", timeout=30)
+    assert set(served(server)) == set(placed)
+
+
+def test_a_killed_replica_fails_only_its_streaming_request_and_comes_back(server, client):
+    before = replicas(server)
+    outcomes: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = stream_text(client)
+        except openai.APIError as e:
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    # both replicas busy, the rest queued in the router
+    eventually(lambda: metrics(server).get(("quantdeploy_router_requests_in_flight", ()), 0) == 2
+               and metrics(server).get(("quantdeploy_router_queue_depth", ()), 0) >= 1, "a full queue", timeout=60)
+    victim, info = sorted(before.items())[0]
+    os.kill(int(info["pid"]), signal.SIGKILL)
+    eventually(lambda: health(server)[1]["status"] == "degraded", "/health says degraded", timeout=30)
+    code, body = health(server)
+    assert code == 200 and body["replicas"] == {"healthy": 1, "target": 2}
+    for t in threads:
+        t.join(180)
+    failed = [o for o in outcomes.values() if isinstance(o, Exception)]
+    assert len(outcomes) == 6 and len(failed) == 1, outcomes  # only the request the dead replica was streaming
+    assert "replica" in str(failed[0]) and "retry" in str(failed[0])
+    assert len({o for o in outcomes.values() if isinstance(o, str)}) == 1  # the others: complete
+    m = metrics(server)
+    assert m[("quantdeploy_replica_failures_total", (("outcome", "failed"),))] == 1
+    # Ray restarts it: a new replica (a new process) and the deployment is whole again
+    eventually(lambda: health(server) == (200, {"status": "ok", "model": NAME,
+                                                "replicas": {"healthy": 2, "target": 2}}), "back to two replicas")
+    eventually(lambda: len(replicas(server)) == 2 and victim not in replicas(server), "the new replica reports")
+    new = next(r for r in replicas(server) if r not in before)
+    assert replicas(server)[new]["pid"] != info["pid"]
+    threads = [threading.Thread(target=lambda: stream_text(client)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    eventually(lambda: served(server).get(new, 0) >= 1, "the new replica takes traffic", timeout=30)
+
+
+def test_stop_ends_the_replicas(server):
+    pids = [int(r["pid"]) for r in replicas(server).values()]
+    assert server.stop(60) == 0
+    for pid in pids:
+        eventually(lambda: not _alive(pid), f"replica process {pid} ended", timeout=30)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
