@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -50,30 +51,30 @@ def _ray_node(*args: str, log: Path) -> subprocess.Popen:
                             start_new_session=True)  # its own process group: the teardown ends exactly these
 
 
-def _end_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(wait)
-            if sig == signal.SIGKILL:
-                break
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+def _end_groups(procs: list[subprocess.Popen], grace: float = 5) -> None:
+    """SIGTERM to each node's process group, SIGKILL to what is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    for p in procs:
+        p.wait(10)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The head node's address, once its GCS listens; the worker node joins it."""
     logs = tmp_path_factory.mktemp("ray")
+    session = tempfile.mkdtemp(prefix="qdray-")  # Ray's sockets live under it: a short path
     port = free_port()
-    head = _ray_node("--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-port",
-                     str(free_port()), "--ray-client-server-port", str(free_port()), log=logs / "head.log")
+    head = _ray_node("--head", "--port", str(port), "--temp-dir", session, "--include-dashboard", "false",
+                     "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port()),
+                     log=logs / "head.log")
     nodes = [head]
     try:
         deadline = time.monotonic() + 120
@@ -84,8 +85,8 @@ def cluster(tmp_path_factory):
         nodes.append(_ray_node("--address", f"127.0.0.1:{port}", log=logs / "worker.log"))
         yield f"127.0.0.1:{port}"
     finally:
-        for node in reversed(nodes):
-            _end_group(node)
+        _end_groups(nodes)
+        shutil.rmtree(session, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:
@@ -144,24 +145,53 @@ def stream_text(client: openai.OpenAI) -> str:
     return "".join(c.choices[0].text for c in client.completions.create(**STREAM) if c.choices)
 
 
-def test_usage_errors_before_ray_starts():
-    for args, needle in ((["--replicas", "0"], "--replicas takes a positive number"),
-                         (["--replicas", "2", "--autoscale", "1:2"], "either --replicas or --autoscale"),
-                         (["--autoscale", "3:1"], "MIN:MAX"),
-                         (["--replicas", "auto"], "one replica on each GPU"),
-                         (["/no/such/model.gguf", "--replicas", "2"], "no such model")):
-        proc = run_cli("serve", *args, "--port", "0", timeout=120)
-        assert_clean_error(proc, needle)
-        assert "starting" not in proc.stderr  # refused before Ray started
+@pytest.mark.parametrize("args, needle", [
+    (("0", None), "--replicas takes a positive number"),
+    (("two", None), "--replicas takes a positive number"),
+    (("2", "1:2"), "either --replicas or --autoscale"),
+    ((None, "3:1"), "MIN:MAX"),
+    ((None, "0:2"), "MIN:MAX"),
+    ((None, "4"), "MIN:MAX"),
+])
+def test_replica_options_are_checked(args, needle):
+    from quantdeploy.errors import UsageError
+    from quantdeploy.server.cluster import ClusterSettings
+
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        ClusterSettings.from_options(*args, None, None)
+
+
+@pytest.mark.parametrize("replicas, autoscale, gpus, cluster_gpus, expect", [
+    ("3", None, None, 0, {"num_replicas": 3, "ray_actor_options": {"num_cpus": 1, "num_gpus": 0.0}}),
+    ("auto", None, None, 4, {"num_replicas": 4, "ray_actor_options": {"num_cpus": 1, "num_gpus": 1.0}}),
+    ("auto", None, 2, 4, {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 2}}),
+    (None, "1:4", None, 0, {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+                                                   "target_ongoing_requests": 2}}),
+])
+def test_replica_options_become_serve_options(replicas, autoscale, gpus, cluster_gpus, expect):
+    from quantdeploy.server.cluster import ClusterSettings
+
+    options = ClusterSettings.from_options(replicas, autoscale, gpus, None).deployment_options(cluster_gpus, 2)
+    assert options["max_ongoing_requests"] == 2  # a replica takes what its model decodes at once; the router queues
+    for key, value in expect.items():
+        assert options[key] == value
+
+
+def test_usage_errors_come_before_ray_starts():
+    proc = run_cli("serve", "--replicas", "auto", "--port", "0", timeout=120)
+    assert_clean_error(proc, "one replica on each GPU", "--replicas N")
+    assert "starting" not in proc.stderr
 
 
 def test_a_model_that_fails_to_load_on_the_replicas_ends_the_server_with_one_line(cluster, gguf_path, tmp_path):
-    broken = tmp_path / "truncated.gguf"
-    with gguf_path.open("rb") as f:
-        broken.write_bytes(f.read(1 << 20))  # a valid header, the tensors cut off: only loading notices
+    data = bytearray(gguf_path.read_bytes())
+    head = 2 << 20  # the metadata: a well-formed file whose architecture llama.cpp does not know
+    data[:head] = bytes(data[:head]).replace(b"gemma3", b"gemmaX")
+    broken = tmp_path / "unknown-arch.gguf"
+    broken.write_bytes(data)
     proc = run_cli("serve", str(broken), "--replicas", "1", "--ray-address", cluster, "--port", "0",
                    env=RAY_ENV, timeout=240)
-    assert_clean_error(proc, "failed to load", "truncated")
+    assert_clean_error(proc, "failed to load on a replica", "unknown-arch.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,12 @@ class ClusterSettings:
             raise UsageError(f"--gpus-per-replica must be 0 or more, got {gpus_per_replica:g}")
         if ray_address is not None and not ray_address.strip():
             raise UsageError("--ray-address must not be empty; give the head node's address, e.g. 10.0.0.5:6379")
+        common = {"gpus_per_replica": gpus_per_replica, "ray_address": ray_address}
         if autoscale is not None:
-            return cls(autoscale=parse_autoscale(autoscale), gpus_per_replica=gpus_per_replica,
-                       ray_address=ray_address)
-        if replicas is None or replicas.strip().lower() == AUTO:
-            return cls(auto_replicas=replicas is not None, replicas=None if replicas is not None else 1,
-                       gpus_per_replica=gpus_per_replica, ray_address=ray_address)
-        return cls(replicas=parse_count(replicas), gpus_per_replica=gpus_per_replica, ray_address=ray_address)
+            return cls(autoscale=parse_autoscale(autoscale), **common)
+        if replicas is not None and replicas.strip().lower() == AUTO:
+            return cls(auto_replicas=True, **common)
+        return cls(replicas=1 if replicas is None else parse_count(replicas), **common)
 
     @property
     def max_replicas(self) -> int | None:

@@ -130,7 +130,8 @@ class Deployment:
         self.board.started.remote()
         if self.view.phase == "loading":
             self.view.phase = "ready"
-            log.info("ready: %s on %d replica(s)", self.settings.model_name, self.view.target)
+            log.info("ready: %s on %d replica(s) (Ray Serve application %s)", self.settings.model_name,
+                     self.view.target, self.app_name)
 
     def _watch(self) -> None:
         from ray import serve
@@ -155,7 +156,7 @@ class Deployment:
                 self.view.target = max(lo, sum(n for s, n in states.items() if s not in ("STOPPING", "STOPPED")))
             self.view.message = dep.message or None
             if dep.message and dep.message != said and self.view.healthy < self.view.target:
-                log.warning("%s", dep.message)
+                log.info("%s", dep.message)
             said = dep.message
 
     def _fail(self, error: str) -> None:
@@ -191,7 +192,11 @@ def _start_ray(ray: Any, cluster: ClusterSettings, log_level: str) -> None:
         return
     # enough logical CPUs that every replica fits on this machine (llama.cpp and torch use the real cores)
     cpus = max(os.cpu_count() or 1, cluster.max_replicas or 1)
-    ray.init(num_cpus=cpus, namespace=NAMESPACE, include_dashboard=False, logging_level=quiet)
+    try:  # "local": a new instance even where RAY_ADDRESS or an earlier `ray start` names another one
+        ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, include_dashboard=False, logging_level=quiet)
+    except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+        raise QuantDeployError(f"could not start a local Ray instance ({_first_line(e)}); see the Ray log above, "
+                               "or join a running cluster with --ray-address") from None
 
 
 def _import_ray() -> Any:
