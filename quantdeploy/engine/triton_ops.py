@@ -149,6 +149,22 @@ def rope_cache(qkv, positions, cos, sin, k_cache, v_cache, heads: int, kv_heads:
 
 
 @triton.jit
+def _attend_tile(q, k_base, v_base, rows, d, D: tl.constexpr, jm, scale, m_i, l_i, acc):
+    """One tile of keys in the online softmax of q [GP, D]: K and V rows `rows` (those where jm) after k_base and
+    v_base. Returns the updated (max, sum, output)."""
+    k = tl.load(k_base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k)) * scale
+    s = tl.where(jm[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    v = tl.load(v_base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, window, max_len, chunk,
                 G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
                 PDL: tl.constexpr):
@@ -170,16 +186,7 @@ def _attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, po_ptr, pm_ptr, pl_ptr, scale, w
     for start in range(lo, hi, BLOCK):
         j = start + tl.arange(0, BLOCK)
         jm = j < hi
-        k = tl.load(kc_ptr + base + j[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(jm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(vc_ptr + base + j[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, kc_ptr + base, vc_ptr + base, j, d, D, jm, scale, m_i, l_i, acc)
     row = (kvh * SPLITS + sp) * GP + g
     tl.store(po_ptr + row[:, None] * D + d[None, :], acc)
     tl.store(pm_ptr + row, m_i)
@@ -262,17 +269,8 @@ def _paged_attn_split(q_ptr, kc_ptr, vc_ptr, pos_ptr, tab_ptr, po_ptr, pm_ptr, p
         jm = (j >= lo) & (j < hi)
         blk = tl.load(tab_ptr + b * tab_stride + start // BS).to(tl.int64)
         base = ((blk * KVH + kvh) * BS + start % BS) * D
-        rows = tl.arange(0, BLOCK)
-        k = tl.load(kc_ptr + base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(jm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(vc_ptr + base + rows[:, None] * D + d[None, :], mask=jm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = _attend_tile(q, kc_ptr + base, vc_ptr + base, tl.arange(0, BLOCK), d, D, jm, scale, m_i,
+                                     l_i, acc)
     row = ((b * KVH + kvh) * SPLITS + sp) * GP + g
     tl.store(po_ptr + row[:, None] * D + d[None, :], acc)
     tl.store(pm_ptr + row, m_i)
