@@ -13,6 +13,15 @@ class UsageError(QuantDeployError):
     exit_code = 2
 
 
+class RequestError(UsageError):
+    """Bad input in one field of a generation request (a schema, a tool, a message); `param` names the field,
+    dotted as in the OpenAI API (`response_format.json_schema.schema`), so that the server's 400 can say which."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
 class ModelNotFound(QuantDeployError):
     """A path, pulled name or repo that does not exist."""
 

@@ -280,3 +280,24 @@ def test_piped_stdin_is_one_prompt_answered_once():
 
 def test_empty_pipe_is_a_clean_error():
     assert_clean_error(run_cli("chat", input="", timeout=300), "stdin was empty")
+
+
+def test_json_replies_are_valid_json_and_follow_a_schema(chat, tmp_path):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    (tmp_path / "person.json").write_text(json.dumps(schema))
+    (tmp_path / "bad.json").write_text('{"type": "array", "uniqueItems": true}')
+    c = chat(*GREEDY, "--max-tokens", "60")
+    assert "JSON replies on" in c.say("/json")
+    c.say("Alice is 30. Give her name and age.")
+    assert c.stats()["finish"] == "stop"
+    assert isinstance(json.loads(c.save(tmp_path / "a.json")[-1]["content"]), dict)
+    out = c.say(f"/json {tmp_path / 'bad.json'}")
+    assert "error:" in out and "uniqueItems" in out, out
+    assert "matches the schema" in c.say(f"/json {tmp_path / 'person.json'}")
+    c.say("/reset")
+    c.say("Alice is 30. Give her name and age.")
+    reply = json.loads(c.save(tmp_path / "b.json")[-1]["content"])
+    assert set(reply) == {"name", "age"} and isinstance(reply["name"], str) and isinstance(reply["age"], int), reply
+    assert "JSON replies off" in c.say("/json off")
+    assert c.leave("/bye") == 0

@@ -104,8 +104,10 @@ BAD_CHAT = [
     (b'{"messages": []}', 400, "messages", "non-empty"),
     (b'{"messages": "hi"}', 400, "messages", "non-empty list"),
     (b'{"messages": [42]}', 400, "messages.0", "object"),
-    (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role", "system, user, assistant"),
-    (b'{"messages": [{"role": "tool", "content": "x"}]}', 400, "messages.0.role", "tool"),
+    (b'{"messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0.role", "system, developer, user"),
+    (b'{"messages": [{"role": "tool", "content": "x"}]}', 400, "messages.0.tool_call_id", "required"),
+    (b'{"messages": [{"role": "tool", "content": "x", "tool_call_id": "call_9"}]}', 400, "messages.0.tool_call_id",
+     "no earlier assistant tool call"),
     (b'{"messages": [{"role": "user"}]}', 400, "messages.0.content", "string"),
     (b'{"messages": [{"role": "user", "content": 5}]}', 400, "messages.0.content", "string"),
     (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}', 400,
@@ -118,12 +120,41 @@ BAD_CHAT = [
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": -0.1}', 400, "temperature", "between 0"),
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', 400, "temperature", "number"),
     (b'{"messages": [{"role": "user", "content": "x"}], "top_p": 0}', 400, "top_p", "(0, 1]"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "n": 2}', 400, "n", "n must be 1"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "n": 17}', 400, "n", "between 1 and 16"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "n": 0}', 400, "n", "between 1 and 16"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 21, "logprobs": true}', 400, "top_logprobs",
+     "between 0 and 20"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}', 400, "top_logprobs", "logprobs: true"),
     (b'{"messages": [{"role": "user", "content": "x"}], "stop": 7}', 400, "stop", "string"),
     (b'{"messages": [{"role": "user", "content": "x"}], "seed": 1.5}', 400, "seed", "integer"),
     (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "stream", "boolean"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}', 400, "tools",
-     "not supported"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}', 400, "tools.0",
+     "only function tools"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "a b"}}]}',
+     400, "tools.0.function.name", "letters"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", '
+     b'"parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}}]}', 400,
+     "tools.0.function.parameters", "invalid type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", '
+     b'"parameters": {"type": "object", "properties": {"x": {"type": "array", "uniqueItems": true}}}}}]}', 400,
+     "tools.0.function.parameters", "uniqueitems"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}', 400, "tool_choice",
+     "no tools"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}], '
+     b'"tool_choice": {"type": "function", "function": {"name": "g"}}}', 400, "tool_choice", "not among the tools"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}', 400,
+     "response_format.type", "json_schema"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": '
+     b'{"name": "r", "schema": {"type": "object", "not": {"required": ["a"]}}}}}', 400,
+     "response_format.json_schema.schema", "not"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": '
+     b'{"name": "r", "schema": {"$ref": "#/$defs/missing"}}}}', 400, "response_format.json_schema.schema",
+     "does not exist"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema"}}', 400,
+     "response_format.json_schema", "required"),
+    (b'{"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", '
+     b'"function": {"name": "f", "arguments": "{oops"}}]}]}', 400, "messages.0.tool_calls.0.function.arguments",
+     "not valid json"),
     (b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}', 404, "model", "not served"),
 ]
 
@@ -144,6 +175,8 @@ BAD_COMPLETION = [
     (b'{"prompt": [1, 2, 3]}', "prompt", "token-id"),
     (b'{"prompt": "x", "max_tokens": 0}', "max_tokens", "at least 1"),
     (b'{"prompt": "x", "echo": true}', "echo", "not supported"),
+    (b'{"prompt": "x", "logprobs": 6}', "logprobs", "between 0 and 5"),
+    (b'{"prompt": "x", "n": 2, "best_of": 3}', "best_of", "equal to n"),
     (b'{"prompt": "x", "temperature": 3}', "temperature", "between 0 and 2"),
 ]
 

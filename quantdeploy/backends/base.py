@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import abc
 import enum
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -60,6 +61,11 @@ class GenerationParams:
     seed: int | None = None
     stop: Sequence[str] = ()
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    # None: off; 0: each sampled token's log-probability; k: also the k likeliest tokens at each step. Taken from the
+    # model's own distribution, before temperature, top-k/top-p and the grammar (as vLLM and OpenAI report them).
+    logprobs: int | None = None
+    # an llguidance grammar (quantdeploy.structured) the output must match; the backend masks the tokens it forbids
+    grammar: str | None = None
 
     def validate(self) -> "GenerationParams":
         if self.max_tokens is None or int(self.max_tokens) <= 0:
@@ -68,7 +74,23 @@ class GenerationParams:
             raise UsageError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_p is None or not (0 < self.top_p <= 1):
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.logprobs is not None and not 0 <= int(self.logprobs) <= MAX_LOGPROBS:
+            raise UsageError(f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}")
         return self
+
+
+MAX_LOGPROBS = 20  # the most alternatives per token a caller may ask for (OpenAI's top_logprobs limit)
+# A backend yields (GRAMMAR_END, "") when the grammar in GenerationParams.grammar is complete: the reply ends there.
+GRAMMAR_END = -1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability and, when asked, the likeliest tokens at that step (most likely first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -88,18 +110,32 @@ class Usage:
 class Generation:
     """An iterator of text pieces; after it ends, `finish_reason` and `usage` are set.
 
-    `finish_reason` is "stop" (an end-of-turn token or a stop string) or "length" (max_tokens reached).
-    Closing it early (break / .close()) stops the backend's work.
+    `finish_reason` is "stop" (an end-of-turn token, a stop string or the end of the grammar) or "length"
+    (max_tokens reached). Closing it early (break / .close()) stops the backend's work. With params.logprobs set,
+    `logprobs` holds a TokenLogprob per token whose text was emitted (tokens of a matched stop string are not), and
+    `take_logprobs()` returns those added since its last call (for streaming).
+
+    A chat with tools reads its reply through a filter (chat/toolcalls.py): text that may be a tool call is held
+    back, and the calls land in `tool_calls` (OpenAI's shape) with finish_reason "tool_calls"; the pieces and
+    `text` are the rest of the reply.
+
+    Backends yield (token_id, text_piece) or (token_id, text_piece, TokenLogprob).
     """
 
-    def __init__(self, tokens: Iterator[tuple[int, str]], *, prompt_tokens: int, params: GenerationParams,
-                 eog_ids: set[int]):
+    def __init__(self, tokens: Iterator[tuple], *, prompt_tokens: int, params: GenerationParams,
+                 eog_ids: set[int], reply_filter: Any = None):
         self._tokens = tokens
         self._params = params
         self._eog = set() if params.ignore_eos else set(eog_ids)
         self.finish_reason: str | None = None
         self.usage = Usage(prompt_tokens=prompt_tokens)
-        self.text = ""
+        self.text = ""  # what the pieces said (the reply without its tool calls)
+        self.raw_text = ""  # everything the model wrote
+        self.tool_calls: list[dict] = []
+        self._filter = reply_filter
+        self.logprobs: list[TokenLogprob] = []
+        self._new_logprobs: list[TokenLogprob] = []
+        self._held: list[tuple[int, TokenLogprob]] = []  # (where its text starts in the held-back text, logprobs)
         self._t0 = time.perf_counter()
         self._it = self._run()
 
@@ -112,30 +148,68 @@ class Generation:
     def close(self) -> None:
         self._it.close()
 
+    def take_logprobs(self) -> list[TokenLogprob]:
+        out, self._new_logprobs = self._new_logprobs, []
+        return out
+
+    def _release(self, n: int | None, *, drop_rest: bool = False) -> None:
+        """The first n characters of the held-back text went out: so do the logprobs of the tokens they start."""
+        keep = []
+        for start, lp in self._held:
+            if n is None or start < n:
+                self.logprobs.append(lp)
+                self._new_logprobs.append(lp)
+            elif not drop_rest:
+                keep.append((start - n, lp))
+        self._held = keep
+
     def _run(self) -> Iterator[str]:
+        pieces = self._pieces()
+        try:
+            for piece in pieces:
+                out = piece if self._filter is None else self._filter.feed(piece)
+                if out:
+                    self.text += out
+                    yield out
+            if self._filter is not None:
+                out = self._filter.finish()
+                self.tool_calls = list(self._filter.tool_calls)
+                if self.tool_calls and self.finish_reason == "stop":
+                    self.finish_reason = "tool_calls"
+                if out:
+                    self.text += out
+                    yield out
+        finally:
+            pieces.close()
+
+    def _pieces(self) -> Iterator[str]:
         stops = [s for s in (self._params.stop or ()) if s]
         hold = max((len(s) for s in stops), default=1) - 1
         pending = ""  # text not yet emitted because it could be the start of a stop string
         first = None
         try:
-            for tok, piece in self._tokens:
+            for item in self._tokens:
+                tok, piece = item[0], item[1]
                 now = time.perf_counter()
                 if first is None:
                     first = now
                     self.usage.ttft_s = now - self._t0
                 self.usage.elapsed_s = now - self._t0
                 self.usage.decode_s = now - first
-                if tok in self._eog:
+                if tok == GRAMMAR_END or tok in self._eog:
                     self.finish_reason = "stop"
                     break
                 self.usage.completion_tokens += 1
+                if len(item) > 2 and item[2] is not None:
+                    self._held.append((len(pending), item[2]))
                 pending += piece
                 if stops:
                     cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
                     if cut >= 0:
                         out, pending = pending[:cut], ""
+                        self._release(cut, drop_rest=True)
                         if out:
-                            self.text += out
+                            self.raw_text += out
                             yield out
                         self.finish_reason = "stop"
                         break
@@ -148,16 +222,18 @@ class Generation:
                     out, pending = pending[:safe], pending[safe:]
                 else:
                     out, pending = pending, ""
+                self._release(len(out))
                 if out:
-                    self.text += out
+                    self.raw_text += out
                     yield out
                 if self.usage.completion_tokens >= self._params.max_tokens:
                     self.finish_reason = "length"
                     break
             else:  # the backend ran out (context full) before max_tokens or a stop
                 self.finish_reason = "length"
+            self._release(None)  # what is still held (a stop string's tokens were dropped at the cut)
             if pending:  # held back as a possible stop-string prefix that never completed
-                self.text += pending
+                self.raw_text += pending
                 yield pending
         finally:
             close = getattr(self._tokens, "close", None)
@@ -225,6 +301,31 @@ class LoadedModel(abc.ABC):
         """For a batching model: running / waiting sequences, KV pool use, prefix-cache hits (batching.Scheduler)."""
         return None
 
+    _grammar_lock = threading.Lock()
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of this model's vocabulary (structured/vocab.py), built on first use and cached."""
+        with LoadedModel._grammar_lock:
+            tok = getattr(self, "_grammar_tok", None)
+            if tok is None:
+                tok = self._grammar_tok = self._build_grammar_tokenizer()
+            return tok
+
+    def _build_grammar_tokenizer(self) -> Any:
+        from ..errors import BackendUnavailable
+
+        raise BackendUnavailable(f"the {self.backend or type(self).__name__} backend cannot constrain its output "
+                                 "(structured output, tool calls with tool_choice required)")
+
+    def grammar_state(self, params: GenerationParams) -> Any:
+        """A GrammarState following params.grammar for one generation, or None without a grammar."""
+        if not params.grammar:
+            return None
+        from ..structured import GrammarState
+
+        tok = self.grammar_tokenizer()
+        return GrammarState(tok, params.grammar, tok.vocab_size)
+
     def logits(self, token_ids: list[int]) -> Any:
         """Next-token logits after each position: float32 numpy array [len(token_ids), vocab] (bench --quality)."""
         from ..errors import BackendUnavailable
@@ -248,6 +349,11 @@ class LoadedModel(abc.ABC):
     def token_text(self, token_id: int) -> str:
         return ""
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token adds to the text (logprobs report them); special tokens give their name."""
+        raw = self.grammar_tokenizer().decode_bytes([int(token_id)])
+        return raw[1:] if raw.startswith(b"\xff") else raw  # llguidance marks special tokens with 0xff
+
     def count_tokens(self, text: str, *, add_bos: bool = False) -> int:
         return len(self.tokenize(text, add_bos=add_bos))
 
@@ -257,19 +363,38 @@ class LoadedModel(abc.ABC):
         params = (params or self.default_params()).validate()
         ids = list(prompt) if isinstance(prompt, list) else self.tokenize(prompt, add_bos=add_bos)
         self._check_fits(len(ids), params)
+        self.check_params(params)
         return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params,
                           eog_ids=self.eog_token_ids())
 
-    def chat(self, messages: list[dict[str, str]], params: GenerationParams | None = None, *,
-             template: str | None = None) -> Generation:
-        """Stream the assistant's reply to a conversation, rendered with the model's chat template."""
-        prompt = render_chat(self, messages, template=template)
+    def chat(self, messages: list[dict[str, Any]], params: GenerationParams | None = None, *,
+             template: str | None = None, tools: list[dict] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = False, response_format: dict | None = None) -> Generation:
+        """Stream the assistant's reply to a conversation, rendered with the model's chat template.
+
+        tools: OpenAI's [{"type": "function", "function": {"name", "description", "parameters"}}]; tool_choice:
+        "auto" (the default with tools), "none", "required" or a function's name (a forced reply holds one call,
+        or up to 8 with parallel_tool_calls: small models repeat a call when allowed); the calls come back in
+        `Generation.tool_calls` (finish_reason "tool_calls"), the pieces are the rest of the text. History may
+        hold assistant `tool_calls` and `tool` results. response_format: OpenAI's {"type": "json_object"} or
+        {"type": "json_schema", "json_schema": {"name", "schema"}}: the reply is JSON that matches it."""
+        from ..chat.prepare import prepare_chat
+
         params = (params or self.default_params()).validate()
-        ids = self.tokenize(prompt, add_bos=False)
-        self._check_fits(len(ids), params)
+        prompt = prepare_chat(self, messages, template=template, tools=tools, tool_choice=tool_choice,
+                              parallel_tool_calls=parallel_tool_calls, response_format=response_format)
+        return self.start_chat(prompt, params)
+
+    def start_chat(self, prompt: Any, params: GenerationParams) -> Generation:
+        """Generate the reply to a prepared chat (chat.prepare.ChatPrompt)."""
+        if prompt.grammar:
+            params = replace(params, grammar=prompt.grammar)
+        self._check_fits(len(prompt.ids), params)
+        self.check_params(params)
         # A model that opens a new turn has ended its own: stop there too (base models often do).
         eog = self.eog_token_ids() | self.turn_start_ids()
-        return Generation(self._generate_tokens(ids, params), prompt_tokens=len(ids), params=params, eog_ids=eog)
+        return Generation(self._generate_tokens(prompt.ids, params), prompt_tokens=len(prompt.ids), params=params,
+                          eog_ids=eog, reply_filter=prompt.reply_filter())
 
     def generate_batch(self, prompts: list[Any], params: GenerationParams | list[GenerationParams] | None = None, *,
                        max_concurrency: int | None = None, template: str | None = None,
@@ -300,6 +425,9 @@ class LoadedModel(abc.ABC):
 
     def render_chat(self, messages: list[dict[str, str]], *, template: str | None = None) -> str:
         return render_chat(self, messages, template=template)
+
+    def check_params(self, params: GenerationParams) -> None:
+        """Raise QuantDeployError when this model cannot honour `params` (checked before generating)."""
 
     def _check_fits(self, n_prompt: int, params: GenerationParams) -> None:
         if n_prompt >= self.context_length:

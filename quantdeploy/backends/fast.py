@@ -56,9 +56,12 @@ class FastQuantModel(HFTokenizerModel):
     def batch_stats(self) -> dict[str, Any] | None:
         return self.scheduler.stats() if self.scheduler is not None else None
 
-    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple]:
         detok = IncrementalDetokenizer(self.tokenizer)
         stop = set() if params.ignore_eos else self._eog
+        if params.grammar or params.logprobs is not None:
+            yield from self._generate_stepwise(prompt_ids, params, detok, stop)
+            return
         if self.scheduler is not None:
             yield from self._batched(prompt_ids, params, stop, detok)
             return
@@ -69,6 +72,11 @@ class FastQuantModel(HFTokenizerModel):
                 yield tok, ""
                 return
             yield tok, detok.push(tok)
+
+    def check_params(self, params: GenerationParams) -> None:
+        if self.scheduler is not None and (params.grammar or params.logprobs is not None):
+            raise UsageError("structured output, forced tool calls and logprobs do not run in the batching engine "
+                             "yet; serve this model with --max-concurrency 1 (or --engine hf) for them")
 
     def _batched(self, prompt_ids, params, stop, detok) -> Iterator[tuple[int, str]]:
         try:
@@ -84,6 +92,23 @@ class FastQuantModel(HFTokenizerModel):
                 yield s.token, detok.push(s.token)
         finally:
             handle.cancel()
+
+    def _generate_stepwise(self, prompt_ids: list[int], params: GenerationParams, detok, stop: set[int]
+                           ) -> Iterator[tuple]:
+        from ..backends.base import GRAMMAR_END
+        from ..engine.sampling import Rows, make_generator
+
+        rows = Rows.of([params], [make_generator(self.engine.device, params.seed)])
+        for tok, lp in self.engine.generate_stepwise(prompt_ids, max_new=params.max_tokens + 1, rows=rows,
+                                                     stop_ids=stop, grammar=self.grammar_state(params)):
+            if tok == GRAMMAR_END or tok in stop:
+                yield tok, ""
+                return
+            piece = detok.push(tok)
+            yield (tok, piece) if lp is None else (tok, piece, lp)
+
+    def _logits_width(self) -> int:
+        return int(self.engine.cfg.vocab)
 
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")

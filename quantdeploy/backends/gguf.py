@@ -11,10 +11,11 @@ from typing import Any, Iterator
 
 from ..errors import BackendUnavailable, InvalidModel, UsageError
 from . import gguf_quants
-from .base import (Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice, PullOffer,
-                   TemplateSource)
+from .base import (GRAMMAR_END, Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice,
+                   PullOffer, TemplateSource)
 from .gguf_check import GGUF_MAGIC, describe_gguf, validate_gguf
 from .hw import cuda_device_count, pick_torch_device
+from .np_logits import StepLogprobs
 
 log = logging.getLogger("quantdeploy.gguf")
 DEFAULT_CTX = 8192  # allocated when the model's own context is larger (KV cache memory); --ctx overrides
@@ -193,6 +194,18 @@ class GGUFModel(LoadedModel):
     def eog_token_ids(self) -> set[int]:
         return set(self._eog)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        import ctypes
+
+        lc = _llama_cpp()
+        vocab = lc.llama_model_get_vocab(self.llm.model)
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(vocab, int(token_id), buf, len(buf), 0, True)
+        if n < 0:  # a longer piece: ask again with the size llama.cpp says it needs (-n)
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(vocab, int(token_id), buf, len(buf), 0, True)
+        return bytes(buf[:max(0, n)])
+
     def _find_eog(self) -> set[int]:
         llama_cpp = _llama_cpp()
         ids = {self.llm.token_eos()}
@@ -220,12 +233,11 @@ class GGUFModel(LoadedModel):
     # greedy without the sampler chain (see _argmax); False runs llama.cpp's greedy sampler (tests compare the two)
     fast_greedy = True
 
-    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+    def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple]:
         """llama.cpp's own decode + sampler chain, a few ctypes calls per token (no per-token Python sampling).
         The KV cache keeps the longest common prefix with the previous call (multi-turn chats re-use it),
-        except for seeded runs, which always prefill in full so their result does not depend on history."""
-        import ctypes
-
+        except for seeded runs, which always prefill in full so their result does not depend on history.
+        Logprobs and a grammar work on llama.cpp's logits in place, with numpy, before its sampler reads them."""
         lc = _llama_cpp()
         ctx = self.llm._ctx.ctx
         mem = lc.llama_get_memory(ctx)
@@ -233,12 +245,14 @@ class GGUFModel(LoadedModel):
         keep = min(keep, len(prompt_ids) - 1)  # always decode at least the last prompt token (fresh logits)
         lc.llama_memory_seq_rm(mem, -1, keep, -1)
         self._cached = list(prompt_ids[:keep])
+        grammar = self.grammar_state(params)
         chain = self._sampler_chain(lc, params)
         greedy = params.temperature <= 0 and self.fast_greedy
         n_vocab = self.llm.n_vocab()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         lc.llama_perf_context_reset(ctx)
         room = self._n_ctx - len(prompt_ids)
+        step_logits = grammar is not None or params.logprobs is not None
         try:
             todo = prompt_ids[keep:]
             for i in range(0, len(todo), self._n_batch):
@@ -246,7 +260,22 @@ class GGUFModel(LoadedModel):
             self._cached = list(prompt_ids)
             buf = (lc.llama_token * 1)()
             for i in range(room):
+                lp = None
+                if grammar is not None and grammar.done:
+                    yield GRAMMAR_END, ""
+                    return
+                if step_logits:
+                    import numpy as np
+
+                    logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+                    step = StepLogprobs(logits, params.logprobs) if params.logprobs is not None else None
+                    if grammar is not None:
+                        grammar.mask_numpy(logits)  # the sampler below reads these very logits
                 tok = _argmax(lc, ctx, n_vocab) if greedy else lc.llama_sampler_sample(chain, ctx, -1)
+                if step_logits and step is not None:
+                    lp = step.of(tok)
+                if grammar is not None:
+                    grammar.accept(tok)
                 if tok in self._eog and not params.ignore_eos:
                     yield tok, ""
                     return
@@ -258,10 +287,16 @@ class GGUFModel(LoadedModel):
                     if lc.llama_decode(ctx, lc.llama_batch_get_one(buf, 1)) != 0:
                         raise InvalidModel("llama.cpp failed to decode (context full or out of memory)")
                     self._cached.append(tok)
-                yield tok, decoder.decode(self.llm.detokenize([tok], special=False))
+                piece = decoder.decode(self.llm.detokenize([tok], special=False))
+                yield (tok, piece) if lp is None else (tok, piece, lp)
         finally:
             lc.llama_sampler_free(chain)
             self._perf = lc.llama_perf_context(ctx)
+
+    def _build_grammar_tokenizer(self) -> Any:
+        from ..structured.vocab import from_llama_cpp
+
+        return from_llama_cpp(self.llm, self._eog)
 
     def _decode(self, lc, ctx, tokens: list[int]) -> None:
         arr = (lc.llama_token * len(tokens))(*tokens)

@@ -156,6 +156,15 @@ class HFTokenizerModel(LoadedModel):
                 ids.add(vocab[t])
         return {int(i) for i in ids}
 
+    def _logits_width(self) -> int:
+        """Tokens the model's logits cover (may exceed the tokenizer's vocabulary: padded rows)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def _build_grammar_tokenizer(self) -> Any:
+        from ..structured.vocab import from_hf
+
+        return from_hf(self.tokenizer, self._logits_width(), self._eog)
+
     def chat_template_info(self) -> TemplateSource:
         t = self.tokenizer
         return TemplateSource(template=getattr(t, "chat_template", None), architecture=self._model_type,
@@ -207,7 +216,8 @@ class HFQuantModel(HFTokenizerModel):
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
         from ..engine.hf_loop import stream_tokens
 
-        return stream_tokens(self.model, self.tokenizer, prompt_ids, params, self._eog, self._ctx)
+        return stream_tokens(self.model, self.tokenizer, prompt_ids, params, self._eog, self._ctx,
+                             grammar=self.grammar_state(params))
 
     def layer_classes(self) -> dict[str, str]:
         """Linear layer type (q_proj, ...) -> class that runs it."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import UsageError
+from ..errors import QuantDeployError, UsageError
 from .conversation import Conversation
 
 if TYPE_CHECKING:
@@ -109,6 +109,41 @@ def _set(s: "ChatSession", arg: str) -> bool:
             raise UsageError(f"{key} must be {kind}, got '{value}'") from None
     s.params = replace(s.params, **{key: parsed}).validate()
     s.say(f"{key} = {'none' if parsed is None else parsed}")
+    return False
+
+
+@command("/json", "[on|off|SCHEMA.json]", "answer in JSON (always valid); with a JSON schema file, matching it")
+def _json(s: "ChatSession", arg: str) -> bool:
+    import json
+
+    from ..structured.grammar import response_format_grammar
+
+    if arg.lower() in ("off", "no", "0"):
+        s.response_format = None
+        s.say("JSON replies off")
+        return False
+    if arg.lower() in ("", "on", "yes", "1"):
+        if not arg and s.response_format is not None:
+            s.response_format = None
+            s.say("JSON replies off")
+            return False
+        s.response_format = {"type": "json_object"}
+        s.say("JSON replies on: every reply is a JSON object (/json off to stop)")
+        return False
+    path = Path(arg).expanduser()
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror}); pass a JSON schema file, on or off") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not JSON ({e}); pass a JSON schema file") from None
+    rf = {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    try:
+        response_format_grammar(rf, str(path))
+    except QuantDeployError as e:
+        raise UsageError(str(e)) from None
+    s.response_format = rf
+    s.say(f"JSON replies on: every reply matches the schema in {path} (/json off to stop)")
     return False
 
 

@@ -58,6 +58,7 @@ class ChatSession:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.last: ReplyStats | None = None
+        self.response_format: dict | None = None  # /json: replies are JSON (matching a schema, if given)
         source, self.template_source = resolve_template(model, template)
         model.render_chat(self.conv.messages() + [{"role": "user", "content": "hi"}], template=template)  # fail now
         self._stops = self._stop_strings(source)
@@ -116,7 +117,8 @@ class ChatSession:
         if stop.hit:
             return None
         params = replace(self.params, stop=tuple(dict.fromkeys([*self.params.stop, *self._stops])))
-        return self.model.chat(self.conv.messages(), params, template=self.template)
+        return self.model.chat(self.conv.messages(), params, template=self.template,
+                               response_format=self.response_format)
 
     def _stream(self, gen: Generation, stop: "_InterruptFlag") -> str:
         shown = ""

@@ -135,14 +135,15 @@ def render_chat(model: HasTemplate, messages: list[dict], *, template: str | Non
 
 
 def render(source: str, messages: list[dict], *, bos_token: str = "", eos_token: str = "",
-           add_generation_prompt: bool = True) -> str:
-    """Render as transformers' apply_chat_template does (chat/jinja.py), without importing transformers."""
+           add_generation_prompt: bool = True, **variables) -> str:
+    """Render as transformers' apply_chat_template does (chat/jinja.py), without importing transformers.
+    `variables` reach the template as they do there: tools=[...], documents=[...]."""
     from .jinja import TemplateError, render_template
 
     _validate(messages)
     try:
         return render_template(source, messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token)
+                               bos_token=bos_token, eos_token=eos_token, **variables)
     except TemplateError as e:
         raise UsageError(f"the chat template failed to render: {e}") from None
 
@@ -151,7 +152,9 @@ def _validate(messages: list[dict]) -> None:
     if not messages:
         raise UsageError("messages must not be empty")
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise UsageError("each message needs a role of system, user or assistant")
-        if not isinstance(m.get("content"), str):
-            raise UsageError("each message needs a string content")
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
+            raise UsageError("each message needs a role of system, user, assistant or tool")
+        if not isinstance(m.get("content"), str) and not (m["role"] == "assistant" and m.get("tool_calls")
+                                                          and m.get("content") in (None, "")):
+            raise UsageError("each message needs a string content (an assistant's may be null when it has "
+                             "tool_calls)")

@@ -17,7 +17,7 @@ import torch
 
 from ..checkpoint import LocalFiles, ModelFiles
 from .model import Decoder, DecoderConfig, load_tensors
-from .sampling import make_generator, sample
+from .sampling import Rows, make_generator, sample, sample_rows, token_logprob
 
 log = logging.getLogger("quantdeploy.engine")
 
@@ -297,3 +297,32 @@ class FastEngine:
             if t in stop_ids or i + 1 >= room:
                 return
             tok = nxt
+
+    @torch.inference_mode()
+    def generate_stepwise(self, ids: list[int], *, max_new: int, rows: Rows, stop_ids: set[int],
+                          grammar=None) -> Iterator[tuple[int, object]]:
+        """generate() for requests that need the host between steps: yields (token, TokenLogprob or None), and
+        GRAMMAR_END when `grammar` (a structured.GrammarState) is complete. Each token is read back before the
+        next one is sampled, because the grammar's mask for a step depends on the token before it; the step's
+        forward pass is queued first, so llguidance computes the mask while the GPU runs it."""
+        from ..backends.base import GRAMMAR_END
+
+        if len(ids) >= self.max_len:
+            return
+        logits = self.prefill(ids)
+        pos = torch.tensor([len(ids)], dtype=torch.long, device=self.device)
+        room = min(max_new, self.max_len - len(ids))
+        for i in range(room):
+            if grammar is not None and grammar.done:
+                yield GRAMMAR_END, None
+                return
+            mask = None if grammar is None else torch.from_numpy(grammar.fill()).to(self.device, non_blocking=True)
+            s = sample_rows(logits.view(1, -1), rows, mask)
+            t = int(s.tokens[0])
+            if grammar is not None:
+                grammar.accept(t)
+            yield t, (token_logprob(s, 0) if s.logprobs is not None else None)
+            if t in stop_ids or i + 1 >= room:
+                return
+            logits = self.step(s.tokens.view(1), pos, len(ids) + i)
+            pos += 1

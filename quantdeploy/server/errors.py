@@ -44,8 +44,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def from_quantdeploy(e: QuantDeployError, param: str | None = None) -> APIError:
-    """A library error raised while preparing a request is the caller's input problem: 400."""
-    return APIError(400, str(e), param=param)
+    """A library error raised while preparing a request is the caller's input problem: 400 (naming the field when
+    the error knows it: RequestError)."""
+    return APIError(400, str(e), param=getattr(e, "param", None) or param)
 
 
 def internal(e: BaseException, *, log_it: bool = True) -> APIError:

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .runner import Running
-from .schemas import ChunkWriter, Job, full_response, new_id, usage_body
+from .responses import ChunkWriter, full_response, new_id, usage_body
+from .schemas import Job
 from .state import ServerState, shutting_down
 
 CLIENT_GONE = 499  # nobody reads it; it is what the access log shows (nginx's "client closed request")
@@ -27,7 +28,8 @@ async def respond(request: Request, state: ServerState, job: Job, arrived: float
     if running is None:
         return Response(status_code=CLIENT_GONE)
     if job.stream:
-        return EventStream(sse_body(running, ChunkWriter(job, rid, name)), running)
+        writer = ChunkWriter(job.kind, rid, name, n=job.n, logprobs=job.logprobs, include_usage=job.include_usage)
+        return EventStream(sse_body(running, writer), running)
     finished = await until_disconnected(request, _drain(running))
     if finished is None:
         running.cancelled.set()
@@ -37,7 +39,7 @@ async def respond(request: Request, state: ServerState, job: Job, arrived: float
     if running.stopped_by_server:
         raise shutting_down()
     usage = usage_body(running.usage.prompt_tokens, running.usage.completion_tokens)
-    return JSONResponse(full_response(job, rid, name, running.text, running.finish_reason, usage))
+    return JSONResponse(full_response(job.kind, rid, name, running.choices, usage, logprobs=job.logprobs))
 
 
 def _cancel(result: Any) -> None:
@@ -55,12 +57,12 @@ async def sse_body(running: Running, writer: ChunkWriter) -> AsyncIterator[bytes
     first = writer.start()
     if first:
         yield first
-    async for pieces in running.batches():
-        yield writer.pieces(pieces)
+    async for deltas in running.batches():
+        yield writer.deltas(deltas)
     if running.error is not None or running.stopped_by_server:
         yield writer.error(running.error or shutting_down())
         return
-    yield writer.finish(running.finish_reason, usage_body(running.usage.prompt_tokens, running.usage.completion_tokens))
+    yield writer.finish(usage_body(running.usage.prompt_tokens, running.usage.completion_tokens))
 
 
 class EventStream(StreamingResponse):

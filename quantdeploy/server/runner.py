@@ -1,8 +1,10 @@
-"""One generation, run on its slot's thread and read from the event loop.
+"""One request's generation (its n choices, one after the other), run on its slot's thread and read from the
+event loop.
 
-The thread prepares the generation (chat template, tokenize, context check), reports `ready` (or a 4xx), then
-pushes text pieces. The loop reads them in batches. Setting `cancelled` (the client went away) makes the thread
-stop at the next token and close the Generation, which stops the backend's decode loop.
+The thread prepares the generation (chat template, tools, grammar, tokenize, context check), reports `ready` (or
+a 4xx), then pushes Deltas: text with its logprobs, and each choice's end (tool calls, finish reason). The loop
+reads them in batches. Setting `cancelled` (the client went away) makes the thread stop at the next token and
+close the Generation, which stops the backend's decode loop.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import AsyncIterator
 from ..backends.base import Generation, LoadedModel, Usage
 from ..errors import QuantDeployError
 from .errors import APIError, bad_request, from_quantdeploy, internal
+from .responses import Choice, Delta, TokenInfo
 from .schemas import Job
 
 
@@ -28,11 +31,11 @@ class Running:
         self.finish_reason: str | None = None
         self.usage = Usage()
         self.error: APIError | None = None
-        self.text = ""
+        self.choices: list[Choice] = []  # finished choices, in order
         self.t_start: float | None = None  # perf_counter when the generation began (queue wait is over)
         self.t_end: float | None = None
         self._lock = threading.Lock()
-        self._pieces: list[str] = []
+        self._pieces: list[Delta] = []
         self._ended = False  # set by the slot thread
         self._ended_loop = False  # set on the event loop, after on_end: what waiters go by
         self._wake_pending = False
@@ -62,7 +65,7 @@ class Running:
     def set_ready(self, prompt_tokens: int) -> None:
         self._call(self._resolve, prompt_tokens, None)
 
-    def push(self, piece: str) -> None:
+    def push(self, piece: Delta) -> None:
         with self._lock:
             self._pieces.append(piece)
             if self._wake_pending:
@@ -70,11 +73,12 @@ class Running:
             self._wake_pending = True
         self._call(self._wake)
 
-    def end(self, gen: Generation | None, error: APIError | None) -> None:
+    def end(self, usage: Usage | None, error: APIError | None) -> None:
         with self._lock:
             self.t_end = time.perf_counter()
-            if gen is not None:
-                self.finish_reason, self.usage, self.text = gen.finish_reason, gen.usage, gen.text
+            if usage is not None:
+                self.usage = usage
+                self.finish_reason = self.choices[0].finish_reason if self.choices else None
             self.error = error
             self._ended = True
         self._call(self._resolve, None, error)
@@ -92,8 +96,8 @@ class Running:
             self._wake_pending = False
         self._event.set()
 
-    async def batches(self) -> AsyncIterator[list[str]]:
-        """Text pieces as they come, in batches (everything that arrived since the last wake-up)."""
+    async def batches(self) -> AsyncIterator[list[Delta]]:
+        """Deltas as they come, in batches (everything that arrived since the last wake-up)."""
         while True:
             await self._event.wait()
             self._event.clear()
@@ -110,7 +114,8 @@ def run_job(model: LoadedModel, job: Job, running: Running, template: str | None
     """Runs on the slot thread, start to end: every model call of this request happens here."""
     running.t_start = time.perf_counter()
     try:
-        gen = start_generation(model, job, template)
+        start = start_generation(model, job, template)
+        gen = start(0)
     except APIError as e:
         return running.end(None, e)
     except QuantDeployError as e:
@@ -118,23 +123,67 @@ def run_job(model: LoadedModel, job: Job, running: Running, template: str | None
     except Exception as e:
         return running.end(None, internal(e))
     running.set_ready(gen.usage.prompt_tokens)
-    error = None
-    try:
-        for piece in gen:
-            if running.cancelled.is_set():
+    error, usage = None, Usage(prompt_tokens=gen.usage.prompt_tokens)
+    for index in range(job.n):
+        if index:
+            try:
+                gen = start(index)
+            except Exception as e:
+                error = internal(e)
                 break
-            running.push(piece)
-    except Exception as e:
-        error = internal(e)
-    finally:
-        gen.close()
-    running.end(gen, error)
+        try:
+            _stream_choice(model, job, gen, index, running)
+        except Exception as e:
+            error = internal(e)
+        finally:
+            gen.close()
+        _add_usage(usage, gen.usage)
+        running.choices.append(Choice(gen.text, gen.finish_reason, gen.tool_calls,
+                                      [token_info(model, t) for t in gen.logprobs] if job.logprobs else None))
+        if error is not None or running.cancelled.is_set():
+            break
+        running.push(Delta(index, tool_calls=gen.tool_calls or None, finish_reason=gen.finish_reason))
+    running.end(usage, error)
 
 
-def start_generation(model: LoadedModel, job: Job, template: str | None) -> Generation:
+def _stream_choice(model: LoadedModel, job: Job, gen: Generation, index: int, running: Running) -> None:
+    for piece in gen:
+        if running.cancelled.is_set():
+            return
+        lps = [token_info(model, t) for t in gen.take_logprobs()] if job.logprobs else None
+        running.push(Delta(index, piece, lps))
+
+
+def _add_usage(total: Usage, u: Usage) -> None:
+    """Usage of n choices: the prompt counted once, the completions summed, timings of the first choice."""
+    if total.ttft_s is None:
+        total.ttft_s, total.decode_s = u.ttft_s, u.decode_s
+    total.completion_tokens += u.completion_tokens
+    total.elapsed_s += u.elapsed_s
+
+
+def token_info(model: LoadedModel, t) -> TokenInfo:
+    """A TokenLogprob as the API reports it: the token's text and bytes, and its alternatives'."""
+    def one(tok: int, lp: float) -> TokenInfo:
+        raw = model.token_bytes(tok)
+        return TokenInfo(raw.decode("utf-8", "replace"), lp, list(raw))
+
+    info = one(t.token, t.logprob)
+    info.top = [one(tok, lp) for tok, lp in t.top]
+    return info
+
+
+def start_generation(model: LoadedModel, job: Job, template: str | None):
+    """Prepare the request (its 4xx errors come from here) and return start(index) -> the Generation of choice
+    `index`; choices differ by their seed (seed + index) when the request gives one."""
     ctx = model.context_length
+    prompt = None
     if job.kind == "chat":
-        ids = model.tokenize(model.render_chat(job.messages, template=template), add_bos=False)
+        from ..chat.prepare import prepare_chat
+
+        prompt = prepare_chat(model, job.messages, template=template, tools=job.tools, tool_choice=job.tool_choice,
+                              parallel_tool_calls=job.parallel_tool_calls, response_format=job.response_format)
+        ids = prompt.ids
         what = "messages"
     else:
         ids = model.tokenize(job.prompt, add_bos=True)
@@ -149,6 +198,9 @@ def start_generation(model: LoadedModel, job: Job, template: str | None) -> Gene
                           f"for {max_tokens} more; lower max_tokens to at most {ctx - n}", param="max_tokens",
                           code="context_length_exceeded")
     params = replace(job.params, max_tokens=max_tokens)
-    if job.kind == "chat":
-        return model.chat(job.messages, params, template=template)
-    return model.generate(ids, params)
+
+    def start(index: int) -> Generation:
+        p = params if index == 0 or params.seed is None else replace(params, seed=params.seed + index)
+        return model.start_chat(prompt, p) if prompt is not None else model.generate(ids, p)
+
+    return start

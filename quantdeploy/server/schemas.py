@@ -1,25 +1,30 @@
-"""OpenAI request parsing and response shapes. OpenAI types live here only; the rest of the server works
-with `Job` (what to generate) and `Generation` (what came out)."""
+"""OpenAI request parsing. OpenAI types live at the edge only (here and in responses.py); the rest of the server
+works with `Job` (what to generate) and `Generation` (what came out).
+
+Everything that can be checked without the model is checked here, on the event loop, before the request waits
+for a slot: a bad tool schema, a tool message without its call or an n that is too large get their 400 at once.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..backends.base import GenerationParams
-from .errors import APIError, bad_request
+from ..backends.base import MAX_LOGPROBS, GenerationParams
+from ..errors import RequestError
+from .errors import bad_request
 from .fields import QUIET, REFUSED, refuse_unhonoured
 
 log = logging.getLogger("quantdeploy.server")
 
-MAX_STOP = 16
-ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 256  # stop strings per request (OpenAI allows 4; editors such as Continue send a few dozen)
+MAX_N = 16  # choices per request
+MAX_COMPLETION_LOGPROBS = 5  # /v1/completions `logprobs`, as at OpenAI
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
@@ -32,8 +37,14 @@ class Job:
     max_tokens: int | None  # None: as many as the context window holds after the prompt
     stream: bool = False
     include_usage: bool = False
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     prompt: str = ""
+    n: int = 1
+    logprobs: bool = False  # answer with logprobs (params.logprobs says how many alternatives)
+    tools: list[dict] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool = False  # a forced reply holds one call unless the request sets it to true
+    response_format: dict | None = None
 
 
 class _Common(BaseModel):
@@ -51,13 +62,16 @@ class _Common(BaseModel):
     ignore_eos: bool | None = False  # extension (as in vLLM): benchmarks generate exactly max_tokens
     stop: Any = None
     stream_options: Any = None
-    logprobs: Any = None
 
 
 class _Chat(_Common):
     messages: Any = None
     tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class _Completion(_Common):
@@ -65,6 +79,8 @@ class _Completion(_Common):
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
+    logprobs: int | None = None
+    response_format: Any = None  # extension (as in vLLM): structured output for raw completions
 
 
 def load_json(raw: bytes) -> dict[str, Any]:
@@ -96,38 +112,60 @@ def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
         raise bad_request(msg, param=param) from None
 
 
+def _checked(fn, *args):
+    """Run a model-independent check of chat/ or structured/; its RequestError becomes a 400 naming the field."""
+    try:
+        return fn(*args)
+    except RequestError as e:
+        raise bad_request(str(e), param=e.param) from None
+
+
 def parse_chat(raw: bytes) -> Job:
+    from ..chat.tools import check_history, check_tool_choice, check_tools
+    from ..structured.grammar import response_format_grammar
+
     req = _validate(_Chat, load_json(raw))
-    if req.tools:
-        raise bad_request("tools and function calling are not supported by this server", param="tools")
-    rf = req.response_format
-    if rf is not None and not (isinstance(rf, dict) and rf.get("type") in (None, "text")):
-        raise bad_request("only response_format {\"type\": \"text\"} is supported", param="response_format")
-    if req.logprobs:
-        raise bad_request("logprobs are not supported by this server", param="logprobs")
     messages = _messages(req.messages)
-    params, max_tokens = _params(req, default_max_tokens=None)
+    tools = _checked(check_tools, req.tools)
+    tool_choice = _checked(check_tool_choice, req.tool_choice, tools)
+    _checked(check_history, messages)
+    _checked(response_format_grammar, req.response_format)
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_LOGPROBS:
+        raise bad_request(f"top_logprobs must be between 0 and {MAX_LOGPROBS}, got {req.top_logprobs}",
+                          param="top_logprobs")
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    params, max_tokens = _params(req, default_max_tokens=None,
+                                 logprobs=(req.top_logprobs or 0) if req.logprobs else None)
     return Job(kind="chat", model=req.model, params=params, max_tokens=max_tokens, stream=bool(req.stream),
-               include_usage=_include_usage(req), messages=messages)
+               include_usage=_include_usage(req), messages=messages, n=_n(req), logprobs=bool(req.logprobs),
+               tools=tools or None, tool_choice=tool_choice if tools else None,
+               parallel_tool_calls=req.parallel_tool_calls is True, response_format=req.response_format)
 
 
 def parse_completion(raw: bytes) -> Job:
+    from ..structured.grammar import response_format_grammar
+
     req = _validate(_Completion, load_json(raw))
     if req.echo:
         raise bad_request("echo is not supported by this server", param="echo")
     if req.suffix:
         raise bad_request("suffix is not supported by this server", param="suffix")
-    if req.best_of not in (None, 1):
-        raise bad_request("best_of must be 1 (one completion per request)", param="best_of")
-    if req.logprobs:
-        raise bad_request("logprobs are not supported by this server", param="logprobs")
+    if req.best_of not in (None, 1) and req.best_of != req.n:
+        raise bad_request("best_of must be 1 or equal to n (each choice is one sample; none is discarded)",
+                          param="best_of")
+    if req.logprobs is not None and not 0 <= req.logprobs <= MAX_COMPLETION_LOGPROBS:
+        raise bad_request(f"logprobs must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {req.logprobs}",
+                          param="logprobs")
     prompt = _prompt(req.prompt)
-    params, max_tokens = _params(req, default_max_tokens=16)  # the OpenAI default for /v1/completions
+    grammar = _checked(response_format_grammar, req.response_format)
+    params, max_tokens = _params(req, default_max_tokens=16, logprobs=req.logprobs)  # OpenAI's default: 16
+    params.grammar = grammar
     return Job(kind="completion", model=req.model, params=params, max_tokens=max_tokens, stream=bool(req.stream),
-               include_usage=_include_usage(req), prompt=prompt)
+               include_usage=_include_usage(req), prompt=prompt, n=_n(req), logprobs=req.logprobs is not None)
 
 
-def _messages(raw: Any) -> list[dict[str, str]]:
+def _messages(raw: Any) -> list[dict[str, Any]]:
     if raw is None:
         raise bad_request("'messages' is required: a list of {\"role\", \"content\"} objects", param="messages")
     if not isinstance(raw, list) or not raw:
@@ -139,10 +177,21 @@ def _messages(raw: Any) -> list[dict[str, str]]:
             raise bad_request(f"{where} must be an object with role and content", param=where)
         role = m.get("role")
         if role not in ROLES:
-            raise bad_request(f"{where}.role must be one of system, user, assistant (got {json.dumps(role)}); "
-                              "tool messages are not supported", param=f"{where}.role")
-        out.append({"role": "system" if role == "developer" else role,
-                    "content": _content(m.get("content"), f"{where}.content")})
+            raise bad_request(f"{where}.role must be one of {', '.join(ROLES)} (got {json.dumps(role)})",
+                              param=f"{where}.role")
+        msg: dict[str, Any] = {"role": "system" if role == "developer" else role}
+        if role == "assistant" and m.get("tool_calls"):
+            if not isinstance(m["tool_calls"], list):
+                raise bad_request(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
+            msg["tool_calls"] = m["tool_calls"]
+            msg["content"] = None if m.get("content") is None else _content(m["content"], f"{where}.content")
+        else:
+            msg["content"] = _content(m.get("content"), f"{where}.content")
+        if role == "tool":
+            msg["tool_call_id"] = m.get("tool_call_id")
+        if isinstance(m.get("name"), str):
+            msg["name"] = m["name"]
+        out.append(msg)
     return out
 
 
@@ -178,8 +227,15 @@ def _stop(s: Any) -> tuple[str, ...]:
     if isinstance(s, str):
         return (s,)
     if isinstance(s, list) and len(s) <= MAX_STOP and all(isinstance(x, str) for x in s):
-        return tuple(x for x in s if x)
+        return tuple(dict.fromkeys(x for x in s if x))
     raise bad_request(f"'stop' must be a string or a list of at most {MAX_STOP} strings", param="stop")
+
+
+def _n(req: _Common) -> int:
+    n = 1 if req.n is None else req.n
+    if not 1 <= n <= MAX_N:
+        raise bad_request(f"n must be between 1 and {MAX_N}, got {n}", param="n")
+    return n
 
 
 def _include_usage(req: _Common) -> bool:
@@ -191,7 +247,8 @@ def _include_usage(req: _Common) -> bool:
     return bool(so.get("include_usage"))
 
 
-def _params(req: _Common, *, default_max_tokens: int | None) -> tuple[GenerationParams, int | None]:
+def _params(req: _Common, *, default_max_tokens: int | None, logprobs: int | None
+            ) -> tuple[GenerationParams, int | None]:
     max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
     param = "max_tokens" if req.max_tokens is not None else "max_completion_tokens"
     if max_tokens is not None and max_tokens < 1:
@@ -205,70 +262,8 @@ def _params(req: _Common, *, default_max_tokens: int | None) -> tuple[Generation
     top_k = req.top_k or 0
     if top_k < 0:
         raise bad_request(f"top_k must be 0 (off) or more, got {top_k}", param="top_k")
-    if req.n not in (None, 1):
-        raise bad_request("n must be 1 (one choice per request)", param="n")
     if max_tokens is None:
         max_tokens = default_max_tokens
     params = GenerationParams(max_tokens=max_tokens or 1, temperature=t, top_p=top_p, top_k=top_k, seed=req.seed,
-                              stop=_stop(req.stop), ignore_eos=bool(req.ignore_eos))
+                              stop=_stop(req.stop), ignore_eos=bool(req.ignore_eos), logprobs=logprobs)
     return params, max_tokens
-
-
-# --- responses ---------------------------------------------------------------------------------------
-
-def new_id(kind: str) -> str:
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def full_response(job: Job, rid: str, model: str, text: str, finish_reason: str | None, usage: dict) -> dict:
-    created = int(time.time())
-    if job.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish_reason}
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": [choice],
-                "usage": usage}
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice],
-            "usage": usage}
-
-
-class ChunkWriter:
-    """Server-sent events for one streamed response, in the OpenAI chunk format."""
-
-    def __init__(self, job: Job, rid: str, model: str):
-        self.job = job
-        self.base = {"id": rid, "object": "chat.completion.chunk" if job.kind == "chat" else "text_completion",
-                     "created": int(time.time()), "model": model}
-
-    def _event(self, choices: list[dict], **extra) -> bytes:
-        return b"data: " + json.dumps({**self.base, "choices": choices, **extra}, ensure_ascii=False).encode() + \
-            b"\n\n"
-
-    def _choice(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict:
-        if self.job.kind == "chat":
-            delta: dict[str, str] = {"role": "assistant"} if role else {}
-            if text is not None:
-                delta["content"] = text
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
-
-    def start(self) -> bytes:
-        return self._event([self._choice("", None, role=True)]) if self.job.kind == "chat" else b""
-
-    def pieces(self, pieces: list[str]) -> bytes:
-        return b"".join(self._event([self._choice(p, None)]) for p in pieces if p)
-
-    def finish(self, finish_reason: str | None, usage: dict) -> bytes:
-        out = self._event([self._choice(None if self.job.kind == "chat" else "", finish_reason)])
-        if self.job.include_usage:
-            out += self._event([], usage=usage)
-        return out + b"data: [DONE]\n\n"
-
-    @staticmethod
-    def error(e: APIError) -> bytes:
-        return b"data: " + json.dumps(e.body()).encode() + b"\n\n"
