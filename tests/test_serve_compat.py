@@ -108,3 +108,14 @@ def test_cli_refuses_a_bad_origin_before_loading(cli):
     from conftest import assert_clean_error
 
     assert_clean_error(cli("serve", "--cors-origin", "localhost:3000", "--port", "0"), "--cors-origin", "http://")
+
+
+def test_routes_without_v1_and_the_system_fingerprint(client):
+    a = chat(client).json()
+    r = client.post("/chat/completions", json={"messages": MSG, "max_tokens": 1})
+    assert r.status_code == 200 and r.json()["system_fingerprint"] == a["system_fingerprint"]
+    assert a["system_fingerprint"].startswith("fp_") and len(a["system_fingerprint"]) == 13
+    assert [m["id"] for m in client.get("/models").json()["data"]][0] == NAME
+    assert client.post("/completions", json={"prompt": "x", "max_tokens": 1}).json()["system_fingerprint"] == \
+        a["system_fingerprint"]
+    assert client.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401  # the key still holds

@@ -88,6 +88,10 @@ def test_closed_objects_allow_only_their_properties():
     assert s["properties"]["e"]["additionalProperties"] is True  # an explicit choice stays
     assert s["$defs"]["X"]["additionalProperties"] is False
     assert "additionalProperties" not in s["allOf"][0]  # closing allOf branches would make them contradict
+    n = closed({"type": "object", "properties": {"i": {"type": "integer"}, "j": {"type": ["integer", "null"],
+                                                                                 "minimum": 0}}})
+    assert (n["properties"]["i"]["minimum"], n["properties"]["i"]["maximum"]) == (-(2 ** 53 - 1), 2 ** 53 - 1)
+    assert (n["properties"]["j"]["minimum"], n["properties"]["j"]["maximum"]) == (0, 2 ** 53 - 1)
 
 
 # --- tools: checks, parsing, the streaming filter ---------------------------------------------------------

@@ -44,7 +44,8 @@ def create_app(settings: ServerSettings, *, models: list[LoadedModel] | None = N
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.qd = state
     install_handlers(app)
-    app.include_router(v1)
+    app.include_router(v1, prefix="/v1")
+    app.include_router(v1)  # the same routes without /v1, for base URLs given without it
     app.include_router(probes)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(CountResponses, metrics=state.metrics)

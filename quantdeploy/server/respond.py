@@ -28,7 +28,8 @@ async def respond(request: Request, state: ServerState, job: Job, arrived: float
     if running is None:
         return Response(status_code=CLIENT_GONE)
     if job.stream:
-        writer = ChunkWriter(job.kind, rid, name, n=job.n, logprobs=job.logprobs, include_usage=job.include_usage)
+        writer = ChunkWriter(job.kind, rid, name, n=job.n, logprobs=job.logprobs, include_usage=job.include_usage,
+                             fingerprint=state.fingerprint)
         return EventStream(sse_body(running, writer), running)
     finished = await until_disconnected(request, _drain(running))
     if finished is None:
@@ -39,7 +40,8 @@ async def respond(request: Request, state: ServerState, job: Job, arrived: float
     if running.stopped_by_server:
         raise shutting_down()
     usage = usage_body(running.usage.prompt_tokens, running.usage.completion_tokens)
-    return JSONResponse(full_response(job.kind, rid, name, running.choices, usage, logprobs=job.logprobs))
+    return JSONResponse(full_response(job.kind, rid, name, running.choices, usage, logprobs=job.logprobs,
+                                      fingerprint=state.fingerprint))
 
 
 def _cancel(result: Any) -> None:

@@ -85,30 +85,30 @@ def _message(c: Choice) -> dict[str, Any]:
 
 
 def full_response(kind: str, rid: str, model: str, choices: list[Choice], usage: dict, *,
-                  logprobs: bool) -> dict:
+                  logprobs: bool, fingerprint: str = "") -> dict:
     created = int(time.time())
     if kind == "chat":
         out = [{"index": i, "message": _message(c), "logprobs": chat_logprobs(c.logprobs) if logprobs else None,
                 "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
-        return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": out,
-                "usage": usage}
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": fingerprint, "choices": out, "usage": usage}
     out = [{"index": i, "text": c.text, "logprobs": completion_logprobs(c.logprobs, 0) if logprobs else None,
             "finish_reason": c.finish_reason} for i, c in enumerate(choices)]
-    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": out,
-            "usage": usage}
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": fingerprint, "choices": out, "usage": usage}
 
 
 class ChunkWriter:
     """Server-sent events for one streamed response, in the OpenAI chunk format."""
 
     def __init__(self, kind: str, rid: str, model: str, *, n: int = 1, logprobs: bool = False,
-                 include_usage: bool = False):
+                 include_usage: bool = False, fingerprint: str = ""):
         self.kind = kind
         self.n = n
         self.logprobs = logprobs
         self.include_usage = include_usage
         self.base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                     "created": int(time.time()), "model": model}
+                     "created": int(time.time()), "model": model, "system_fingerprint": fingerprint}
         self._offsets = [0] * n  # completions: where each choice's next text starts
 
     def _event(self, choices: list[dict], **extra) -> bytes:

@@ -1,4 +1,7 @@
-"""Endpoints: the OpenAI-compatible /v1 routes (behind the API key) and the /health and /metrics probes."""
+"""Endpoints: the OpenAI-compatible routes (behind the API key) and the /health and /metrics probes.
+
+The app mounts the OpenAI routes under /v1, and again without it (as llama.cpp's server does) for clients whose
+base URL was given without /v1."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from .respond import respond
 from .schemas import parse_chat, parse_completion
 from .state import ServerState
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+v1 = APIRouter(dependencies=[Depends(require_api_key)])
 probes = APIRouter()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ class ServerState:
         self.load_error: str | None = None
         self.pool: SlotPool | None = None
         self.info: dict[str, Any] = {}
+        self.fingerprint = ""  # OpenAI's system_fingerprint: what serves the model (changes may change seeded replies)
         self.started = int(time.time())
         self.stopping = False
         self._owned: list[LoadedModel] = []
@@ -65,6 +67,7 @@ class ServerState:
         self.pool = SlotPool([Slot(i, m) for i, m in enumerate(models)], self.settings.max_queue)
         self.metrics.bind(lambda: self.pool.busy, lambda: self.pool.waiting)
         self.info = model_info(self.settings.model_name, models[0], self.started)
+        self.fingerprint = fingerprint(self.info)
         self.metrics.set_model(self.info)
         self.status = "ready"
         load_s = sum(m.load_time_s for m in models)
@@ -154,6 +157,18 @@ def shutting_down() -> APIError:
 def warm_up(model: LoadedModel, template: str | None) -> None:
     """Render the chat template once so the first request does not pay for importing the renderer."""
     model.render_chat([{"role": "user", "content": "hi"}], template=template)
+
+
+def fingerprint(info: dict[str, Any]) -> str:
+    """OpenAI's system_fingerprint: a short hash of what generates (model, format, backend, kernel, device,
+    quantdeploy's version). A seeded request reproduces its reply while the fingerprint stays the same."""
+    import hashlib
+
+    from .. import __version__
+
+    keys = ("format", "quantization", "backend", "kernel", "device", "context_length")
+    text = json.dumps([info["id"], *(info.get(k) for k in keys), __version__])
+    return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def model_info(name: str, model: LoadedModel, created: int) -> dict[str, Any]:

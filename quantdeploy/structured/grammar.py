@@ -17,6 +17,9 @@ from ..errors import RequestError
 # whitespace lets a small model pad with newlines until max_tokens; a schema's "x-guidance" may override this.
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Integers without bounds stay within the range RFC 7493 (I-JSON) says JSON integers are exchanged in without loss
+# (JavaScript's safe integers): a small model otherwise writes 0s until max_tokens and the JSON never closes.
+SAFE_INTEGER = 2 ** 53 - 1
 
 
 def _llg():
@@ -44,10 +47,12 @@ def check(grammar: str, param: str) -> str:
 
 
 def closed(schema: Any, *, inside_all_of: bool = False) -> Any:
-    """The schema with `additionalProperties: false` on every object schema that lists its properties and says
-    nothing about others: generated objects hold the listed properties only (as in OpenAI's strict mode and
-    xgrammar's default). Without it a small model may invent properties until max_tokens. Objects that allow
-    other properties explicitly keep them; branches of an allOf are left open (closing them would conflict)."""
+    """The schema as the grammar enforces it, bounded where JSON Schema leaves things open and a small model would
+    not stop: `additionalProperties: false` on every object schema that lists its properties and says nothing
+    about others (as in OpenAI's strict mode and xgrammar's default), so objects hold the listed properties only;
+    and integers without bounds kept to ±SAFE_INTEGER. Objects that allow other properties explicitly keep them;
+    branches of an allOf are left open (closing them would conflict). Every reply still validates against the
+    schema as given."""
     if isinstance(schema, list):
         return [closed(s) for s in schema]
     if not isinstance(schema, dict):
@@ -65,6 +70,12 @@ def closed(schema: Any, *, inside_all_of: bool = False) -> Any:
     opens = ("additionalProperties", "patternProperties", "unevaluatedProperties")
     if "properties" in out and not inside_all_of and not any(k in out for k in opens):
         out["additionalProperties"] = False
+    kinds = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    if "integer" in kinds:
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -SAFE_INTEGER
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGER
     return out
 
 
