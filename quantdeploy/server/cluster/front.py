@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from ..config import ServerSettings
 from ..errors import APIError
-from ..schemas import ChunkWriter
+from ..responses import ChunkWriter
 from ..state import shutting_down
 from .metrics import FrontMetrics
 
