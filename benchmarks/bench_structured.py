@@ -119,7 +119,8 @@ def markdown(results: list[dict], command: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="gguf,gptq,awq", help="comma-separated: gguf, gptq, awq (the fixtures) or paths")
+    ap.add_argument("--models", default="gguf,gptq,awq",
+                    help="comma-separated: gguf, gptq, awq (the fixtures) or paths")
     ap.add_argument("--engine", default="auto", help="GPTQ/AWQ decode loop: auto, hf or fast")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=128)
