@@ -143,3 +143,40 @@ def test_bad_submissions_are_refused(sched_factory):
         sched.submit([1] * 16, None, max_new=1)
     with pytest.raises(ValueError, match="KV blocks"):
         sched.submit([1] * 8, None, max_new=8)
+
+
+class _Grammar:
+    """A constraint that allows every token and is complete after `n` of them (the scheduler's side of a grammar:
+    such a sequence is never planned while a token of it is in flight)."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, []
+
+    def accept(self, tok):
+        self.seen.append(tok)
+
+    @property
+    def done(self):
+        return len(self.seen) >= self.n
+
+
+def test_a_constrained_sequence_decodes_one_token_at_a_time_across_blocks(sched_factory):
+    sched = sched_factory(block_size=4)
+    stepper = sched.stepper
+    real = stepper.launch
+
+    def launch(decodes, prefills):
+        out = real(decodes, prefills)
+        for w, r in zip(decodes + prefills, out):
+            c = w.seq.constraint
+            if c is not None and r is not None:
+                assert w.seq.pending == 1  # nothing else of it in flight
+                c.accept(r.token)
+                r.final = c.done
+        return out
+
+    stepper.launch = launch
+    g = _Grammar(11)  # 3 prompt + 11 tokens: past three 4-token blocks, one token per planned step
+    h = sched.submit([1, 2, 3], None, max_new=50, constraint=g)
+    assert collect(h) == solo([1, 2, 3], 11) == g.seen
+    assert h.finish_reason == "stop"

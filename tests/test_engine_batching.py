@@ -103,3 +103,39 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device):
         assert bool(stepper.graphs) == on_cuda  # on CUDA the decode rows ran from batch graphs
     finally:
         sched.close()
+
+
+@pytest.mark.slow
+def test_structured_output_and_logprobs_in_a_batch(pair):
+    """A JSON-schema reply and a reply with logprobs decoded together with a plain one: the JSON validates, the
+    logprobs are the ones the sequence gets alone, the plain reply is unchanged."""
+    import json
+
+    solo, batched = pair
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "year": {"type": "integer"}},
+              "required": ["city", "year"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}}
+    msgs = [{"role": "user", "content": "Name a city and a year as JSON."}]
+    greedy = GenerationParams(max_tokens=40, temperature=0)
+    with_lp = GenerationParams(max_tokens=6, temperature=0, logprobs=2)
+    plain_alone = "".join(solo.generate(PROMPTS[0], GenerationParams(max_tokens=12, temperature=0)))
+    lp_alone = solo.generate(PROMPTS[1], with_lp)
+    list(lp_alone)
+    out = {}
+
+    def run(name, fn):
+        g = fn()
+        out[name] = ("".join(g), g)
+
+    jobs = {"json": lambda: batched.chat(msgs, greedy, response_format=fmt),
+            "lp": lambda: batched.generate(PROMPTS[1], with_lp),
+            "plain": lambda: batched.generate(PROMPTS[0], GenerationParams(max_tokens=12, temperature=0))}
+    threads = [threading.Thread(target=run, args=(k, f)) for k, f in jobs.items()]
+    [t.start() for t in threads]
+    [t.join(600) for t in threads]
+    reply = json.loads(out["json"][0])
+    assert set(reply) == {"city", "year"} and isinstance(reply["year"], int)
+    assert out["plain"][0] == plain_alone
+    got, want = out["lp"][1].logprobs, lp_alone.logprobs
+    assert [t.token for t in got] == [t.token for t in want]
+    assert all(abs(a.logprob - b.logprob) < 1e-3 and len(a.top) == 2 for a, b in zip(got, want))

@@ -59,11 +59,11 @@ class FastQuantModel(HFTokenizerModel):
     def _generate_tokens(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple]:
         detok = IncrementalDetokenizer(self.tokenizer)
         stop = set() if params.ignore_eos else self._eog
-        if params.grammar or params.logprobs is not None:
-            yield from self._generate_stepwise(prompt_ids, params, detok, stop)
-            return
         if self.scheduler is not None:
             yield from self._batched(prompt_ids, params, stop, detok)
+            return
+        if params.grammar or params.logprobs is not None:
+            yield from self._generate_stepwise(prompt_ids, params, detok, stop)
             return
         for tok in self.engine.generate(prompt_ids, max_new=params.max_tokens + 1, temperature=params.temperature,
                                         top_p=params.top_p, top_k=params.top_k, seed=params.seed,
@@ -73,15 +73,13 @@ class FastQuantModel(HFTokenizerModel):
                 return
             yield tok, detok.push(tok)
 
-    def check_params(self, params: GenerationParams) -> None:
-        if self.scheduler is not None and (params.grammar or params.logprobs is not None):
-            raise UsageError("structured output, forced tool calls and logprobs do not run in the batching engine "
-                             "yet; serve this model with --max-concurrency 1 (or --engine hf) for them")
+    def _batched(self, prompt_ids, params, stop, detok) -> Iterator[tuple]:
+        from ..backends.base import GRAMMAR_END, TokenLogprob
 
-    def _batched(self, prompt_ids, params, stop, detok) -> Iterator[tuple[int, str]]:
         try:
             handle = self.scheduler.submit(prompt_ids, params, stop_ids=stop,
-                                           max_new=min(params.max_tokens + 1, self._ctx - len(prompt_ids)))
+                                           max_new=min(params.max_tokens + 1, self._ctx - len(prompt_ids)),
+                                           constraint=self.grammar_state(params))
         except ValueError as e:
             raise UsageError(str(e)) from None
         try:
@@ -89,7 +87,14 @@ class FastQuantModel(HFTokenizerModel):
                 if s.token in stop:
                     yield s.token, ""
                     return
-                yield s.token, detok.push(s.token)
+                piece = detok.push(s.token)
+                if s.logprob is None:
+                    yield s.token, piece
+                else:
+                    yield s.token, piece, TokenLogprob(s.token, s.logprob, tuple(s.top or ()))
+                if s.final:
+                    yield GRAMMAR_END, ""
+                    return
         finally:
             handle.cancel()
 

@@ -43,12 +43,17 @@ class Sampled:
     token: int
     logprob: float | None = None
     top: list[tuple[int, float]] | None = None  # (token, logprob) of the most likely alternatives
+    final: bool = False  # the sequence's constraint is complete after this token: it ends here
+    error: str | None = None  # this sequence failed at this token (its constraint rejected it): it ends here
 
 
 class Sequence:
     def __init__(self, sid: int, prompt: list[int], params: Any, stop_ids: frozenset[int], max_new: int,
-                 max_len: int):
+                 max_len: int, constraint: Any = None):
         self.id = sid
+        # a grammar the stepper masks each sample with (fill() / accept(token) / done): the mask of a step depends
+        # on the token before it, so such a sequence is never planned while a token of it is in flight
+        self.constraint = constraint
         self.prompt_len = len(prompt)
         self.tokens = list(prompt)  # the prompt, then every generated token read back so far
         self.params = params  # the backend's sampling parameters (GenerationParams), read by the stepper
@@ -56,6 +61,8 @@ class Sequence:
         self.max_new = max_new
         self.max_len = max_len
         self.pos = 0  # positions whose KV is written or being written
+        self.prefill_end = len(prompt)  # positions computed from tokens on the host (the prompt; after a
+        # preemption every token so far); past it, each decode feeds the slot's last sampled token
         self.pending = 0  # tokens sampled by launched steps, not yet read back
         self.generated = 0
         self.blocks: list[int] = []
@@ -71,9 +78,11 @@ class Sequence:
 
     @property
     def prefilling(self) -> bool:
-        return self.pos < len(self.tokens)
+        return self.pos < self.prefill_end
 
     def can_sample(self) -> bool:
+        if self.constraint is not None and self.pending:
+            return False
         return self.generated + self.pending < self.max_new and len(self.tokens) + self.pending < self.max_len
 
 
@@ -169,7 +178,7 @@ class Scheduler:
 
     # --- callers ------------------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: Any, *, stop_ids: set[int] | frozenset[int] = frozenset(),
-               max_new: int) -> Handle:
+               max_new: int, constraint: Any = None) -> Handle:
         if not prompt:
             raise ValueError("an empty prompt has nothing to continue")
         if len(prompt) >= self.stepper.max_len:
@@ -178,7 +187,8 @@ class Scheduler:
         if need > self.pool.num_blocks:
             raise ValueError(f"a sequence of {len(prompt)} + {max_new} tokens needs {need} KV blocks; the pool "
                              f"holds {self.pool.num_blocks}")
-        seq = Sequence(next(self._ids), prompt, params, frozenset(stop_ids), max_new, self.stepper.max_len)
+        seq = Sequence(next(self._ids), prompt, params, frozenset(stop_ids), max_new, self.stepper.max_len,
+                       constraint)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -264,8 +274,8 @@ class Scheduler:
         return decodes, prefills
 
     def _chunk(self, seq: Sequence, budget: int, out: list[Work]) -> int:
-        end = min(len(seq.tokens), seq.pos + budget)
-        last = end == len(seq.tokens)
+        end = min(seq.prefill_end, seq.pos + budget)
+        last = end == seq.prefill_end
         out.append(Work(seq, seq.pos, seq.tokens[seq.pos:end], sample=last, epoch=seq.epoch))
         bs = self.pool.block_size
         for i in range(seq.pos // bs, min(end // bs, len(seq.hashes))):  # full prompt blocks computed by now
@@ -290,6 +300,7 @@ class Scheduler:
             return False
         seq.blocks = shared + [self.pool.allocate() for _ in range(need)]
         seq.pos = len(shared) * bs
+        seq.prefill_end = len(seq.tokens)
         if seq.epoch == 0:
             seq.cached_tokens = seq.pos
         seq.slot = self._free_slots.pop()
@@ -334,11 +345,15 @@ class Scheduler:
             seq = w.seq
             if r is None or seq.state != RUNNING or w.epoch != seq.epoch:
                 continue
+            if r.error is not None:
+                seq.out.put(RuntimeError(r.error))
+                self._finish(seq, "error")
+                continue
             seq.pending -= 1
             seq.tokens.append(r.token)
             seq.generated += 1
             seq.out.put(r)
-            if r.token in seq.stop_ids:
+            if r.token in seq.stop_ids or r.final:
                 self._finish(seq, "stop")
             elif seq.generated >= seq.max_new or len(seq.tokens) >= seq.max_len:
                 self._finish(seq, "length")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,12 @@ import torch
 
 from ..batching import Sampled, Sequence, Work
 from .attention import Chunk, PagedBatch, PagedKV
-from .sampling import make_generator, sample
+from .sampling import Rows, make_generator, sample_rows
 
 log = logging.getLogger("quantdeploy.engine")
 
 BLOCK_SIZE = 32
+GREEDY = SimpleNamespace(temperature=0.0, top_p=1.0, top_k=0, logprobs=None)  # a sequence submitted without params
 MAX_GRAPH_BATCH = 256
 
 
@@ -54,6 +56,8 @@ class _Step:
     event: Any
     host: torch.Tensor | None  # sampled ids, one per sampling row
     rows: list[int | None]  # per work item: its row in `host`, or None
+    works: list[Work]  # the sampling rows' work items
+    logprobs: tuple | None = None  # host (logprob [R], top ids [R, k], top logprobs [R, k]) when asked for
 
 
 class FastStepper:
@@ -115,24 +119,44 @@ class FastStepper:
             rows.append(r if w.sample else None)
             r += w.sample
         if not works_sampled:
-            return _Step(None, None, rows)
+            return _Step(None, None, rows, [])
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
-        toks = self._sample(logits, works_sampled)
+        out = self._sample(logits, works_sampled)
         slots = torch.tensor([w.seq.slot for w in works_sampled], dtype=torch.long, device=self.device)
-        self.last.index_copy_(0, slots, toks)
-        if self.device.type == "cuda":
-            host = torch.empty(len(works_sampled), dtype=torch.long, pin_memory=True)
-            host.copy_(toks, non_blocking=True)
+        self.last.index_copy_(0, slots, out.tokens)
+        extra = () if out.logprobs is None else (out.logprobs, out.top_ids, out.top_logprobs)
+        if self.device.type == "cuda":  # read back behind the step, into pinned memory
+            def host(t):
+                return None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                    t, non_blocking=True)
+
+            toks, extra = host(out.tokens), tuple(host(t) for t in extra)
             event = torch.cuda.Event()
             event.record()
-            return _Step(event, host, rows)
-        return _Step(None, toks, rows)
+            return _Step(event, toks, rows, works_sampled, extra or None)
+        return _Step(None, out.tokens, rows, works_sampled, extra or None)
 
     def collect(self, step: _Step) -> list[Sampled | None]:
         if step.event is not None:
             step.event.synchronize()
         ids = step.host.tolist() if step.host is not None else []
-        return [Sampled(ids[r]) if r is not None else None for r in step.rows]
+        lps = [t.tolist() if t is not None else None for t in step.logprobs] if step.logprobs else None
+        sampled = []
+        for r, (w, tok) in enumerate(zip(step.works, ids)):
+            s = Sampled(tok)
+            want = getattr(w.seq.params, "logprobs", None)
+            if lps is not None and want is not None:
+                s.logprob = lps[0][r]
+                s.top = list(zip(lps[1][r], lps[2][r]))[:want] if lps[1] is not None else []
+            c = w.seq.constraint
+            if c is not None:
+                try:
+                    c.accept(tok)
+                    s.final = c.done
+                except Exception as e:  # this sequence's grammar broke: it alone fails
+                    s.error = str(e)
+            sampled.append(s)
+        return [sampled[r] if r is not None else None for r in step.rows]
 
     # --- decode rows ----------------------------------------------------------------------------------------
     def _table_rows(self, seqs: list[Sequence], slots: np.ndarray) -> torch.Tensor:
@@ -223,14 +247,18 @@ class FastStepper:
         return self.dec.run(as_long(toks), positions, ctx, rows=as_long(rows))
 
     # --- sampling -----------------------------------------------------------------------------------------------
-    def _sample(self, logits: torch.Tensor, works: list[Work]) -> torch.Tensor:
-        params = [w.seq.params for w in works]
-        if all(p is None or p.temperature <= 0 for p in params):
-            return logits.argmax(-1)
-        out = []
-        for i, (w, p) in enumerate(zip(works, params)):
-            if p is None or p.temperature <= 0:
-                out.append(logits[i].argmax())
-            else:
-                out.append(sample(logits[i], p.temperature, p.top_p, p.top_k, self.gens.get(w.seq.slot)))
-        return torch.stack(out)
+    def _sample(self, logits: torch.Tensor, works: list[Work]):
+        """Every row at once (engine/sampling.py): each with its sequence's parameters, seeded generator and, for a
+        sequence under a grammar, its mask of allowed tokens."""
+        params = [w.seq.params or GREEDY for w in works]
+        rows = Rows.of(params, [self.gens.get(w.seq.slot) for w in works])
+        bitmask = None
+        if any(w.seq.constraint is not None for w in works):
+            masks = [w.seq.constraint.fill() if w.seq.constraint is not None else None for w in works]
+            width = next(m for m in masks if m is not None).shape[-1]
+            full = np.full((len(works), width), -1, dtype=np.int32)
+            for i, m in enumerate(masks):
+                if m is not None:
+                    full[i] = m[0]
+            bitmask = torch.from_numpy(full).to(self.device)
+        return sample_rows(logits, rows, bitmask)
