@@ -16,9 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantdeploy"
 # Bottom first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("quantdeploy.errors", "quantdeploy.settings", "quantdeploy.extras", "quantdeploy.checkpoint",
-                    "quantdeploy.units")),
+                    "quantdeploy.units", "quantdeploy.version")),
+    ("grammars", ("quantdeploy.structured",)),  # constrained decoding: JSON schema / tools -> grammar, its state
     ("templates", ("quantdeploy.chat.templates", "quantdeploy.chat.jinja")),  # rendering, fallbacks, stop tokens
     ("interface", ("quantdeploy.backends.base",  # ModelSpec, LoadedModel, Backend: what every layer speaks
+                   "quantdeploy.backends.generation",  # Generation, Usage, TokenLogprob: what a model hands back
+                   "quantdeploy.chat.prepare", "quantdeploy.chat.tools",  # LoadedModel.chat: tools, response_format
+                   "quantdeploy.chat.toolcalls",
                    "quantdeploy.offline.requests", "quantdeploy.offline.runner")),  # LoadedModel.generate_batch
     ("engine", ("quantdeploy.engine", "quantdeploy.batching")),  # decode loops, kernels, scheduling
     ("backends", ("quantdeploy.backends",)),  # one module per format family; they drive the engine

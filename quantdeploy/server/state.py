@@ -164,7 +164,7 @@ def fingerprint(info: dict[str, Any]) -> str:
     quantdeploy's version). A seeded request reproduces its reply while the fingerprint stays the same."""
     import hashlib
 
-    from .. import __version__
+    from ..version import __version__
 
     keys = ("format", "quantization", "backend", "kernel", "device", "context_length")
     text = json.dumps([info["id"], *(info.get(k) for k in keys), __version__])
