@@ -19,6 +19,7 @@ from .np_logits import StepLogprobs
 
 log = logging.getLogger("quantdeploy.gguf")
 DEFAULT_CTX = 8192  # allocated when the model's own context is larger (KV cache memory); --ctx overrides
+IDLE_CTX = 256  # the tokenizing context's size when a batching context of its own decodes
 INSTALL_HINT = ("./install.sh builds it for this machine, or: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON "
                 "-DGGML_FMA=ON -DGGML_F16C=ON\" pip install 'quantdeploy[gguf]'")
 
@@ -164,9 +165,16 @@ class GGUFModel(LoadedModel):
         n_ctx = spec.n_ctx or min(train_ctx, DEFAULT_CTX)
         # half the cores, as llama-cpp-python does: all of them spin-wait badly when anything else runs
         threads = spec.extra.get("n_threads") or max(1, (os.cpu_count() or 2) // 2)
+        self._max_seqs = 1
+        if spec.max_seqs > 1:
+            from .gguf_batch import sequences_for
+
+            self._max_seqs = sequences_for(n_ctx, spec.max_seqs, llama_cpp.llama_max_parallel_sequences())
+        # batching decodes in a context of its own (below): Llama's then only tokenizes, so keep it small
+        own_ctx = n_ctx if self._max_seqs == 1 else IDLE_CTX
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), n_gpu_layers=self.n_gpu_layers, n_ctx=n_ctx,
-                                       n_threads=threads, n_batch=min(512, n_ctx), verbose=False,
+            self.llm = llama_cpp.Llama(model_path=str(path), n_gpu_layers=self.n_gpu_layers, n_ctx=own_ctx,
+                                       n_threads=threads, n_batch=min(512, own_ctx), verbose=False,
                                        flash_attn=bool(self.n_gpu_layers), seed=spec.extra.get("seed", 0xFFFFFFFF))
         except (ValueError, RuntimeError) as e:
             raise InvalidModel(f"llama.cpp could not load {path.name}: {e}") from None
@@ -175,6 +183,20 @@ class GGUFModel(LoadedModel):
         self._eog = self._find_eog()
         self._n_batch = min(512, self._n_ctx)
         self._cached: list[int] = []  # tokens whose KV entries the context holds
+        self._sched = None
+        if self._max_seqs > 1:
+            self._start_batching(llama_cpp, n_ctx, threads)
+
+    def _start_batching(self, llama_cpp, n_ctx: int, threads: int) -> None:
+        """One llama.cpp context whose KV cells every sequence shares, and the scheduler that fills its steps."""
+        from ..batching import Scheduler
+        from .gguf_batch import GGUFStepper
+
+        stepper = GGUFStepper(llama_cpp, self.llm.model, n_ctx=n_ctx, max_seqs=self._max_seqs, n_threads=threads,
+                              offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
+                              sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
+        self._n_ctx = stepper.max_len
+        self._sched = Scheduler(stepper, name="quantdeploy-gguf-batch")
 
     # --- LoadedModel -------------------------------------------------------------------------------
     @property
@@ -184,6 +206,15 @@ class GGUFModel(LoadedModel):
     @property
     def context_length(self) -> int:
         return self._n_ctx
+
+    @property
+    def max_sequences(self) -> int:
+        return self._max_seqs
+
+    def batch_stats(self) -> dict[str, Any] | None:
+        if self._sched is None:
+            return None
+        return {**self._sched.stats(), "peak_batch": self._sched.stepper.peak_batch}
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -237,7 +268,12 @@ class GGUFModel(LoadedModel):
         """llama.cpp's own decode + sampler chain, a few ctypes calls per token (no per-token Python sampling).
         The KV cache keeps the longest common prefix with the previous call (multi-turn chats re-use it),
         except for seeded runs, which always prefill in full so their result does not depend on history.
-        Logprobs and a grammar work on llama.cpp's logits in place, with numpy, before its sampler reads them."""
+        Logprobs and a grammar work on llama.cpp's logits in place, with numpy, before its sampler reads them.
+
+        A batching model (max_sequences > 1) hands the sequence to its scheduler instead."""
+        if self._sched is not None:
+            yield from self._generate_batched(prompt_ids, params)
+            return
         lc = _llama_cpp()
         ctx = self.llm._ctx.ctx
         mem = lc.llama_get_memory(ctx)
@@ -297,6 +333,25 @@ class GGUFModel(LoadedModel):
         from ..structured.vocab import from_llama_cpp
 
         return from_llama_cpp(self.llm, self._eog)
+
+    def _generate_batched(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
+        """One sequence of the batch: submitted to the scheduler, its tokens read back as they come. Closing the
+        generator (the caller stopped early) cancels the sequence, which frees its slot and KV cells."""
+        stop = frozenset() if params.ignore_eos else frozenset(self._eog)
+        room = self._n_ctx - len(prompt_ids)
+        try:
+            handle = self._sched.submit(prompt_ids, params, stop_ids=stop, max_new=min(params.max_tokens, room))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            for s in handle:
+                if s.token in stop:
+                    yield s.token, ""
+                    return
+                yield s.token, decoder.decode(self.llm.detokenize([s.token], special=False))
+        finally:
+            handle.cancel()
 
     def _decode(self, lc, ctx, tokens: list[int]) -> None:
         arr = (lc.llama_token * len(tokens))(*tokens)
@@ -358,6 +413,11 @@ class GGUFModel(LoadedModel):
             llm.close()
 
     def close(self) -> None:
+        sched = getattr(self, "_sched", None)
+        if sched is not None:
+            sched.close()
+            sched.stepper.close()
+            self._sched = None
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
