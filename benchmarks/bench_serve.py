@@ -2,8 +2,8 @@
 
     python benchmarks/bench_serve.py [--levels 1,4,16] [--level-seconds 30] [--memory-seconds 120]
 
-Measures, against a real server subprocess (one slot, greedy decoding, ignore_eos so every request makes exactly
---max-tokens tokens):
+Measures, against a real server subprocess (the default concurrency: concurrent clients are decoded together,
+greedy decoding, ignore_eos so every request makes exactly --max-tokens tokens):
   overhead   per-token latency seen by one streaming HTTP client vs streaming the same model directly in this
              process (LoadedModel.generate), interleaved A/B rounds, medians compared
   load       for 1, 4 and 16 concurrent streaming clients, each looping for --level-seconds: throughput

@@ -21,14 +21,14 @@ OK_MSG = [{"role": "user", "content": "Say hi."}]
 
 @pytest.fixture(scope="module")
 def client(gguf_model):
-    app = create_app(ServerSettings(model_name=NAME, max_body_bytes=64 * 1024), models=[gguf_model])
+    app = create_app(ServerSettings(model_name=NAME, max_body_bytes=64 * 1024), model=gguf_model)
     with TestClient(app) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def keyed(gguf_model):
-    app = create_app(ServerSettings(model_name=NAME, api_key=KEY), models=[gguf_model])
+    app = create_app(ServerSettings(model_name=NAME, api_key=KEY), model=gguf_model)
     with TestClient(app) as c:
         yield c
 
@@ -258,7 +258,7 @@ def test_health_is_503_while_loading_then_200(gguf_path):
             threading.Event().wait(0.05)
         assert c.get("/health").json() == {"status": "ok", "model": NAME}
         assert metric(c, "quantdeploy_model_ready") == 1
-    assert app.state.qd._owned == []  # closed at shutdown
+    assert app.state.qd.model is None  # closed at shutdown
 
 
 def test_load_failure_is_reported():
@@ -311,5 +311,20 @@ def test_metrics_count_tokens_and_latency(client):
     assert metric(client, "quantdeploy_requests_in_flight") == 0
     assert metric(client, "quantdeploy_queue_depth") == 0
     assert metric(client, "process_resident_memory_bytes") > 0
+    # a model that does not batch: one sequence per running generation, no KV pool to report
+    assert metric(client, "quantdeploy_sequences_running") == 0 and metric(client, "quantdeploy_sequences_waiting") == 0
+    assert metric(client, "quantdeploy_kv_cache_usage_ratio") == 0
     text = client.get("/metrics")
     assert text.headers["content-type"].startswith("text/plain")
+
+
+def test_a_model_that_decodes_one_sequence_serves_one_at_a_time(gguf_model, caplog):
+    """--max-concurrency above what the model batches: one warning line, and the permits follow the model."""
+    assert gguf_model.max_sequences == 1
+    app = create_app(ServerSettings(model_name=NAME, max_concurrency=4), model=gguf_model)
+    with caplog.at_level("WARNING", logger="quantdeploy.server"), TestClient(app) as c:
+        assert app.state.qd.permits.size == 1
+        r = c.post("/v1/completions", json={"prompt": "1, 2, 3,", "max_tokens": 3, "temperature": 0})
+        assert r.status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "serving 1 at a time (--max-concurrency 4 asked)" in warnings[0], warnings

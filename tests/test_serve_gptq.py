@@ -36,3 +36,33 @@ def test_gptq_served_with_its_kernel(gptq_server):
                                 stop=[" 9"])
     assert done.choices[0].finish_reason == "stop" and " 9" not in done.choices[0].text
     assert done.choices[0].text.startswith(" 7")
+
+
+@pytest.mark.gpu
+def test_fast_engine_on_cuda_serves_concurrent_requests_one_at_a_time(gptq_path):
+    """The fast engine decodes one sequence at a time: --max-concurrency 4 serves one generation at a time on its
+    one model (a warning says so) and every concurrent request completes; no two CUDA-graph captures collide."""
+    import threading
+
+    with ServerProcess(str(gptq_path), "--engine", "fast", "--device", "cuda", "--max-concurrency", "4",
+                       "--name", "gemma-gptq") as s:
+        c = openai.OpenAI(base_url=s.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        results, errors = {}, []
+
+        def one(i: int) -> None:
+            try:
+                msgs = [{"role": "user", "content": f"Count to {i}."}]
+                r = c.chat.completions.create(model="gemma-gptq", messages=msgs, max_tokens=16, temperature=0,
+                                              extra_body={"ignore_eos": True})
+                results[i] = (r.choices[0].finish_reason, r.usage.completion_tokens)
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    assert not errors, errors
+    assert results == {i: ("length", 16) for i in range(8)}
+    assert "serving 1 at a time (--max-concurrency 4 asked)" in s.logs()

@@ -22,6 +22,9 @@ __all__ = ["GRAMMAR_END", "Backend", "Confidence", "Generation", "GenerationPara
            "ModelSpec", "PullChoice", "PullOffer", "TemplateSource", "TokenLogprob", "Usage"]
 
 
+BATCH_CAP = 64  # max_seqs that asks for as many sequences as the model can decode together (it may batch fewer)
+
+
 @dataclass
 class ModelSpec:
     """What to load. `path` is a model directory or a .gguf file; `format` is gptq, awq or gguf."""

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..backends.base import BATCH_CAP
 from ..models import load_spec
 from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
 
@@ -33,8 +34,10 @@ def serve(
         "--cors-origin", help="A browser origin allowed to call the API (repeatable), e.g. http://localhost:3000; "
                               "'*' allows any. Default: none (web pages cannot call the server).",
         show_default=False)] = None,
-    max_concurrency: Annotated[int, typer.Option(
-        "--max-concurrency", min=1, help="Generations at once; each loads its own copy of the model.")] = 1,
+    max_concurrency: Annotated[Optional[int], typer.Option(
+        "--max-concurrency", min=1, help="Generations at once, decoded together by the one loaded model (default: "
+                                         f"as many as it can batch, at most {BATCH_CAP}).",
+        show_default=False)] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=0, help="Requests waiting for a free slot; beyond this the server answers 429.")] = 32,
     template: Annotated[Optional[str], typer.Option(
@@ -87,5 +90,6 @@ def serve(
         from ..server.cluster import serve_cluster
 
         return serve_cluster(settings, cluster, model=model, host=host, port=port, log_level=log_level.lower())
-    run_server(settings, host, port, loader=lambda: load_spec(spec, verbose=log_level.lower() == "debug"),
+    verbose = log_level.lower() == "debug"
+    run_server(settings, host, port, loader=lambda: load_spec(settings.spec_to_load(), verbose=verbose),
                log_level=log_level.lower())

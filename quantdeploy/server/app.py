@@ -17,24 +17,25 @@ from .routes import probes, v1
 from .state import Loader, ServerState
 
 
-def create_app(settings: ServerSettings, *, models: list[LoadedModel] | None = None, loader: Loader | None = None,
+def create_app(settings: ServerSettings, *, model: LoadedModel | None = None, loader: Loader | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
-    """Serve `models` (already loaded; the caller closes them) or load `settings.max_concurrency` copies with
-    `loader` (default: the registry, from settings.spec) in the background; /health is 503 until then."""
+    """Serve `model` (already loaded; the caller closes it) or load one with `loader` (default: the registry, from
+    settings.spec sized for settings.max_concurrency) in the background; /health is 503 until then. Every request
+    shares the one model."""
     settings.validate()
-    if models is None and loader is None:
-        if settings.spec is None:
-            raise ValueError("create_app needs settings.spec, models or a loader")
+    if model is None and loader is None:
+        spec = settings.spec_to_load()
+        if spec is None:
+            raise ValueError("create_app needs settings.spec, a model or a loader")
         from ..models import load_model
 
-        spec = settings.spec
         loader = lambda: load_model(spec)  # noqa: E731
     state = ServerState(settings, Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if models is not None:
-            state.set_models(models, owned=False)
+        if model is not None:
+            state.set_model(model, owned=False)
         else:
             state.start_loading(loader, on_load_error)
         yield

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..backends.base import ModelSpec
+from ..backends.base import BATCH_CAP, ModelSpec
 from ..errors import UsageError
 
 DEFAULT_MAX_QUEUE = 32
@@ -14,12 +14,13 @@ ANY_MODEL = "*"  # the alias that makes the server answer to any model id
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """One served model. `spec` is what to load (None when the caller passes loaded models to create_app)."""
+    """One served model. `spec` is what to load (None when the caller passes a loaded model to create_app)."""
 
     model_name: str
     spec: ModelSpec | None = None
     api_key: str | None = None  # every /v1 request needs `Authorization: Bearer KEY` when set
-    max_concurrency: int = 1  # generations at once; each needs its own copy of the model (a "slot")
+    # generations at once, all on the one model, which decodes them together; None: as many as the model batches
+    max_concurrency: int | None = None
     max_queue: int = DEFAULT_MAX_QUEUE  # requests waiting for a slot; beyond: 429 + Retry-After
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     template: str | None = None  # chat template override (built-in name or Jinja file)
@@ -46,7 +47,7 @@ class ServerSettings:
     def validate(self) -> "ServerSettings":
         if not self.model_name or not self.model_name.strip():
             raise UsageError("the served model name must not be empty (--name)")
-        if self.max_concurrency < 1:
+        if self.max_concurrency is not None and self.max_concurrency < 1:
             raise UsageError(f"--max-concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_queue < 0:
             raise UsageError(f"--max-queue must be 0 or more, got {self.max_queue}")
@@ -62,3 +63,14 @@ class ServerSettings:
         if self.api_key is not None and not self.api_key.strip():
             raise UsageError("the API key must not be empty (--api-key or QUANTDEPLOY_API_KEY)")
         return self
+
+    @property
+    def sequences(self) -> int:
+        """Generations served at once at most: --max-concurrency, or what the model batches (at most BATCH_CAP)."""
+        return self.max_concurrency or BATCH_CAP
+
+    def spec_to_load(self) -> ModelSpec | None:
+        """settings.spec, sized for the sequences the server will decode together."""
+        if self.spec is None:
+            return None
+        return replace(self.spec, max_seqs=self.sequences)

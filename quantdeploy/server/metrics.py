@@ -1,9 +1,10 @@
 """Prometheus metrics, one registry per app (no globals): requests by status, tokens, TTFT and per-token latency,
-in-flight generations, queue depth, and the process's own memory/CPU."""
+in-flight generations, queue depth, the model's running / waiting sequences and KV pool use, and the process's own
+memory/CPU."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
@@ -39,14 +40,31 @@ class Metrics:
                                   "From request arrival to the last token", buckets=_E2E_BUCKETS, registry=r)
         self.in_flight = Gauge("quantdeploy_requests_in_flight", "Generations running now", registry=r)
         self.queue_depth = Gauge("quantdeploy_queue_depth", "Requests waiting for a free slot", registry=r)
+        self.seq_running = Gauge("quantdeploy_sequences_running", "Sequences the model decodes together now",
+                                 registry=r)
+        self.seq_waiting = Gauge("quantdeploy_sequences_waiting", "Sequences inside the model waiting for KV cache "
+                                 "room (their requests hold a slot)", registry=r)
+        self.kv_used = Gauge("quantdeploy_kv_cache_usage_ratio", "Share of the model's KV cache pool in use (0-1)",
+                             registry=r)
         self.ready = Gauge("quantdeploy_model_ready", "1 once the model is loaded and serving", registry=r)
         self.model = Gauge("quantdeploy_model_info", "The served model (value 1)",
                            ["model", "format", "backend", "kernel", "device"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
 
-    def bind(self, busy: Callable[[], float], waiting: Callable[[], float]) -> None:
+    def bind(self, busy: Callable[[], float], waiting: Callable[[], float],
+             batch_stats: Callable[[], dict[str, Any] | None]) -> None:
+        """Read at each scrape. A model that does not batch (batch_stats() is None) runs one sequence per busy slot
+        and reports no KV pool."""
         self.in_flight.set_function(busy)
         self.queue_depth.set_function(waiting)
+        self.seq_running.set_function(lambda: (batch_stats() or {"running": busy()})["running"])
+        self.seq_waiting.set_function(lambda: (batch_stats() or {"waiting": 0})["waiting"])
+
+        def kv() -> float:
+            stats = batch_stats()
+            return stats["kv_blocks_used"] / stats["kv_blocks_total"] if stats else 0.0
+
+        self.kv_used.set_function(kv)
 
     def set_model(self, info: dict) -> None:
         self.model.labels(info["id"], info["format"], info["backend"], str(info["kernel"]), info["device"]).set(1)

@@ -1,8 +1,9 @@
-"""Model slots and the bounded FIFO queue in front of them.
+"""Generation permits and the bounded FIFO queue in front of them.
 
-A model generates one sequence at a time, so each slot is one loaded model plus the one thread that runs it.
-Requests wait in FIFO order for a free slot; when `max_queue` are already waiting, `acquire()` raises QueueFull
-with a Retry-After estimate from recent generation times. Everything here runs on the event loop thread.
+The server holds one model, which decodes up to `max_sequences` generations together (its own scheduler batches
+them); it hands out that many permits. A request holds one while its generation runs on a worker thread; beyond
+that, requests wait in FIFO order, and when `max_queue` are already waiting `acquire()` raises QueueFull with a
+Retry-After estimate from recent generation times. Everything here runs on the event loop thread.
 """
 
 from __future__ import annotations
@@ -10,17 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-
-from ..backends.base import LoadedModel
-
-
-class Slot:
-    def __init__(self, index: int, model: LoadedModel):
-        self.index = index
-        self.model = model
-        # one thread per slot: every call into this model (tokenize, render, decode) happens on it
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"quantdeploy-slot{index}")
 
 
 class QueueFull(Exception):
@@ -30,17 +20,17 @@ class QueueFull(Exception):
         self.waiting = waiting
 
 
-class SlotPool:
-    def __init__(self, slots: list[Slot], max_queue: int):
-        self.slots = list(slots)
+class Permits:
+    def __init__(self, size: int, max_queue: int):
+        self.size = size
         self.max_queue = max_queue
-        self._free: deque[Slot] = deque(self.slots)
+        self._free = size
         self._waiters: deque[asyncio.Future] = deque()
-        self._avg_s = 0.0  # moving average of how long a slot stays busy per request
+        self._avg_s = 0.0  # moving average of how long a request holds its permit
 
     @property
     def busy(self) -> int:
-        return len(self.slots) - len(self._free)
+        return self.size - self._free
 
     @property
     def waiting(self) -> int:
@@ -48,20 +38,21 @@ class SlotPool:
 
     def retry_after(self) -> int:
         per_request = self._avg_s or 1.0
-        return max(1, min(60, math.ceil(per_request * (self.waiting + 1) / len(self.slots))))
+        return max(1, min(60, math.ceil(per_request * (self.waiting + 1) / self.size)))
 
-    async def acquire(self) -> Slot:
+    async def acquire(self) -> None:
         if self._free and not self.waiting:
-            return self._free.popleft()
+            self._free -= 1
+            return
         if self.waiting >= self.max_queue:
             raise QueueFull(self.retry_after(), self.waiting)
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
-            return await fut
+            await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(fut.result())  # a slot was handed over just as the waiter left: pass it on
+                self.release()  # a permit was handed over just as the waiter left: pass it on
             else:
                 try:
                     self._waiters.remove(fut)
@@ -69,15 +60,15 @@ class SlotPool:
                     pass
             raise
 
-    def release(self, slot: Slot, busy_s: float | None = None) -> None:
+    def release(self, busy_s: float | None = None) -> None:
         if busy_s is not None:
             self._avg_s = busy_s if not self._avg_s else 0.8 * self._avg_s + 0.2 * busy_s
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(slot)
+                fut.set_result(None)  # the permit goes straight to the next waiter
                 return
-        self._free.append(slot)
+        self._free += 1
 
     def reject_waiters(self, error: Exception) -> None:
         for fut in self._waiters:
@@ -90,5 +81,3 @@ class SlotPool:
             if not fut.done():
                 fut.cancel()
         self._waiters.clear()
-        for slot in self.slots:
-            slot.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,4 +1,9 @@
-"""The per-app state: loading the model in the background, the slots, and running one request's generation."""
+"""The per-app state: loading the one model in the background, its permits, and running one request's generation.
+
+The model is shared by every request: each generation runs on a worker thread of its own and calls the model
+concurrently, and a model that batches (max_sequences > 1) decodes those generations together. The server gives
+out as many permits as the model decodes at once; more requests wait in the queue.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..backends.base import LoadedModel
@@ -15,7 +21,7 @@ from .errors import APIError
 from .metrics import Metrics
 from .runner import Running, run_job
 from .schemas import Job
-from .slots import QueueFull, Slot, SlotPool
+from .slots import Permits, QueueFull
 
 log = logging.getLogger("quantdeploy.server")
 Loader = Callable[[], LoadedModel]
@@ -27,31 +33,32 @@ class ServerState:
         self.metrics = metrics
         self.status = "loading"  # loading | ready | failed
         self.load_error: str | None = None
-        self.pool: SlotPool | None = None
+        self.model: LoadedModel | None = None
+        self.permits: Permits | None = None
+        self.executor: ThreadPoolExecutor | None = None
         self.info: dict[str, Any] = {}
         self.fingerprint = ""  # OpenAI's system_fingerprint: what serves the model (changes may change seeded replies)
         self.started = int(time.time())
         self.stopping = False
-        self._owned: list[LoadedModel] = []
+        self._owned = False
         self._active: set[Running] = set()
 
     # --- loading --------------------------------------------------------------------------------
     def start_loading(self, loader: Loader, on_error: Callable[[BaseException], None] | None) -> None:
-        """Load `max_concurrency` copies on a daemon thread; /health answers 503 meanwhile."""
+        """Load the model on a daemon thread; /health answers 503 meanwhile."""
         loop = asyncio.get_running_loop()
 
         def work() -> None:
-            models: list[LoadedModel] = []
+            model = None
             try:
-                for _ in range(self.settings.max_concurrency):
-                    models.append(loader())
-                warm_up(models[0], self.settings.template)
+                model = loader()
+                warm_up(model, self.settings.template)
             except BaseException as e:  # noqa: BLE001  reported to the loop, which decides what to do
-                for m in models:
-                    m.close()
+                if model is not None:
+                    model.close()
                 loop.call_soon_threadsafe(self._failed, e, on_error)
                 return
-            loop.call_soon_threadsafe(self.set_models, models, True)
+            loop.call_soon_threadsafe(self.set_model, model, True)
 
         threading.Thread(target=work, name="quantdeploy-load", daemon=True).start()
 
@@ -61,18 +68,19 @@ class ServerState:
         if on_error is not None:
             on_error(e)
 
-    def set_models(self, models: list[LoadedModel], owned: bool) -> None:
-        if owned:
-            self._owned = list(models)
-        self.pool = SlotPool([Slot(i, m) for i, m in enumerate(models)], self.settings.max_queue)
-        self.metrics.bind(lambda: self.pool.busy, lambda: self.pool.waiting)
-        self.info = model_info(self.settings.model_name, models[0], self.started)
+    def set_model(self, model: LoadedModel, owned: bool) -> None:
+        self.model, self._owned = model, owned
+        n = concurrency(self.settings.max_concurrency, model)
+        self.permits = Permits(n, self.settings.max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="quantdeploy-gen")
+        self.metrics.bind(lambda: self.permits.busy, lambda: self.permits.waiting, model.batch_stats)
+        self.info = model_info(self.settings.model_name, model, self.started)
         self.fingerprint = fingerprint(self.info)
         self.metrics.set_model(self.info)
         self.status = "ready"
-        load_s = sum(m.load_time_s for m in models)
-        log.info("ready: %s (%s, %s on %s) in %.1fs", self.info["id"], self.info["format"], self.info["kernel"],
-                 self.info["device"], load_s)
+        log.info("ready: %s (%s, %s on %s) in %.1fs; up to %d generation%s at once", self.info["id"],
+                 self.info["format"], self.info["kernel"], self.info["device"], model.load_time_s, n,
+                 "" if n == 1 else "s")
 
     def answer_id(self, requested: str | None) -> str:
         """The model id to report for a request's `model`; 404 when this server does not serve it."""
@@ -84,11 +92,11 @@ class ServerState:
                            param="model", code="model_not_found")
         return answer
 
-    def require_ready(self) -> SlotPool:
+    def require_ready(self) -> Permits:
         if self.stopping:
             raise shutting_down()
-        if self.status == "ready" and self.pool is not None:
-            return self.pool
+        if self.status == "ready" and self.permits is not None:
+            return self.permits
         if self.status == "failed":
             raise APIError(503, f"the model failed to load: {self.load_error}", type="server_error",
                            code="model_load_failed")
@@ -97,14 +105,14 @@ class ServerState:
 
     # --- one request ----------------------------------------------------------------------------
     async def start(self, job: Job, arrived: float) -> Running:
-        """Wait for a slot (bounded queue), start the generation on its thread, wait until it is ready.
+        """Wait for a permit (bounded queue), start the generation on a worker thread, wait until it is ready.
 
         Raises APIError (429 when the queue is full, 4xx when the request does not fit the model). If the caller
-        is cancelled (the client went away), the generation is told to stop and the slot comes back by itself.
+        is cancelled (the client went away), the generation is told to stop and the permit comes back by itself.
         """
-        pool = self.require_ready()
+        permits = self.require_ready()
         try:
-            slot = await pool.acquire()
+            await permits.acquire()
         except QueueFull as e:
             raise APIError(429, f"the server is busy: {e.waiting} requests are already waiting; retry after "
                                 f"{e.retry_after}s", type="rate_limit_error", code="queue_full",
@@ -113,12 +121,12 @@ class ServerState:
         running = Running(loop)
         running.on_end = lambda r: self.metrics.generation(r, arrived)
         try:
-            fut = loop.run_in_executor(slot.executor, run_job, slot.model, job, running, self.settings.template)
+            fut = loop.run_in_executor(self.executor, run_job, self.model, job, running, self.settings.template)
         except BaseException:
-            pool.release(slot)
+            permits.release()
             raise
         self._active.add(running)
-        fut.add_done_callback(lambda f: self._finished(pool, slot, running))
+        fut.add_done_callback(lambda f: self._finished(permits, running))
         try:
             await running.ready
         except asyncio.CancelledError:
@@ -126,10 +134,10 @@ class ServerState:
             raise
         return running
 
-    def _finished(self, pool: SlotPool, slot: Slot, running: Running) -> None:
+    def _finished(self, permits: Permits, running: Running) -> None:
         self._active.discard(running)
         busy_s = (running.t_end - running.t_start) if running.t_end and running.t_start else None
-        pool.release(slot, busy_s)
+        permits.release(busy_s)
 
     def stop_all(self) -> None:
         """The server is going down: end running generations at their next token, turn the queue away (503)."""
@@ -137,16 +145,28 @@ class ServerState:
         for r in list(self._active):
             r.stopped_by_server = True
             r.cancelled.set()
-        if self.pool is not None:
-            self.pool.reject_waiters(shutting_down())
+        if self.permits is not None:
+            self.permits.reject_waiters(shutting_down())
 
     async def shutdown(self) -> None:
         self.stop_all()
-        if self.pool is not None:
-            await asyncio.to_thread(self.pool.shutdown)
-        for m in self._owned:
-            m.close()
-        self._owned = []
+        if self.permits is not None:
+            self.permits.shutdown()
+        if self.executor is not None:
+            await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        if self.model is not None and self._owned:
+            self.model.close()
+        self.model, self._owned = None, False
+
+
+def concurrency(asked: int | None, model: LoadedModel) -> int:
+    """Generations served at once: what the model decodes together, or fewer if --max-concurrency says so. One
+    warning line when more was asked than the model can batch."""
+    n = model.max_sequences if asked is None else min(asked, model.max_sequences)
+    if asked is not None and asked > n:
+        log.warning("%s decodes %d sequence%s at once: serving %d at a time (--max-concurrency %d asked)",
+                    model.spec.display_name, n, "" if n == 1 else "s", n, asked)
+    return n
 
 
 def shutting_down() -> APIError:

@@ -77,7 +77,7 @@ class Front:
 
     @property
     def capacity(self) -> int:
-        return self.view.healthy * self.settings.max_concurrency
+        return self.view.healthy * self.settings.sequences
 
     @property
     def waiting(self) -> int:

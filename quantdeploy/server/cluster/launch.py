@@ -62,7 +62,7 @@ def _run(ray: Any, settings: ServerSettings, cluster: ClusterSettings, model: st
     import uvicorn
 
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    options = cluster.deployment_options(gpus, settings.max_concurrency)
+    options = cluster.deployment_options(gpus, settings.sequences)
     view = ClusterView(target=options.get("num_replicas") or options["autoscaling_config"]["min_replicas"])
     metrics = FrontMetrics()
     front = Front(settings, view, metrics, lost=_lost_errors())

@@ -40,7 +40,8 @@ class Replica:
         self.lifespan: Lifespan | None = None
         try:
             spec = spec_on_this_node(model, settings.spec)
-            self.app = create_app(replace(settings, spec=spec), loader=lambda: load_spec(spec))
+            settings = replace(settings, spec=spec)
+            self.app = create_app(settings, loader=lambda: load_spec(settings.spec_to_load()))
             self.lifespan = Lifespan(self.app)
             await self.lifespan.startup()
             await self._loaded()
