@@ -53,14 +53,14 @@ def generate(
 ) -> None:
     from ..errors import UsageError
     from ..offline.job import JobOptions, run_file
-    from .serve import _check_template
+    from ..chat.templates import check_template
 
     if input is None or output is None:
         raise UsageError(f"--{'input' if input is None else 'output'} is required: quantdeploy generate MODEL "
                          "--input prompts.jsonl --output results.jsonl")
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                 stop=tuple(stop or ())).validate()
-    _check_template(template)
+    check_template(template)
     opts = JobOptions(input=input.expanduser(), output=output.expanduser(), defaults=defaults,
                       max_concurrency=max_concurrency, template=template, retry_errors=retry_errors)
 
