@@ -1,5 +1,5 @@
 """`quantdeploy serve` holds one model and batches concurrent requests on it: the real `openai` client, N streaming
-clients at once against a real server of the embedded GGUF."""
+clients at once against a real server of the Gemma GGUF fixture."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from quantdeploy.server.process import ServerProcess
 PROMPTS = ["100, 101, 102, 103, 104,", "40, 41, 42, 43, 44,", "7, 8, 9, 10, 11,", "1, 2, 3, 4, 5,",
            "200, 201, 202, 203, 204,", "300, 301, 302, 303, 304,", "1, 2, 3, 4, 5, 6, 7, 8,", "21, 22, 23, 24, 25,"]
 TOKENS = 12
+NAME = "gemma"
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(gguf_path):
     """--max-concurrency 8: eight sequences decoded together by one model."""
-    with ServerProcess("--max-concurrency", "8") as s:
+    with ServerProcess(str(gguf_path), "--name", NAME, "--max-concurrency", "8") as s:
         yield s
 
 
@@ -41,7 +42,7 @@ def gauge(server, name: str) -> float:
 
 
 def test_concurrent_streaming_clients_get_their_single_client_answers(server, client):
-    args = dict(model="gemma3-270m:Q4_K_M", max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True})
+    args = dict(model=NAME, max_tokens=TOKENS, temperature=0, extra_body={"ignore_eos": True})
     alone = [client.completions.create(prompt=p, **args).choices[0].text for p in PROMPTS]
     results: dict[int, tuple] = {}
     errors: list[str] = []
@@ -77,7 +78,7 @@ def test_concurrent_streaming_clients_get_their_single_client_answers(server, cl
 
 def test_one_copy_of_the_model(server, client, gguf_path):
     """However many generations run at once, the process maps the weights file once: one model, shared."""
-    client.completions.create(model="gemma3-270m:Q4_K_M", prompt="Hi", max_tokens=2)
+    client.completions.create(model=NAME, prompt="Hi", max_tokens=2)
     weights = os.path.realpath(gguf_path)
     with open(f"/proc/{server.pid}/maps") as f:
         maps = [line.split()[0] for line in f if line.rstrip().endswith(weights)]
@@ -86,7 +87,8 @@ def test_one_copy_of_the_model(server, client, gguf_path):
 
 
 def test_the_default_is_what_the_model_batches():
-    """No --max-concurrency: the GGUF context decides (one sequence per 256 of its cells, at most 64)."""
+    """No --max-concurrency: the GGUF context decides (one sequence per 256 of its cells, at most 64); here the
+    default model's."""
     with ServerProcess("--ctx", "1024") as s:
         pass
     assert "up to 4 generations at once" in s.logs()

@@ -16,7 +16,7 @@ ORIGIN = "http://localhost:3000"
 
 
 def app_client(model, **settings) -> TestClient:
-    return TestClient(create_app(ServerSettings(model_name=NAME, **settings), models=[model]))
+    return TestClient(create_app(ServerSettings(model_name=NAME, **settings), model=model))
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
     TimeRemainingColumn
 from rich.text import Text
 
-from ..backends.base import GenerationParams, LoadedModel, ModelSpec
+from ..backends.base import BATCH_CAP, GenerationParams, LoadedModel, ModelSpec
 from ..errors import QuantDeployError, UsageError
 from .jsonl import Appender, drop_errors, finalize, input_lines, scan_input, scan_output
 from .requests import BadRequest, id_key, line_id, parse_line
 from .runner import BatchResult, Request, effective_concurrency, failed, run_in_order
-
-DEFAULT_MAX_SEQS = 64  # sequences a batching backend is asked to decode together without --max-concurrency
 
 
 class SomeFailed(QuantDeployError):
@@ -108,7 +106,7 @@ def run_file(opts: JobOptions, resolve: Callable[[], ModelSpec], load: Callable[
         log(f"{opts.output}: {len(done)} of {len(keys)} ids already there (skipped)")
     if todo:
         spec = resolve()
-        spec.max_seqs = opts.max_concurrency or DEFAULT_MAX_SEQS
+        spec.max_seqs = opts.max_concurrency or BATCH_CAP
         written, tokens_s = _run(spec, opts, done, todo, load, log)
     tally = finalize(opts.output, keys)
     if tally.reordered:
