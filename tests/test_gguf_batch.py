@@ -8,7 +8,7 @@ other (and there the batch picked one of those two), never a different token whe
 
 from __future__ import annotations
 
-import itertools
+import json
 import threading
 from dataclasses import replace
 
@@ -16,6 +16,7 @@ import pytest
 
 import quantdeploy
 from quantdeploy.backends.base import GenerationParams
+from quantdeploy.backends.gguf_batch import Request
 from quantdeploy.errors import UsageError
 
 TIE = 2.0  # log-probability gap below which two candidates count as a near tie
@@ -51,27 +52,30 @@ def params(**kw) -> GenerationParams:
     return GenerationParams(**kw)
 
 
-def with_logprobs(p: GenerationParams, k: int) -> GenerationParams:
-    p = replace(p)
-    p.logprobs = k  # the top-k alternatives of every sampled token (Sampled.top)
-    return p
-
-
 def submit(model, prompt: str | list[int], p: GenerationParams):
+    """Straight to the scheduler (a test that needs to know when a sequence is admitted)."""
     ids = prompt if isinstance(prompt, list) else model.tokenize(prompt)
-    return model._sched.submit(ids, p, max_new=p.max_tokens)
+    return model._sched.submit(ids, Request(p), max_new=p.max_tokens)
 
 
-def alone(model, text: str | list[int], p: GenerationParams) -> list:
-    """The sequence decoded with nothing beside it: its tokens with the likeliest candidates at each step."""
-    return list(submit(model, text, with_logprobs(p, 5)))
+def alone(model, prompt: str | list[int], p: GenerationParams) -> list:
+    """The sequence decoded with nothing beside it: each token with the likeliest candidates (TokenLogprob)."""
+    g = model.generate(prompt, replace(p, logprobs=5))
+    "".join(g)
+    return g.logprobs
+
+
+def tokens(model, prompt: str | list[int], p: GenerationParams) -> list[int]:
+    g = model.generate(prompt, replace(p, logprobs=0))
+    "".join(g)
+    return [t.token for t in g.logprobs]
 
 
 def concurrently(model, texts: list[str], p: GenerationParams) -> list[list[int]]:
     out: list = [None] * len(texts)
 
     def one(i: int) -> None:
-        out[i] = [s.token for s in submit(model, texts[i], p)]
+        out[i] = tokens(model, texts[i], p)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
     for t in threads:
@@ -79,6 +83,14 @@ def concurrently(model, texts: list[str], p: GenerationParams) -> list[list[int]
     for t in threads:
         t.join(300)
     return out
+
+
+def wait_until(check, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if check():
+            return
+        threading.Event().wait(0.05)
+    assert check()
 
 
 def assert_same_up_to_ties(ref: list, got: list[int]) -> int:
@@ -116,10 +128,11 @@ def test_concurrent_greedy_sequences_equal_each_decoded_alone(each_batched):
 def test_alone_in_the_scheduler_is_the_unbatched_path(batched, gguf_model):
     """One sequence by itself: its prompt in one chunk, then one row a step, as the unbatched path computes it
     (seeded, so that the unbatched path prefills the whole prompt too instead of reusing its cache)."""
-    p = params(temperature=0, seed=0)
-    for text in PROMPTS[:3]:
-        unbatched = gguf_model._generate_tokens(gguf_model.tokenize(text), p)
-        assert [s.token for s in alone(batched, text, p)] == [t for t, _ in itertools.islice(unbatched, N)]
+    p = params(temperature=0, seed=0, logprobs=3)
+    for text in PROMPTS[:2]:
+        one, other = batched.generate(text, p), gguf_model.generate(text, p)
+        assert "".join(one) == "".join(other)
+        assert one.logprobs == other.logprobs  # tokens, their logprobs and the likeliest three: the same floats
 
 
 def test_through_generate_from_threads(batched):
@@ -142,9 +155,9 @@ def test_through_generate_from_threads(batched):
 
 def test_a_seed_reproduces_a_sequence(each_batched):
     p = params(temperature=1.0, max_tokens=8)
-    ref = [s.token for s in submit(each_batched, PROMPTS[2], replace(p, seed=11))]
-    assert ref == [s.token for s in submit(each_batched, PROMPTS[2], replace(p, seed=11))]
-    assert ref != [s.token for s in submit(each_batched, PROMPTS[2], replace(p, seed=12))]
+    ref = tokens(each_batched, PROMPTS[2], replace(p, seed=11))
+    assert ref == tokens(each_batched, PROMPTS[2], replace(p, seed=11))
+    assert ref != tokens(each_batched, PROMPTS[2], replace(p, seed=12))
 
 
 @pytest.mark.parametrize("which", ["gguf_path", "default_gguf_path"])
@@ -192,11 +205,7 @@ def test_cancelling_frees_the_slot_and_its_kv_cells(batched):
         cells = [lc.llama_memory_seq_pos_max(stepper.mem, s) for s in range(stepper.max_seqs)]  # -1: none
         return stats["running"] == 0 and stats["kv_blocks_used"] == 0 and cells == [-1] * stepper.max_seqs
 
-    for _ in range(200):
-        if freed():
-            break
-        threading.Event().wait(0.05)
-    assert freed()
+    wait_until(freed)
     assert "".join(batched.generate("1, 2, 3,", params(max_tokens=6, temperature=0))) == " 4, 5,"
 
 
@@ -210,7 +219,7 @@ def test_a_full_context_makes_sequences_wait_and_all_complete(gguf_path):
         texts = [m.tokenize(f"{k}: " + ", ".join(str(i) for i in range(k, k + 80)))[:240] for k in (1, 100, 300)]
         assert [len(t) for t in texts] == [240] * 3
         refs = [alone(m, t, p) for t in texts]
-        handles = [submit(m, t, p) for t in texts]
+        handles = [submit(m, t, p) for t in texts]  # all three at once: two slots, the third waits
         got = [[s.token for s in h] for h in handles]
         assert [h.finish_reason for h in handles] == ["length"] * 3
         for r, g in zip(refs, got):
@@ -229,3 +238,36 @@ def test_too_small_a_context_batches_fewer_sequences(gguf_path):
         assert m.max_sequences == 2  # at least 256 cells each
     finally:
         m.close()
+
+
+def test_structured_output_and_logprobs_in_a_batch(batched):
+    """A grammar and logprobs per sequence, while other sequences decode beside them: every reply parses, and the
+    logprobs describe the sampled tokens."""
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": False}}}
+    msgs = [{"role": "user", "content": "Alice is 30. Give her name and age as JSON."}]
+    out: dict = {}
+
+    def structured(seed: int) -> None:
+        g = batched.chat(msgs, GenerationParams(max_tokens=40, temperature=1.0, seed=seed, logprobs=2),
+                         response_format=rf)
+        out[seed] = ("".join(g), g.finish_reason, g.logprobs)
+
+    def plain(i: int) -> None:
+        out[f"plain{i}"] = tokens(batched, PROMPTS[i], params(temperature=0))
+
+    threads = [threading.Thread(target=structured, args=(seed,)) for seed in (1, 2)]
+    threads += [threading.Thread(target=plain, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for seed in (1, 2):
+        text, finish, logprobs = out[seed]
+        data = json.loads(text)
+        assert finish == "stop" and set(data) == {"name", "age"} and isinstance(data["age"], int), text
+        assert b"".join(batched.token_bytes(t.token) for t in logprobs).decode() == text
+        assert all(t.logprob <= 0 and len(t.top) == 2 for t in logprobs)
+    assert len(out["plain0"]) == len(out["plain1"]) == N
+    wait_until(lambda: batched.batch_stats()["kv_blocks_used"] == 0)  # the grammar's end cancels its sequence

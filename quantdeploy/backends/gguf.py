@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from ..errors import BackendUnavailable, InvalidModel, UsageError
 from . import gguf_quants
 from .base import (GRAMMAR_END, Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice,
-                   PullOffer, TemplateSource)
+                   PullOffer, TemplateSource, TokenLogprob)
 from .gguf_check import GGUF_MAGIC, describe_gguf, validate_gguf
 from .hw import cuda_device_count, pick_torch_device
 from .np_logits import StepLogprobs
@@ -334,22 +334,35 @@ class GGUFModel(LoadedModel):
 
         return from_llama_cpp(self.llm, self._eog)
 
-    def _generate_batched(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple[int, str]]:
-        """One sequence of the batch: submitted to the scheduler, its tokens read back as they come. Closing the
-        generator (the caller stopped early) cancels the sequence, which frees its slot and KV cells."""
+    def _generate_batched(self, prompt_ids: list[int], params: GenerationParams) -> Iterator[tuple]:
+        """One sequence of the batch: submitted to the scheduler, its tokens read back as they come (with their
+        logprobs, and under its grammar, as in the unbatched path). Closing the generator (the caller stopped early)
+        cancels the sequence, which frees its slot and KV cells."""
+        from .gguf_batch import Request
+
         stop = frozenset() if params.ignore_eos else frozenset(self._eog)
         room = self._n_ctx - len(prompt_ids)
+        req = Request(params, self.grammar_state(params))
         try:
-            handle = self._sched.submit(prompt_ids, params, stop_ids=stop, max_new=min(params.max_tokens, room))
+            handle = self._sched.submit(prompt_ids, req, stop_ids=stop, max_new=min(params.max_tokens, room))
         except ValueError as e:
             raise UsageError(str(e)) from None
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         try:
-            for s in handle:
+            for n, s in enumerate(handle, 1):
+                if req.error_at is not None and n >= req.error_at[0]:
+                    raise req.error_at[1]
                 if s.token in stop:
                     yield s.token, ""
                     return
-                yield s.token, decoder.decode(self.llm.detokenize([s.token], special=False))
+                piece = decoder.decode(self.llm.detokenize([s.token], special=False))
+                if s.logprob is None:
+                    yield s.token, piece
+                else:
+                    yield s.token, piece, TokenLogprob(s.token, s.logprob, tuple(s.top or ()))
+                if req.done_at is not None and n >= req.done_at:
+                    yield GRAMMAR_END, ""
+                    return
         finally:
             handle.cancel()
 

@@ -8,7 +8,9 @@ slot number is the llama.cpp sequence id; a sequence leaving its slot has its ce
 Each step is one `llama_decode`: a decode row per running sequence (fed the slot's last sampled token) plus prompt
 chunks. The rows that sample are read back with llama_get_logits_ith: greedy rows by numpy's argmax (llama.cpp's
 own greedy picks the same first maximum), the others by a llama.cpp sampler chain per sequence (top-k, top-p,
-temperature, then a distribution seeded per sequence: a seed reproduces its output whatever runs beside it).
+temperature, then a distribution seeded per sequence, so what runs beside it never takes its draws). As in the
+unbatched path, a row's logprobs are read before anything changes its logits, and a sequence's grammar masks
+them in place before its sampler reads them; the grammar then follows the sampled token.
 
 Steps are pipelined as the scheduler expects: a step's rows are sampled when the next step is launched (their
 tokens feed it) or when the scheduler collects it, whichever comes first. With layers on a GPU, llama_decode
@@ -29,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..batching import Sampled, Sequence, Work
-from ..errors import InvalidModel
+from ..errors import InvalidModel, QuantDeployError
+from .base import GenerationParams
+from .np_logits import StepLogprobs
 
 log = logging.getLogger("quantdeploy.gguf")
 
@@ -46,11 +50,28 @@ def sequences_for(n_ctx: int, wanted: int, llama_max: int) -> int:
 
 
 @dataclass
-class _Live:
-    """A sequence in a slot: its sampler chain (None for greedy) and the epoch it was admitted with."""
+class Request:
+    """One sequence's sampling, as the scheduler hands it to the stepper (Sequence.params). The grammar is followed
+    on the scheduler's thread; the caller learns from `done_at` / `error_at` how many tokens in it ended it."""
 
+    params: GenerationParams
+    grammar: Any = None  # structured.GrammarState, or None
+    accepted: int = 0  # tokens the grammar followed so far
+    done_at: int | None = None  # the grammar was complete after this many tokens
+    error_at: tuple[int, Exception] | None = None  # the grammar refused this token (1-based) with this error
+
+
+@dataclass
+class _Live:
+    """A sequence in a slot: its request, sampler chain (None for greedy) and the epoch it was admitted with."""
+
+    seq: Sequence
     epoch: int
     chain: Any = None
+
+    @property
+    def request(self) -> Request:
+        return self.seq.params
 
 
 @dataclass
@@ -127,8 +148,10 @@ class GGUFStepper:
 
     # --- batching.Stepper ----------------------------------------------------------------------------
     def begin(self, seq: Sequence) -> None:
-        greedy = seq.params.temperature <= 0
-        self._live[seq.slot] = _Live(seq.epoch, None if greedy else self._chain_for(seq.params))
+        """seq.params is a Request. A sequence recomputed after preemption starts a fresh sampler chain: a seed
+        reproduces its tokens only when the KV pool never ran out under it."""
+        params = seq.params.params
+        self._live[seq.slot] = _Live(seq, seq.epoch, None if params.temperature <= 0 else self._chain_for(params))
 
     def end(self, seq: Sequence) -> None:
         """Free the slot's KV cells: now, or (while a step computes on the worker) before the next step."""
@@ -220,40 +243,42 @@ class GGUFStepper:
         out: list[Sampled | None] = []
         for w, row in zip(step.works, step.rows):
             live = self._live.get(w.seq.slot) if row is not None else None
-            if live is None or live.epoch != w.epoch or w.seq.slot is None:
+            if live is None or live.seq is not w.seq or live.epoch != w.epoch:
                 out.append(None)  # no sample asked, or the sequence left its slot since: the scheduler drops it
                 continue
-            token = self._sample_row(row, live)
-            self._last[w.seq.slot] = token
-            out.append(self._with_logprobs(Sampled(token), row, w.seq.params))
+            out.append(self._sample_row(row, live))
+            self._last[w.seq.slot] = out[-1].token
         step.results = out
 
-    def _sample_row(self, row: int, live: _Live) -> int:
+    def _sample_row(self, row: int, live: _Live) -> Sampled:
+        req = live.request
+        grammar = req.grammar if req.grammar is not None and req.done_at is None and req.error_at is None else None
+        k = req.params.logprobs
+        step = None
+        if grammar is not None or k is not None:
+            logits = self._logits(row)  # llama.cpp's own buffer: the sampler below reads the masked logits
+            step = StepLogprobs(logits, k) if k is not None else None
+            if grammar is not None:
+                grammar.mask_numpy(logits)
         if live.chain is not None:
-            return int(self.lc.llama_sampler_sample(live.chain, self.ctx, row))
-        return int(self._logits(row).argmax())  # the first maximum, as llama.cpp's greedy sampler
+            token = int(self.lc.llama_sampler_sample(live.chain, self.ctx, row))
+        else:
+            token = int(self._logits(row).argmax())  # the first maximum, as llama.cpp's greedy sampler
+        if grammar is not None:
+            req.accepted += 1
+            try:
+                grammar.accept(token)
+            except QuantDeployError as e:  # this sequence's failure, not the batch's
+                req.error_at = (req.accepted, e)
+            else:
+                if grammar.done:
+                    req.done_at = req.accepted
+        if step is None:
+            return Sampled(token)
+        lp = step.of(token)
+        return Sampled(token, lp.logprob, list(lp.top))
 
     def _logits(self, row: int):
         import numpy as np
 
         return np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
-
-    def _with_logprobs(self, s: Sampled, row: int, params: Any) -> Sampled:
-        """Fill s.logprob (and s.top, the k likeliest tokens) from the row's raw logits when params.logprobs asks
-        for them (None: off; 0: the sampled token's only). llama.cpp's samplers copy the logits, so the row still
-        holds the model's own distribution here."""
-        k = getattr(params, "logprobs", None)
-        if k is None:
-            return s
-        import numpy as np
-
-        logits = self._logits(row)
-        top = float(logits.max())
-        lse = top + float(np.log(np.exp(logits - top, dtype=np.float32).sum(dtype=np.float64)))
-        s.logprob = float(logits[s.token]) - lse
-        if k:
-            idx = np.argpartition(-logits, k)[:k]
-            idx = idx[np.argsort(-logits[idx], kind="stable")]
-            s.top = [(int(i), float(logits[i]) - lse) for i in idx]
-        return s
-
