@@ -1,10 +1,20 @@
-"""One settings object. Nothing else in quantdeploy reads os.environ for its own variables."""
+"""One settings object. Nothing else in quantdeploy reads os.environ for its own variables.
+
+Every QUANTDEPLOY_* variable is declared here once, with its parser and what it means (the way vLLM's envs.py
+declares its own); the rest of the code imports the parsed values. The GPTQ/AWQ engines get theirs as one frozen
+EngineConfig, passed down to them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UsageError
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _default_cpu_workers() -> str:
@@ -13,32 +23,119 @@ def _default_cpu_workers() -> str:
     return str(max(2, min(8, os.cpu_count() or 2)))
 
 
+def _flag(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise UsageError(f"{name}={value}: use 1 or 0")
+
+
+def _kernel(name: str, value: str) -> str | None:
+    return value.strip().lower() or None
+
+
+def _kernel_list(name: str, value: str) -> tuple[str, ...]:
+    return tuple(k.strip().lower() for k in value.split(",") if k.strip())
+
+
+def _fused(name: str, value: str) -> bool | None:
+    return None if value.strip().lower() in ("", "auto") else _flag(name, value)
+
+
+def _lm_head(name: str, value: str) -> str:
+    v = value.strip().lower() or "checkpoint"
+    if v not in ("checkpoint", "int8"):
+        raise UsageError(f"{name}={value}: use int8 (or leave it unset for the checkpoint's lm_head)")
+    return v
+
+
+def _tuned(name: str, value: str) -> bool:
+    return value.strip() == "" or _flag(name, value)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How GPTQ and AWQ models run: which kernel, and the few switches a user may need.
+
+    Built once from the variables in ENGINE_VARIABLES (from_env) and passed down to the engine, which reads no
+    environment. A switch is here only because a user needs it (each says why); the ones that only compared
+    variants of a kernel went with the variant that lost (CHANGELOG.md). To compare kernels, disable one
+    (disabled_kernels) or force one (kernel).
+    """
+
+    kernel: str | None = None
+    """QUANTDEPLOY_KERNEL: the kernel every GPTQ/AWQ model runs, named as `--kernel` (which wins) names it. Unset: the
+    first kernel that can run the model here."""
+
+    disabled_kernels: tuple[str, ...] = ()
+    """QUANTDEPLOY_DISABLED_KERNELS=a,b: kernels the chooser skips, for a kernel that fails on this machine or to
+    measure the next one in line."""
+
+    fused_ops: bool | None = None
+    """QUANTDEPLOY_FUSED: the fast engine's fused Triton kernels around the linears (norms, RoPE and the KV write,
+    decode attention, the MLP activation). Unset: on CUDA. 0: torch ops instead, for a GPU or Triton release on
+    which they fail to compile (slower). 1: also on the CPU, under TRITON_INTERPRET=1 (how the tests check them)."""
+
+    lm_head: str = "checkpoint"
+    """QUANTDEPLOY_LM_HEAD=int8: quantize an untied fp16 lm_head to int8 per row at load (an 8B model decodes ~5 %
+    faster; logits move by ~0.7 % relative, so greedy tokens can differ at near-ties). Opt-in: it changes outputs."""
+
+    tuned_dir: Path | None = None
+    """Where the fast engine reads per-GPU tuned GEMV variants ($QUANTDEPLOY_HOME/gemv, written by
+    benchmarks/gpu/graph_ab.py --sweep --save); None: the built-in variants. QUANTDEPLOY_TUNED_GEMV=0 ignores the
+    tuned files, e.g. to compare with the defaults. The kernel report and bench say which file was used."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], home: Path) -> "EngineConfig":
+        values: dict[str, Any] = {}
+        for name, (attr, parse) in ENGINE_VARIABLES.items():
+            if name in env:
+                values[attr] = parse(name, env[name])
+        tuned = values.pop("tuned_dir", True)
+        return cls(**values, tuned_dir=home / "gemv" if tuned else None)
+
+
+# Every variable EngineConfig reads: name -> (field, parser(name, value)). A parser raises UsageError on a value it
+# does not know, which the CLI prints as one line (exit 2). docs/engine.md documents the same names.
+ENGINE_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "QUANTDEPLOY_KERNEL": ("kernel", _kernel),
+    "QUANTDEPLOY_DISABLED_KERNELS": ("disabled_kernels", _kernel_list),
+    "QUANTDEPLOY_FUSED": ("fused_ops", _fused),
+    "QUANTDEPLOY_LM_HEAD": ("lm_head", _lm_head),
+    "QUANTDEPLOY_TUNED_GEMV": ("tuned_dir", _tuned),
+}
+
+
+def debug_enabled(env: dict[str, str] | None = None) -> bool:
+    """QUANTDEPLOY_DEBUG=1: errors show their traceback (read apart from the rest, so that a bad value elsewhere is
+    still reported as one line)."""
+    env = os.environ if env is None else env
+    return env.get("QUANTDEPLOY_DEBUG", "") not in ("", "0", "false")
+
+
 @dataclass(frozen=True)
 class Settings:
-    home: Path = field(default_factory=lambda: Path.home() / ".cache" / "quantdeploy")
-    debug: bool = False
-    api_key: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".cache" / "quantdeploy")  # QUANTDEPLOY_HOME
+    debug: bool = False  # QUANTDEPLOY_DEBUG
+    api_key: str | None = None  # QUANTDEPLOY_API_KEY: serve's default --api-key
     hf_endpoint: str | None = None
     hf_token: str | None = None
     hf_offline: bool = False
-    kernel: str | None = None
-    disabled_kernels: tuple[str, ...] = ()
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         home = env.get("QUANTDEPLOY_HOME")
+        home_path = Path(home).expanduser() if home else Path.home() / ".cache" / "quantdeploy"
         return cls(
-            home=Path(home).expanduser() if home else Path.home() / ".cache" / "quantdeploy",
-            debug=env.get("QUANTDEPLOY_DEBUG", "") not in ("", "0", "false"),
+            home=home_path,
+            debug=debug_enabled(env),
             api_key=env.get("QUANTDEPLOY_API_KEY") or None,
             hf_endpoint=env.get("HF_ENDPOINT") or None,
             hf_token=env.get("HF_TOKEN") or None,
             hf_offline=env.get("HF_HUB_OFFLINE", "") not in ("", "0", "false"),
-            kernel=env.get("QUANTDEPLOY_KERNEL") or None,
-            disabled_kernels=tuple(
-                k.strip() for k in env.get("QUANTDEPLOY_DISABLED_KERNELS", "").split(",") if k.strip()
-            ),
+            engine=EngineConfig.from_env(env, home_path),
         )
 
     @property

@@ -85,10 +85,12 @@ def test_unknown_kernel(gptq_path):
 
 
 @pytest.mark.parametrize("var,value,needles", [
-    ("QUANTDEPLOY_PREFILL_GRAPH", "yes", ["QUANTDEPLOY_PREFILL_GRAPH=yes", "tail"]),
+    ("QUANTDEPLOY_FUSED", "yes please", ["QUANTDEPLOY_FUSED=yes please", "use 1 or 0"]),
     ("QUANTDEPLOY_LM_HEAD", "int4", ["QUANTDEPLOY_LM_HEAD=int4", "int8"]),
 ])
 def test_unknown_engine_setting(gptq_path, var, value, needles):
-    """The fast engine's environment settings: a value it does not know is one error line, not a silent default."""
+    """The engine's environment settings: a value they do not know is one error line (exit 2) before any work, not
+    a silent default."""
     proc = run_cli("chat", str(gptq_path), "--engine", "fast", "--prompt", "hi", "-n", "2", env={var: value})
     assert_clean_error(proc, *needles)
+    assert proc.returncode == 2

@@ -52,25 +52,6 @@ def test_nk_layout_holds_the_checkpoint_weights(layout):
     assert torch.allclose(ours, dequantize(w, torch.float32), atol=2e-4)
 
 
-@pytest.mark.parametrize("layout", ["awq", "gptq", "act"])
-def test_zero_points_as_nibbles_when_asked(monkeypatch, layout):
-    """QUANTDEPLOY_GEMV_ZERO=nibbles: 4 zero points per int16 after the scales (2.5 bytes per group), the same
-    weights."""
-    w, ref = _weight(layout)
-    monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles")
-    nk = C.repack(w)
-    assert nk.zero == -2 and nk.meta.shape == (w.n, 4 + 1)
-    assert torch.equal(_unpermute(C.reference(nk), nk.perm).t(), ref)
-
-
-def test_unknown_zero_point_form_is_a_usage_error(monkeypatch):
-    from quantdeploy.errors import UsageError
-
-    monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibble")
-    with pytest.raises(UsageError, match="QUANTDEPLOY_GEMV_ZERO=nibble: use bytes"):
-        C.repack(_weight("awq")[0])
-
-
 def test_zero_point_bytes_in_place():
     """Row n's meta: its G scales, then zero point g at byte 2 G + g (little-endian int16 pairs)."""
     meta, zero = C.meta_layout(torch.rand(6, 3).half(), torch.arange(18).reshape(6, 3) % 16)
@@ -80,10 +61,10 @@ def test_zero_point_bytes_in_place():
 
 
 @pytest.mark.parametrize("layout", ["sym", "awq"])
-def test_compact_meta_can_be_turned_off(monkeypatch, layout):
+def test_words_hold_every_form(layout):
+    """The 4-byte words (the form of an odd group count) hold any weight: the GPU tests compare the others with it."""
     w, ref = _weight(layout)
-    monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
-    nk = C.repack(w)
+    nk = C.repack(w, words=True)
     assert nk.zero == -1 and nk.meta.dtype == torch.int32
     assert torch.equal(C.reference(nk).t(), ref)
 
@@ -159,8 +140,8 @@ def test_every_kernel_variant_compiles_for_hopper():
     _nvrtc_or_skip()
     names = {C.kernel_name(*v) for v in C.VARIANTS} | {C.dequant_name(-1), C.dequant_name(8)}
     names |= {C.kernel_name(*v, a) for v in C.VARIANTS if v[0] % 2 == 0 for a in C.ACTS.values()}
-    names |= {C.dequant_name(-2), C.dequant_name(-5)}
-    names |= {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1) for z in (8, -2, -5)
+    names |= {C.dequant_name(-5)}
+    names |= {C.kernel_name(*v, a, z) for v in C.VARIANTS[::3] for a in (0, 1) for z in (8, -5)
               if v[0] % 2 == 0 or a == 0}
     assert any(n.endswith(", 4, 8>") for n in names) and any(n.endswith(", 1, -5>") for n in names)
     assert any("_ps<" in n for n in names) and any("_sk<" in n for n in names)
@@ -190,34 +171,35 @@ def test_grid_sizes():
     assert C.kernel_name(8, 1, 14) == "qd_w4a16_gemv_sk<8, 1, 0, 14>"
     assert C.kernel_name(8, 1, 4, 0, 8) == "qd_w4a16_gemv_sk<8, 1, 0, 4, 8>"  # one zero point, 8, for the weight
     assert C.kernel_name(4, 1, -4, 1, 8) == "qd_w4a16_gemv_ps<4, 1, 1, 8>"
-    assert C.kernel_name(4, 1, 1, 1, -2) == "qd_w4a16_gemv<4, 1, 1, -2>"  # zero points packed
+    assert C.kernel_name(4, 1, 1, 1, -5) == "qd_w4a16_gemv<4, 1, 1, -5>"  # zero points a byte each
     assert C.grid(4096, 2, 1, 132) == 512  # a warp per 2 rows, 4 warps a block
     assert C.grid(28672, 4, -2, 132) == 264  # persistent: 2 blocks per SM
     assert C.grid(64, 4, -2, 132) == 4  # ... or fewer, when there are fewer row groups
     assert C.fit_variant((2, 4), 4096, 64) == (2, 4, 1)  # a tuned file of the earlier (rows, chunks) form
 
 
-def test_tuned_variants_apply_to_their_meta_form_only(tmp_path, monkeypatch):
+def test_tuned_variants_apply_to_their_meta_form_only(tmp_path):
     """A sweep on GPTQ (blocked scales, form 8) saves "KxN:8" keys: AWQ's zero point bytes (-5) keep the defaults,
     and a file of the earlier form ("KxN") no longer applies to any."""
     from quantdeploy.engine import tuning
 
-    monkeypatch.setenv("QUANTDEPLOY_HOME", str(tmp_path))
     cpu = torch.device("cpu")
-    path = C.tuned_file(cpu)
-    path.parent.mkdir(parents=True)
+    path = tuning.tuned_file(tmp_path, cpu, "cuda")
+    assert tuning.tuned_file(None, cpu, "cuda") is None  # QUANTDEPLOY_TUNED_GEMV=0
     path.write_text('{"4096x6144:8": [4, 1, 2], "4096x4096": [2, 2, 1]}')
-    tuning.tuned.cache_clear()
+    tuning.read.cache_clear()
     try:
-        assert C.variant_for(4096, 6144, 8, cpu) == (4, 1, 2)
-        assert C.variant_for(4096, 6144, -5, cpu) == C.default_variant(4096, 6144) != (4, 1, 2)
-        assert C.variant_for(4096, 4096, 8, cpu) == C.default_variant(4096, 4096)
+        tuned = tuning.read(path)
+        assert C.variant_for(4096, 6144, 8, tuned) == (4, 1, 2)
+        assert C.variant_for(4096, 6144, -5, tuned) == C.default_variant(4096, 6144) != (4, 1, 2)
+        assert C.variant_for(4096, 4096, 8, tuned) == C.default_variant(4096, 4096)
         # a sweep on AWQ adds its keys, keeps GPTQ's and drops the earlier form's
-        tuning.save(cpu, "cuda", {C.tuned_key(4096, 6144, -5): [2, 2, 1]})
+        tuning.save(tmp_path, cpu, "cuda", {C.tuned_key(4096, 6144, -5): [2, 2, 1]})
         assert json.loads(path.read_text()) == {"4096x6144:8": [4, 1, 2], "4096x6144:-5": [2, 2, 1]}
-        assert C.variant_for(4096, 6144, -5, cpu) == (2, 2, 1) and C.variant_for(4096, 6144, 8, cpu) == (4, 1, 2)
+        tuned = tuning.read(path)
+        assert C.variant_for(4096, 6144, -5, tuned) == (2, 2, 1) and C.variant_for(4096, 6144, 8, tuned) == (4, 1, 2)
     finally:
-        tuning.tuned.cache_clear()
+        tuning.read.cache_clear()
 
 
 @pytest.mark.gpu
@@ -240,19 +222,16 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -5, 3584), ("awq", -2, 3584), ("sym", 8, 640)])
-def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(monkeypatch, layout, form, k):
+@pytest.mark.parametrize("layout,form,k", [("sym", 8, 1792), ("awq", -5, 3584), ("sym", 8, 640)])
+def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(layout, form, k):
     """The compact meta forms compute exactly what the scale | zero words compute: bit for bit, every variant
     (K / 32 = 56 or 112: the splits over 7 and 14 warps run too; 3584 / 128 = 28 groups, their zero points a byte
-    each or 4 per int16; 640: 5 groups, Gemma-3-270M's K)."""
+    each; 640: 5 groups, Gemma-3-270M's K)."""
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=k, n=320)
     w = w.to(dev, torch.float16)
-    if form == -2:
-        monkeypatch.setenv("QUANTDEPLOY_GEMV_ZERO", "nibbles")
     compact = C.repack(w)
-    monkeypatch.setenv("QUANTDEPLOY_GEMV_META", "words")
-    words = C.repack(w)
+    words = C.repack(w, words=True)
     assert (compact.zero, words.zero) == (form, -1)
     x = torch.randn(1, w.k, device=dev).half()
     x8 = torch.randn(8, w.k, device=dev).half()
@@ -296,9 +275,7 @@ def test_pdl_launch_structs_match_the_driver_abi():
         (32, 40, 48)
 
 
-def test_pdl_is_off_on_the_cpu_and_when_asked(monkeypatch):
+def test_pdl_is_off_on_the_cpu():
     from quantdeploy.engine import pdl
 
     assert not pdl.enabled("cpu")
-    monkeypatch.setenv("QUANTDEPLOY_PDL", "0")
-    assert not pdl.enabled("cuda:0")  # decided before any CUDA call

@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_clean_error, run_cli
 from quantdeploy.doctor import CHECKS, Probes, render_text, run_doctor
 from quantdeploy.errors import UsageError
-from quantdeploy.settings import Settings
+from quantdeploy.settings import EngineConfig, Settings
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
 REQS = ["gguf>=0.10", "huggingface_hub>=1.0", "llama-cpp-python>=0.3.9; extra == \"gguf\"",
@@ -103,8 +103,8 @@ CASES = [
      "engine-gemv", "warn", ["libnvrtc", "falls back to ExLlamaV2"], ["--force-reinstall torch", "exllama_v2"]),
     ("offline Hopper", dict(reachable=lambda url, timeout: (False, "Name or service not known")),
      "machete-offline", "warn", ["offline Hopper", "CUTLASS"], ["backend='marlin'"]),
-    ("offline Hopper forcing machete", dict(reachable=lambda url, timeout: (False, "timed out"),
-                                            settings=lambda: Settings(home=Path("/srv/qd"), kernel="machete")),
+    ("offline Hopper forcing machete", dict(reachable=lambda url, timeout: (False, "timed out"), settings=lambda:
+                                            Settings(home=Path("/srv/qd"), engine=EngineConfig(kernel="machete"))),
      "machete-offline", "fail", ["QUANTDEPLOY_KERNEL=machete", "URLError"], ["unset QUANTDEPLOY_KERNEL"]),
     ("offline Hopper with CUTLASS cached", dict(reachable=lambda url, timeout: (False, "x"),
                                                 cutlass_cached=lambda: True),

@@ -15,19 +15,18 @@ from test_engine import _tiny_llama_gptq
 
 from quantdeploy.engine.runner import FastEngine
 from quantdeploy.errors import UsageError
+from quantdeploy.settings import Settings
 
 
-def _engine(path, monkeypatch, mode):
-    if mode:
-        monkeypatch.setenv("QUANTDEPLOY_LM_HEAD", mode)
-    else:
-        monkeypatch.delenv("QUANTDEPLOY_LM_HEAD", raising=False)
-    return FastEngine(path, "cpu", torch.float32, 256)
+def _engine(path, mode):
+    """The engine with QUANTDEPLOY_LM_HEAD=mode (None: unset), as the settings parse it."""
+    env = {"QUANTDEPLOY_LM_HEAD": mode} if mode else {}
+    return FastEngine(path, "cpu", torch.float32, 256, config=Settings.from_env(env).engine)
 
 
-def test_int8_head_logits_are_close_to_the_fp16_head(tmp_path, monkeypatch):
+def test_int8_head_logits_are_close_to_the_fp16_head(tmp_path):
     path = _tiny_llama_gptq(tmp_path / "m")
-    ref, q = _engine(path, monkeypatch, None), _engine(path, monkeypatch, "int8")
+    ref, q = _engine(path, None), _engine(path, "int8")
     assert ref.dec.head is None and q.dec.lm_head is None and q.dec.head.q.dtype == torch.int8
     fp = ref.dec.lm_head
     assert q.dec.head.nbytes() < fp.numel() * fp.element_size() // 3  # int8 + a scale per row, against fp32 here
@@ -39,9 +38,9 @@ def test_int8_head_logits_are_close_to_the_fp16_head(tmp_path, monkeypatch):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
-def test_unknown_lm_head_mode_is_a_usage_error(tmp_path, monkeypatch):
-    with pytest.raises(UsageError, match="QUANTDEPLOY_LM_HEAD=int4"):
-        _engine(_tiny_llama_gptq(tmp_path / "m"), monkeypatch, "int4")
+def test_unknown_lm_head_mode_is_a_usage_error():
+    with pytest.raises(UsageError, match="QUANTDEPLOY_LM_HEAD=int4: use int8"):
+        Settings.from_env({"QUANTDEPLOY_LM_HEAD": "int4"})
 
 
 CHECK = """

@@ -6,7 +6,7 @@
 #   bash benchmarks/experiments/ab.sh MODEL_DIR PASSES VARIANT...
 #
 # A VARIANT is either "label:VAR=VALUE ..." (this checkout with that environment; "defaults:" for none), e.g.
-# 'PDL off:QUANTDEPLOY_PDL=0', or a directory that holds another version's quantdeploy/, labelled by its name
+# 'int8 head:QUANTDEPLOY_LM_HEAD=int8', or a directory that holds another version's quantdeploy/, labelled by its name
 # (make one with: mkdir -p /tmp/old && git archive REV quantdeploy | tar -x -C /tmp/old).
 # MODEL_DIR: a synthetic model from benchmarks/gpu/synth.py (build/gpu-models/gptq after run.sh).
 set -euo pipefail

@@ -6,11 +6,11 @@ one cuBLAS GEMV (the fp16 lm_head), nothing.
 
     python benchmarks/experiments/state_trigger.py MODEL_DIR
 """
-import os
 import sys
 from pathlib import Path
 
 import torch
+import triton
 from replay_timing import replay_ms  # this directory
 
 from quantdeploy.engine import triton_ops as T
@@ -29,11 +29,12 @@ def replays(n=100):
 
 
 def no_pdl_norm():
-    os.environ["QUANTDEPLOY_PDL"] = "0"
-    try:
-        T.add_rmsnorm(x, dec.final_norm, dec.cfg.eps, dec.cfg.gemma, None, None)
-    finally:
-        del os.environ["QUANTDEPLOY_PDL"]
+    """T.add_rmsnorm's launch, without PDL."""
+    n = x.shape[1]
+    block = triton.next_power_of_2(n)
+    out = torch.empty_like(x)
+    T._add_rmsnorm[(1,)](x, x, dec.final_norm, dec.final_norm, out, n, dec.cfg.eps, HAS_RES=False, NORM_RES=False,
+                         GEMMA=dec.cfg.gemma, BLOCK=block, num_warps=min(16, max(1, block // 256)), PDL=False)
 
 
 CANDIDATES = {

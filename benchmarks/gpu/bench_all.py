@@ -37,13 +37,6 @@ def rows(models: Path | None, embedded: Path | None = None, embedded_fixtures: b
     out = [] if d is None else [
         Row("gptq", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine", {}),
         Row("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
-        Row("gptq-greedy-outside", d / "gptq", e,
-            "llama-8b GPTQ · quantdeploy engine, greedy argmax outside the graph", {"QUANTDEPLOY_GREEDY_GRAPH": "0"}),
-        Row("gptq-pdl-off", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, PDL off", {"QUANTDEPLOY_PDL": "0"}),
-        Row("gptq-meta-words", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, 4-byte scale | zero per group",
-            {"QUANTDEPLOY_GEMV_META": "words"}),
-        Row("awq-meta-words", d / "awq", e, "llama-8b AWQ · quantdeploy engine, 4-byte scale | zero per group",
-            {"QUANTDEPLOY_GEMV_META": "words"}),
         Row("gptq-int8-head", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, int8 lm_head (opt-in)",
             {"QUANTDEPLOY_LM_HEAD": "int8"}),
         Row("gptq-exllama", d / "gptq", e + ["--kernel", "exllama_v2"],

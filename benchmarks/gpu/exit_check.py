@@ -1,7 +1,6 @@
 """Do processes that used prompt CUDA graphs exit cleanly? (An earlier build aborted at exit, "double free or
-corruption", in 5 of 28 benchmark processes with QUANTDEPLOY_PREFILL_GRAPH=1.) Runs RUNS child processes, PARALLEL
-at a time; each loads MODEL on the fast engine, prompts it with prompt graphs (the default, or the
-QUANTDEPLOY_PREFILL_GRAPH set here), decodes, returns normally.
+corruption", in 5 of 28 benchmark processes with whole prompts in graphs.) Runs RUNS child processes, PARALLEL at a
+time; each loads MODEL on the fast engine, prompts it with prompt graphs, decodes, returns normally.
 
     python benchmarks/gpu/exit_check.py MODEL_DIR [RUNS] [PARALLEL] [--close]
 
@@ -39,7 +38,7 @@ else:
 
 def one(model: str) -> tuple[int, str]:
     # faulthandler prints the Python stack of every thread on SIGABRT: where the heap error is found
-    env = dict(os.environ, PYTHONFAULTHANDLER="1")  # prompt graphs: on by default (QUANTDEPLOY_PREFILL_GRAPH)
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")
     p = subprocess.run([sys.executable, "-c", CHILD, model] + (["--close"] if CLOSE else []), capture_output=True,
                        text=True, env=env)
     lines = (p.stdout + p.stderr).strip().splitlines()

@@ -7,7 +7,7 @@ Each kernel is checked against the dequantized reference first.
       --save: the best CUDA variant and the best Triton config per shape for this GPU, under $QUANTDEPLOY_HOME/gemv.
       Best alone is not always best in the decode step, where kernels overlap (PDL): on the H200 the saved
       down_proj pick decoded at 482 tok/s, the engine's default at 516. Check with graph_check.py before saving.
-Run it with QUANTDEPLOY_PDL=0: with PDL, consecutive GEMVs of the timing loop overlap each other.
+The CUDA GEMVs launch without PDL here: with it, consecutive GEMVs of the timing loop would overlap each other.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import triton
 from quantdeploy.engine import cuda_gemv, tuning
 from quantdeploy.engine.quant import QuantWeight, dequantize
 from quantdeploy.engine.triton_gemv import w4a16_gemv
+from quantdeploy.settings import get_settings
 
+TUNED = get_settings().home / "gemv"  # where the engine reads tuned files (unless QUANTDEPLOY_TUNED_GEMV=0)
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}
 
 
@@ -74,8 +76,8 @@ def check_cuda(dev):
         ref = xp.float() @ cuda_gemv.reference(nk).t()
         errs = []
         for v in cuda_gemv.VARIANTS:
-            errs.append(rel(cuda_gemv.CudaLinear(nk, dev, v)(x), ref))
-        lin = cuda_gemv.CudaLinear(nk, dev)
+            errs.append(rel(cuda_gemv.CudaLinear(nk, dev, v, pdl_launch=False)(x), ref))
+        lin = cuda_gemv.CudaLinear(nk, dev, pdl_launch=False)
         dense_err = rel(lin.dense(), cuda_gemv.reference(nk))
         x8 = torch.randn(8, k, device=dev).half()
         x8p = x8 if w.perm is None else x8[:, w.perm]
@@ -110,7 +112,7 @@ def main():
         for v in cuda_gemv.VARIANTS:
             row = []
             for name in SHAPES:
-                lins = [cuda_gemv.CudaLinear(nk, dev, v) for nk in packed[name]]
+                lins = [cuda_gemv.CudaLinear(nk, dev, v, pdl_launch=False) for nk in packed[name]]
                 x2 = xs[name].view(1, -1)
                 gbs = packed[name][0].nbytes() / bench(rotating(lambda lin: lin(x2), lins)) / 1e6
                 row.append(gbs)
@@ -119,8 +121,8 @@ def main():
             print(f"cuda {cuda_gemv.kernel_name(*v):30s}", " ".join(f"{g:7.0f}" for g in row), flush=True)
         print("cuda best:", {name: f"{v[0]:.0f} GB/s {v[1]}" for name, v in best.items()}, flush=True)
         if args.save:
-            print("saved", tuning.save(dev, "cuda", {cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1]
-                                                     for name, (k, n) in SHAPES.items()}))
+            keys = {cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1] for name, (k, n) in SHAPES.items()}
+            print("saved", tuning.save(TUNED, dev, "cuda", keys))
         del packed
     if "exllama" in kinds:
         from quantdeploy.engine import exllama
@@ -174,8 +176,8 @@ def triton_sweep(ws, xs, nbytes, dev, save):
     for name, (gbs, cfg) in best.items():
         print(f"triton best {name}: {gbs:.0f} GB/s with {cfg}")
     if save:
-        print("saved", tuning.save(dev, "triton", {f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items()
-                                                   if name in best}))
+        keys = {f"{k}x{n}": best[name][1] for name, (k, n) in SHAPES.items() if name in best}
+        print("saved", tuning.save(TUNED, dev, "triton", keys))
 
 
 if __name__ == "__main__":

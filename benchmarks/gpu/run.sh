@@ -49,7 +49,7 @@ if [ -z "${ROWS:-}" ] || [[ ",$ROWS," == *",hf-"* ]]; then
 fi
 if [ "${KERNELS_ALONE:-1}" != 0 ]; then
   step "the CUDA GEMV's variants alone: $LOGS/gemv-tune.txt"
-  QUANTDEPLOY_PDL=0 $PY benchmarks/gpu/gemv_tune.py --kernels cuda > "$LOGS/gemv-tune.txt" 2>&1
+  $PY benchmarks/gpu/gemv_tune.py --kernels cuda > "$LOGS/gemv-tune.txt" 2>&1
 fi
 step "the fused decode step against the torch step, and its graph replays: $LOGS/graph-check.txt"
 $PY benchmarks/gpu/graph_check.py "$MODELS/gptq" > "$LOGS/graph-check.txt" 2>&1 \

@@ -7,14 +7,13 @@ roofline that part of the step runs.
 
     python benchmarks/gpu/step_timeline.py MODEL_DIR [--variants '{"down": [8, 1, 14]}' ...] [--steps 20] [--pos 16]
 
-Each --variants (JSON: role -> (R, U, S), or an environment setting such as "QUANTDEPLOY_PDL": "0") is applied on
-top of the engine's variants and gets its own table. The same graph's step time can differ by ~40 us depending on
+Each --variants (JSON: role -> (R, U, S)) is applied on top of the engine's variants (this GPU's tuned file, as the
+CLI runs it) and gets its own table. The same graph's step time can differ by ~40 us depending on
 what ran before (the first table of a process can read faster than the rest; docs/engine.md), so with variants every
 setting is timed twice, the second pass in reverse order, and both times are printed at the end.
 """
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ import torch
 from graph_ab import linears  # this directory: the same way to reach each layer's GEMV
 
 from quantdeploy.engine.runner import FastEngine
+from quantdeploy.settings import get_settings
 
 ROLES = ("qkv", "o", "gate_up", "down")
 
@@ -85,24 +85,18 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--pos", type=int, default=16, help="the step's position (a prompt of that many tokens first)")
     a = ap.parse_args()
-    eng = FastEngine(a.model, "cuda", torch.float16, 1024, gemv="cuda")
+    eng = FastEngine(a.model, "cuda", torch.float16, 1024, gemv="cuda", config=get_settings().engine)
     tok, pos = torch.tensor([42], device="cuda"), torch.tensor([a.pos], device="cuda")
     base = {role: linears(eng, role)[0].variant for role in ROLES}
     nbytes = [linears(eng, role)[0].w.nbytes() for role in ROLES]
     print(torch.cuda.get_device_name(), "engine variants", base, "weight MB", [round(b / 1e6, 1) for b in nbytes])
     with torch.inference_mode():
         eng.prefill([1000 + i % 5000 for i in range(a.pos)])
-        env = set()  # the settings the previous spec set, undone before the next
         specs = ["{}"] + a.variants
         order = specs + specs[::-1] if len(specs) > 1 else specs  # a second pass, reversed: see the docstring
         times = {spec: [] for spec in specs}
         for n, spec in enumerate(order):
-            change = json.loads(spec)
-            for k in env:
-                os.environ.pop(k, None)
-            env = {k for k in change if k.startswith("QUANTDEPLOY_")}
-            os.environ.update({k: change[k] for k in env})
-            change = {k: tuple(v) for k, v in change.items() if k in ROLES}
+            change = {k: tuple(v) for k, v in json.loads(spec).items() if k in ROLES}
             for role, v in {**base, **change}.items():
                 for lin in linears(eng, role):
                     lin.use(v)

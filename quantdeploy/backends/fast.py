@@ -8,6 +8,7 @@ from typing import Any, Iterator
 from ..engine.capability import ENGINE_KERNELS, engine_supports
 from ..engine.detok import IncrementalDetokenizer
 from ..errors import BackendUnavailable, UsageError
+from ..settings import get_settings
 from .base import GenerationParams, ModelSpec
 from .hf_quant import HFTokenizerModel
 
@@ -38,7 +39,8 @@ class FastQuantModel(HFTokenizerModel):
         if gemv not in ENGINE_KERNELS:
             raise UsageError(f"--engine fast runs the kernels {', '.join(ENGINE_KERNELS)}, not '{gemv}'; "
                              "use --engine hf for gptqmodel's other kernels")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv, files=spec.model_files())
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv, files=spec.model_files(),
+                                 config=get_settings().engine)
         self._ctx = self.engine.max_len
         self.scheduler = None
         if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler
@@ -126,7 +128,7 @@ class FastQuantModel(HFTokenizerModel):
                 "kernel_reason": "--engine fast" if self.spec.engine == "fast" else "default engine on CUDA",
                 "quant_linear_classes": [kernel], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
                 "quant": self.quant, "engine": "fast", "decode_graph": self.engine.graph_kind,
-                "prompt_graph": self.engine.prompt_kind,
+                "prompt_graph": self.engine.prompt_kind, "gemv_tuning": self.engine.dec.tuning,
                 "lm_head": "int8 (QUANTDEPLOY_LM_HEAD)" if self.engine.dec.head is not None else "checkpoint"}
 
     def logits(self, token_ids: list[int]) -> Any:

@@ -194,9 +194,9 @@ class HFQuantModel(HFTokenizerModel):
         self.backend = "transformers+gptqmodel"
         cfg = self._init_common(spec)
         path = spec.path
-        settings = get_settings()
+        engine = get_settings().engine
         self.kernel, self.kernel_why = choose_kernel(spec.format, self._device, _capability(self._device),
-                                                     spec.kernel or settings.kernel, settings.disabled_kernels)
+                                                     spec.kernel or engine.kernel, engine.disabled_kernels)
         log.info("kernel %s (%s)", self.kernel.name, self.kernel_why)
         dtype = self._pick_dtype(cfg, spec, torch)
         qcfg = backend._config_class()(bits=self.quant["bits"], group_size=self.quant["group_size"],

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ..errors import QuantDeployError
-from ..settings import get_settings, prepare_process_env
+from ..settings import debug_enabled, get_settings, prepare_process_env
 
 HELP_OPTIONS = ["-h", "--help"]
 HELP = "Pull, chat with, serve and benchmark quantized LLMs ({formats})."  # the registered formats, at run time
@@ -75,10 +75,11 @@ def _usage_line(e, args: list[str], commands) -> str:
 def _main(argv: list[str] | None) -> None:
     prepare_process_env()
     _register()
-    debug = get_settings().debug
+    debug = debug_enabled()
     command = _command()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        get_settings()  # every QUANTDEPLOY_* value checked once, before any work: a bad one is a usage error
         code = command.main(args=args, prog_name="quantdeploy", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(N) raised by a command
             sys.exit(code)

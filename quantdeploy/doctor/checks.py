@@ -187,7 +187,7 @@ def check_machete_offline(p: Probes) -> Check:
     if online:
         return Check("machete-offline", OK, "github.com is reachable: Machete can download CUTLASS on first use "
                      "(quantdeploy picks Marlin anyway)")
-    if (s.kernel or "").lower() == "machete":
+    if (s.engine.kernel or "").lower() == "machete":
         return Check("machete-offline", FAIL, f"QUANTDEPLOY_KERNEL=machete on an offline Hopper ({detail}): "
                      "Machete downloads CUTLASS on first use and fails with URLError",
                      "unset QUANTDEPLOY_KERNEL (quantdeploy then picks marlin), or fetch CUTLASS v4.7.1 into "

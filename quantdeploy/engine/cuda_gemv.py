@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +38,13 @@ THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
 class NKWeight:
     q: torch.Tensor  # int32 [N, K/8]
     meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/2] of scale bits
-    # then a zero point per byte (-5) or [N, G + G/4], 4 per int16 (-2), or int16 1-D, the scale bits in blocks of 8
-    # rows [N/8, G, 8] (>= 0); see kernels/w4a16.cu
+    # then a zero point per byte (-5), or int16 1-D, the scale bits in blocks of 8 rows [N/8, G, 8] (>= 0); see
+    # kernels/w4a16.cu
     group_size: int
     perm: torch.Tensor | None = None
     split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
-    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -5 / -2: zero points as bytes /
-    # nibbles after the scales; -1: words
+    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -5: zero points as bytes after the
+    # scales; -1: words
 
     @property
     def n(self) -> int:
@@ -76,53 +75,34 @@ def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
     return unpack_rows(qzeros)[:, :n]
 
 
-def compact_meta() -> bool:
-    """QUANTDEPLOY_GEMV_META=words: a 4-byte scale | zero word per group for every weight (for comparisons)."""
-    return os.environ.get("QUANTDEPLOY_GEMV_META", "auto") != "words"
-
-
-def zero_form() -> str:
-    """QUANTDEPLOY_GEMV_ZERO: how zero points per group are stored: bytes (the default; 3 bytes a group with the
-    scale) or nibbles (4 per int16, 2.5 bytes: fewer bytes, more operations per row, slower on an H200)."""
-    form = os.environ.get("QUANTDEPLOY_GEMV_ZERO", "bytes")
-    if form not in ("bytes", "nibbles"):
-        from ..errors import UsageError
-
-        raise UsageError(f"QUANTDEPLOY_GEMV_ZERO={form}: use bytes (the default) or nibbles")
-    return form
-
-
 def _int16(bits16: torch.Tensor) -> torch.Tensor:
     """Values 0..65535 as the int16 with those bits."""
     return torch.where(bits16 >= 2 ** 15, bits16 - 2 ** 16, bits16).to(torch.int16)
 
 
-def meta_layout(scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, int]:
+def meta_layout(scales: torch.Tensor, zeros: torch.Tensor, words: bool = False) -> tuple[torch.Tensor, int]:
     """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
     in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
-    N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ;
-    4 per int16 with zero_form() "nibbles", G % 4 == 0); else a
-    scale | zero word per group, int32 [N, G]."""
+    N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ);
+    else (or with `words`, which the GPU tests compare the other forms with) a scale | zero word per group, int32
+    [N, G]."""
     bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
     z = zeros.t().to(torch.int32)
     n, g = bits.shape
-    if compact_meta():
-        first, form = int(z.flatten()[0]), zero_form()
+    if not words:
+        first = int(z.flatten()[0])
         if n % 8 == 0 and bool((z == first).all()):
             return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
-        small = int(z.max()) <= 15
-        if small and g % 2 == 0 and form != "nibbles":
+        if int(z.max()) <= 15 and g % 2 == 0:
             packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
             return torch.cat([bits, _int16(packed)], 1).contiguous(), -5
-        if small and g % 4 == 0 and form == "nibbles":
-            return torch.cat([bits, _int16(sum(z[:, i::4] << (4 * i) for i in range(4)))], 1).contiguous(), -2
     return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
 
 
-def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
+def repack(w, cols: int = 4096, interleave: bool = False, words: bool = False) -> NKWeight:
     """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
     interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation).
-    The group scales and zero points take 2, 3 (2.5) or 4 bytes per group (meta_layout)."""
+    The group scales and zero points take 2, 3 or 4 bytes per group (meta_layout; 4 with `words`)."""
     why = supports(w)
     if why:
         raise ValueError(why)
@@ -131,7 +111,7 @@ def repack(w, cols: int = 4096, interleave: bool = False) -> NKWeight:
         half = w.n // 2
         rows = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten().to(w.qweight.device)
         scales, zeros = scales[:, rows], zeros[:, rows]
-    meta, zero = meta_layout(scales, zeros)
+    meta, zero = meta_layout(scales, zeros, words)
     parts = []
     for c in range(0, w.n, cols):
         t = w.qweight[:, c:c + cols].t().to(torch.int64)  # [n_c, K/8]
@@ -154,14 +134,9 @@ def reference(w: NKWeight) -> torch.Tensor:
     if w.zero >= 0:  # blocks of 8 rows
         scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
         zero = torch.full_like(scale, float(w.zero))
-    elif w.zero in (-5, -2):  # per row: the scales, then the zero points as bytes or nibbles
+    elif w.zero == -5:  # per row: the scales, then the zero points a byte each
         scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
-        if w.zero == -5:
-            zero = w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups].float()
-        else:
-            packed = w.meta[:, groups:].to(torch.int64) & 0xFFFF
-            g4 = torch.arange(groups, device=w.q.device)
-            zero = ((packed[:, g4 // 4] >> (4 * (g4 % 4))) & 0xF).float()
+        zero = w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups].float()
     else:
         meta = w.meta.to(torch.int64) & 0xFFFFFFFF
         scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()
@@ -267,10 +242,6 @@ def available(device) -> tuple[bool, str]:
         return False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def tuned_file(device) -> Path:
-    return tuning.tuned_file(device, "cuda")
-
-
 def default_variant(k: int, n: int) -> tuple[int, int, int]:
     """Without a tuned file: the best on an H200 in the 8B decode graph (benchmarks/results/gpu/graph-ab-h200.txt):
     4 rows per warp for a wide gate|up; 8 rows split over 4 warps for a long K (down) and a square o_proj; the
@@ -287,8 +258,9 @@ def tuned_key(k: int, n: int, zero: int) -> str:
     return f"{k}x{n}:{zero}"
 
 
-def variant_for(k: int, n: int, zero: int, device) -> tuple[int, int, int]:
-    v = tuning.tuned(device, "cuda").get(tuned_key(k, n, zero))
+def variant_for(k: int, n: int, zero: int, tuned: dict) -> tuple[int, int, int]:
+    """The variant for a weight: a tuned file's (its choices, `tuned`) for this shape and form, else the default."""
+    v = tuned.get(tuned_key(k, n, zero))
     return fit_variant(tuple(v) if v else default_variant(k, n), k, n)
 
 
@@ -343,12 +315,15 @@ class CudaLinear:
     interleaved gate|up rows (split) and an act: one token gets act(gate) * up [1, N/2] in the same kernel; prompts
     get the plain [M, N] projection (the caller applies the activation)."""
 
-    def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None):
+    def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None,
+                 pdl_launch: bool | None = None):
+        """variant: None for the default; pdl_launch: None where the GPU has PDL (False: kernels timed alone)."""
         self.w = w
         self.device = torch.device(device)
         self.act = act if w.split else None
+        self.pdl = pdl.enabled(self.device) if pdl_launch is None else pdl_launch
         self.deq = _Launch(dequant_name(w.zero), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
-        self.use(variant or variant_for(w.k, w.n, w.zero, self.device))
+        self.use(variant or variant_for(w.k, w.n, w.zero, {}))
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -359,7 +334,7 @@ class CudaLinear:
         gshift = (w.group_size // 32).bit_length() - 1
         name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, w.zero)
         self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
-                            pdl=pdl.enabled(self.device), threads=32 * s if s > 1 else THREADS)
+                            pdl=self.pdl, threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
         self.rows, self.split_k, self.variant, self.label = r, s, (r, u, s), name
         self.blocks = grid(w.n, r, s, sms)
@@ -391,21 +366,38 @@ class CudaLinear:
 
 
 class CudaLinears:
-    """The engine's maker: ExLlama's interface (make one linear per fused weight, finish)."""
+    """The engine's maker: ExLlama's interface (make one linear per fused weight, finish). tuned_dir: where the
+    per-GPU tuned variants are (EngineConfig.tuned_dir; None: the defaults)."""
 
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
     fuses_act = True  # make(w, act=...) takes the MLP activation into the gate|up GEMV
 
-    def __init__(self, device):
+    def __init__(self, device, tuned_dir: Path | None = None):
         self.device = torch.device(device)
         self.labels = set()
+        self.tuned_file = tuning.tuned_file(tuned_dir, self.device, "cuda")
+        self.tuned = tuning.read(self.tuned_file)
+        self.tuned_shapes: set[str] = set()  # the tuned file's keys that some weight used
 
     def make(self, w, act: str | None = None) -> CudaLinear:
         """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
         act = act if act in ACTS and w.n % 2 == 0 else None
-        lin = CudaLinear(repack(w, interleave=act is not None), self.device, act=act)
+        nk = repack(w, interleave=act is not None)
+        key = tuned_key(nk.k, nk.n, nk.zero)
+        if key in self.tuned:
+            self.tuned_shapes.add(key)
+        lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.zero, self.tuned), act=act)
         self.labels.add(lin.label)
         return lin
 
+    def tuning_note(self) -> str:
+        """Which tuned file chose variants, for kernel reports: its path and the shapes it set, or why none did."""
+        if self.tuned_file is None:
+            return "off (QUANTDEPLOY_TUNED_GEMV=0): built-in variants"
+        if not self.tuned_shapes:
+            why = "no tuned file" if not self.tuned else "no shape of this model in it"
+            return f"built-in variants ({why}: {self.tuned_file})"
+        return f"{self.tuned_file} ({', '.join(sorted(self.tuned_shapes))})"
+
     def finish(self, max_tokens: int) -> None:
-        log.info("CUDA W4A16 GEMV variants in use: %s", ", ".join(sorted(self.labels)))
+        log.info("CUDA W4A16 GEMV variants in use: %s; tuning: %s", ", ".join(sorted(self.labels)), self.tuning_note())

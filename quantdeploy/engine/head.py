@@ -1,4 +1,5 @@
-"""An 8-bit lm_head (opt-in: QUANTDEPLOY_LM_HEAD=int8), for checkpoints whose lm_head is fp16 and untied.
+"""An 8-bit lm_head (opt-in: QUANTDEPLOY_LM_HEAD=int8, EngineConfig.lm_head), for checkpoints whose lm_head is fp16
+and untied.
 
 An 8B model's fp16 lm_head is 1.05 GB of the ~4.7 GB a decode step reads (0.25 ms of its 1.8 ms on an H200).
 Quantized at load to int8 per output row (symmetric, scale = the row's absmax / 127) it is half that; llama.cpp's
@@ -11,7 +12,6 @@ inputs (prompts, the CPU) dequantize a slice of rows at a time.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
@@ -20,15 +20,10 @@ log = logging.getLogger("quantdeploy.engine")
 ROWS = 8192  # rows quantized / dequantized at a time: bounds the temporary memory
 
 
-def wanted(tied: bool) -> bool:
-    """QUANTDEPLOY_LM_HEAD=int8 asks for it; a tied lm_head (the embedding table, still needed in full) keeps its
-    checkpoint dtype, with a warning."""
-    mode = os.environ.get("QUANTDEPLOY_LM_HEAD", "")
-    if mode not in ("", "int8"):
-        from ..errors import UsageError
-
-        raise UsageError(f"QUANTDEPLOY_LM_HEAD={mode}: use int8 (or leave it unset for the checkpoint's lm_head)")
-    if mode and tied:
+def wanted(mode: str, tied: bool) -> bool:
+    """mode (EngineConfig.lm_head) "int8" asks for it; a tied lm_head (the embedding table, still needed in full)
+    keeps its checkpoint dtype, with a warning."""
+    if mode == "int8" and tied:
         log.warning("QUANTDEPLOY_LM_HEAD=int8 ignored: this model's lm_head is its embedding table")
     return mode == "int8" and not tied
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import QuantConfig
+from ..settings import EngineConfig
 from . import head
 from .attention import StaticCache
 from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
@@ -108,6 +108,7 @@ class QLinear:
         self.w, self.bias, self.cache_dense = w, bias, cache_dense
         self._dense = None
         self.ext = None
+        self.triton_config = None  # the Triton GEMV's launch configuration (None: its default)
 
     def dense(self, dtype):
         if self._dense is not None:
@@ -129,7 +130,7 @@ class QLinear:
             from .triton_gemv import w4a16_gemv
 
             out = torch.zeros(self.w.n, dtype=torch.float32, device=x.device)
-            y = w4a16_gemv(x.reshape(-1), self.w, out).to(x.dtype).unsqueeze(0)
+            y = w4a16_gemv(x.reshape(-1), self.w, out, self.triton_config).to(x.dtype).unsqueeze(0)
         else:
             y = x @ self.dense(x.dtype)
         return y + self.bias if self.bias is not None else y
@@ -148,8 +149,9 @@ class Decoder:
     """Weights + static KV cache + the math of one step. Not an nn.Module: nothing here needs autograd."""
 
     def __init__(self, cfg: DecoderConfig, tensors: dict, quant: QuantConfig, device: str, dtype: torch.dtype,
-                 max_len: int, gemv: str = "auto"):
+                 max_len: int, gemv: str = "auto", config: EngineConfig | None = None):
         self.cfg, self.device, self.dtype, self.max_len = cfg, torch.device(device), dtype, max_len
+        self.config = config = config or EngineConfig()
         cache_dense = self.device.type == "cpu"
         fmt, group = quant.method, quant.group_size
         # GPTQ's v1 checkpoints store zero points minus one (gptq_v2 and AWQ store them as they are)
@@ -178,7 +180,7 @@ class Decoder:
         self.embed = t("model.embed_tokens.weight")
         self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
         self.head = None  # the int8 lm_head (head.py), opt-in
-        if head.wanted(self.lm_head is self.embed):
+        if head.wanted(config.lm_head, self.lm_head is self.embed):
             self.head, self.lm_head = head.Int8Head(self.lm_head), None
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
@@ -198,8 +200,9 @@ class Decoder:
                 ext = self._hand_over(ext, layer, first=i == 0)
             self.layers.append(layer)
         self.gemv = "torch-dequant-matmul"
+        self.tuning = "none"  # which tuned file chose the GEMV's variants (kernel reports)
         if self.device.type == "cuda":
-            self.gemv = self._finish_kernels(ext, max_len) if ext is not None else "triton-w4a16-gemv"
+            self.gemv = self._finish_kernels(ext, max_len) if ext is not None else self._triton_gemv()
         d = cfg.head_dim
         pos = torch.arange(max_len, dtype=torch.float32)
         self.rope = {}
@@ -210,7 +213,7 @@ class Decoder:
         self._static: tuple[list, list] | None = None  # the single-sequence KV cache, made on first use
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
-        self.fused = fused_ops_enabled(self.device)
+        self.fused = fused_ops_enabled(self.device, config.fused_ops)
 
     def __repr__(self) -> str:
         return f"Decoder({self.cfg.arch}, {self.cfg.layers} layers, {self.device}, gemv={self.gemv})"
@@ -228,7 +231,7 @@ class Decoder:
             if kind == "cuda":
                 ok, why = cuda_gemv.available(self.device)
                 if ok:
-                    return cuda_gemv.CudaLinears(self.device)
+                    return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
             else:
                 ok, why = exllama.available()
                 if ok:
@@ -242,8 +245,7 @@ class Decoder:
         first layer (act-order for ExLlama, odd group sizes) means the Triton GEMV for all; later there is no
         going back."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
-        act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None \
-            and os.environ.get("QUANTDEPLOY_FUSE_ACT", "1") != "0" else None
+        act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None else None
         try:
             exts = [maker.make(q.w, act=act) if q is layer.gate_up and act else maker.make(q.w) for q in qs]
         except ValueError as e:
@@ -258,8 +260,25 @@ class Decoder:
     def _finish_kernels(self, maker, max_len: int) -> str:
         maker.finish(min(max_len, 2048))
         self._kernels = maker
+        self.tuning = maker.tuning_note() if hasattr(maker, "tuning_note") else "none"
         torch.cuda.empty_cache()
         return maker.kernel
+
+    def _triton_gemv(self) -> str:
+        """The linears on our Triton GEMV, each with its launch configuration (a tuned file's, else the default)."""
+        from . import triton_gemv, tuning
+
+        path = tuning.tuned_file(self.config.tuned_dir, self.device, "triton")
+        tuned = tuning.read(path)
+        used = set()
+        for q in self.linears():
+            q.triton_config = triton_gemv.config_for(q.w.k, q.w.n, tuned)
+            if f"{q.w.k}x{q.w.n}" in tuned:
+                used.add(f"{q.w.k}x{q.w.n}")
+        self.tuning = f"{path} ({', '.join(sorted(used))})" if used else \
+            "off (QUANTDEPLOY_TUNED_GEMV=0): built-in configurations" if path is None else \
+            f"built-in configurations ({'no shape of this model in' if tuned else 'no tuned file'}: {path})"
+        return "triton-w4a16-gemv"
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):
@@ -411,15 +430,10 @@ class Decoder:
         return out
 
 
-def fused_ops_enabled(device: torch.device) -> bool:
-    """The Triton-fused step on CUDA (QUANTDEPLOY_FUSED=0 turns it off, =1 forces it, e.g. under Triton's
-    interpreter on the CPU for tests)."""
-    import os
-
-    flag = os.environ.get("QUANTDEPLOY_FUSED", "")
-    if flag == "0":
-        return False
-    if flag != "1" and device.type != "cuda":
+def fused_ops_enabled(device: torch.device, flag: bool | None) -> bool:
+    """The Triton-fused step: on CUDA unless flag (EngineConfig.fused_ops) is False; also elsewhere when it is True
+    (e.g. under Triton's interpreter on the CPU, for tests)."""
+    if flag is False or (flag is None and device.type != "cuda"):
         return False
     try:
         from . import triton_ops  # noqa: F401

@@ -3,19 +3,19 @@ one token per CUDA-graph replay (all eager on the CPU).
 
 The sampled token never leaves the device between steps: it is written into the graph's input buffer, and
 copied to pinned host memory asynchronously; the host reads token t while the GPU already runs step t+1. Greedy
-decoding takes its argmax and the position's increment inside the graph (QUANTDEPLOY_GREEDY_GRAPH=0: outside).
+decoding takes its argmax and the position's increment inside the graph.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from ..checkpoint import LocalFiles, ModelFiles
+from ..settings import EngineConfig
 from .model import Decoder, DecoderConfig, load_tensors
 from .sampling import Rows, make_generator, sample, sample_rows, token_logprob
 
@@ -46,23 +46,12 @@ def _capture_checked(device, fn, pool, on_warmup_stream: bool = False, reset=Non
     return g, out, err
 
 
-def prompt_graph_mode() -> str:
-    """QUANTDEPLOY_PREFILL_GRAPH: tail (the default: a prompt's graph holds all layers but the last), 1 (the whole
-    prompt) or 0 (prompts eagerly); see the prompts section below."""
-    mode = os.environ.get("QUANTDEPLOY_PREFILL_GRAPH", "tail")
-    if mode not in ("tail", "1", "0"):
-        from ..errors import UsageError
-
-        raise UsageError(f"QUANTDEPLOY_PREFILL_GRAPH={mode}: use tail (the default), 1 (whole prompts in CUDA graphs) "
-                         "or 0 (prompts eagerly)")
-    return mode
-
-
 class FastEngine:
     def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None,
-                 gemv: str = "auto", files: ModelFiles | None = None):
-        files = files or LocalFiles(path)  # the loader passes what detection already parsed
-        mode = prompt_graph_mode()
+                 gemv: str = "auto", files: ModelFiles | None = None, config: EngineConfig | None = None):
+        """files: what detection already parsed (None: read from path); config: the user's engine settings
+        (Settings.engine; None: the built-in defaults)."""
+        files = files or LocalFiles(path)
         cfg = DecoderConfig.from_hf(files.config or {})
         self.cfg = cfg
         self.max_len = min(max_len, cfg.max_position)
@@ -73,15 +62,15 @@ class FastEngine:
             from ..errors import InvalidModel
 
             raise InvalidModel(f"{path} declares no quantization config; the fast engine runs GPTQ / AWQ checkpoints")
-        self.dec = Decoder(cfg, load_tensors(path), quant, device, dtype, self.max_len, gemv)
+        self.dec = Decoder(cfg, load_tensors(path), quant, device, dtype, self.max_len, gemv, config)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
         self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.greedy_graph = os.environ.get("QUANTDEPLOY_GREEDY_GRAPH", "1") != "0"
+        self.greedy_graph = True  # False once its capture failed: the argmax after the step's graph instead
         self.prefill_graphs: dict[int, tuple] = {}
         self.p_tok = self.pool = None
-        self.prefill_graph = mode in ("1", "tail")
-        self.prefill_tail = mode == "tail" and self.dec.fused and len(self.dec.layers) > 1
+        self.prefill_graph = True  # False once a capture failed: prompts eagerly
+        self.prefill_tail = self.dec.fused and len(self.dec.layers) > 1
         self.arange = torch.arange(self.max_len, device=self.device)
         self.graph_kind = "none"
 
@@ -184,15 +173,15 @@ class FastEngine:
         return self.dec.forward(toks, pos, self.dec.masks(pos, kv_len), kv_len, all_logits=all_logits,
                                 causal_from_zero=True, last=last)
 
-    # --- prompts in CUDA graphs (QUANTDEPLOY_PREFILL_GRAPH: tail, the default; 1; 0 for eager) -------------------
+    # --- prompts in CUDA graphs -------------------------------------------------------------------------------
     # A prompt's eager prefill is bound by the host (~420 kernel launches; TTFT 17-35 ms for 512 tokens on an H200,
     # where the GPU's work takes ~17): prompts are padded to a power of two and replayed from a graph per length. The
     # padding comes after the prompt, so causal attention never lets a prompt token see it; its KV slots are
-    # overwritten by the decode steps before any of them reads that far. "tail": the graph holds every layer but the
-    # last, which runs eagerly with the head. The decode graph that follows then replays in its fast state, as after
-    # an eager prompt, whose last launches are PDL kernels; after a whole-prompt graph ("1") it does not, and decodes
-    # 0.5-1.5 % slower (benchmarks/results/gpu/prompt-tail-h200.txt, graph-trace-h200.txt). TTFT 17-18 ms, steady.
-    # The exit aborts once blamed on prompt graphs were the profiler's (cli._exit). Captured on the warm-up's stream.
+    # overwritten by the decode steps before any of them reads that far. With the fused step (prefill_tail) the graph
+    # holds every layer but the last, which runs eagerly with the head: the decode graph that follows then replays in
+    # its fast state, as after an eager prompt, whose last launches are PDL kernels; after a whole-prompt graph it
+    # does not, and decodes 0.5-1.5 % slower (docs/engine.md). TTFT 17-18 ms, steady. The exit aborts once blamed on
+    # prompt graphs were the profiler's (cli._exit). Captured on the warm-up's stream.
     PREFILL_GRAPH_MAX = 2048
 
     @property

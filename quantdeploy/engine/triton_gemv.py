@@ -13,9 +13,6 @@ import functools
 import triton
 import triton.language as tl
 
-from . import tuning
-
-
 @triton.jit
 def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC: tl.constexpr, HALF: tl.constexpr):
@@ -58,16 +55,13 @@ def _w4a16_gemv(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, groups_per_split,
 
 
 # Tuned on an H200 with benchmarks/gpu/gemv_tune.py (block columns, warps, programs per SM); a tuned file for
-# this GPU (gemv_tune.py --save: $QUANTDEPLOY_HOME/gemv/<gpu name>.json, best config per KxN) wins over it.
+# this GPU (gemv_tune.py --save: <gpu name>.json in EngineConfig.tuned_dir, best config per KxN) wins over it.
 CONFIG = {"block_n": 128, "num_warps": 4, "programs_per_sm": 4}
 
 
-def tuned_file(device):
-    return tuning.tuned_file(device, "triton")
-
-
-def config_for(k: int, n: int, device) -> dict:
-    return tuning.tuned(device, "triton").get(f"{k}x{n}") or CONFIG
+def config_for(k: int, n: int, tuned: dict) -> dict:
+    """The launch configuration for a K x N weight: the tuned file's (its choices, `tuned`), else CONFIG."""
+    return tuned.get(f"{k}x{n}") or CONFIG
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +83,7 @@ def _sms(device) -> int:
 
 def w4a16_gemv(x, w, out, config: dict | None = None):
     """x: [K] contiguous; out: fp32 [N], ZEROED by the caller (split-K partial sums are added into it)."""
-    c = config or config_for(w.k, w.n, x.device)
+    c = config or CONFIG
     if w.perm is not None:
         x = x.index_select(0, w.perm)
     n, k = w.n, w.k

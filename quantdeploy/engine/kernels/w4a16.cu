@@ -3,18 +3,15 @@
 // Layout, per output row n (K contiguous, so each lane streams 16-byte loads):
 //   q    uint32 [N, K/8]  word j holds k = 8j..8j+7, k offset i in nibble SLOT[i] = {0,4,1,5,2,6,3,7}, so that
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
-//   meta, in one of four forms (template argument Z):
+//   meta, in one of three forms (template argument Z):
 //     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
 //     Z == -5: uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points (0..15) a byte each (group g at
 //              byte g): 3 bytes per group (AWQ, asymmetric GPTQ). A byte becomes dequant8's constants in two
-//              operations (row_consts), the nibbles below in six: AWQ decoded 1.9-2.1 % faster on an H200;
-//     Z == -2: the same with the zero points 4 per uint16 (group g in bits 4 (g % 4)), [N, G + G/4]: 2.5 bytes per
-//              group (QUANTDEPLOY_GEMV_ZERO=nibbles, for comparisons);
+//              operations (row_consts), where nibbles took six: AWQ decoded 1.9-2.1 % faster on an H200;
 //     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
 //              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
-//   Per 128-weight group (64 bytes of q) that is 4, 3, 2.5 or 2 bytes of meta. (Blocks of 8 rows for Z == -2 too,
-//   the zero points of 8 rows in one uint32, decoded AWQ 0.7-1.1 % slower on an H200 than its rows; for Z == -5,
-//   per block of 8 rows its scales, then its zero point bytes, two vector loads a group, 1.7 % slower or more.)
+//   Per 128-weight group (64 bytes of q) that is 4, 3 or 2 bytes of meta. (Z == -5 in blocks of 8 rows, its scales
+//   then its zero point bytes, two vector loads a group, decoded 1.7 % slower or more on an H200.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
@@ -53,7 +50,7 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
-// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == -1 / -2: as a word with the scale in the low half
+// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == -1: as a word with the scale in the low half
 // and the zero point in the high half; Z == -5: in the low half, the zero point in z[r]; Z >= 0: the two scales of
 // rows r & ~1 and r | 1, row r's in half r & 1.
 template <int R>
@@ -111,7 +108,7 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
 // A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so for Z >= 0 R <= 8 rows lie in one block of 8).
 struct MetaRows {
     const unsigned *m;         // Z == -1: row n0's words
-    const unsigned short *s;   // Z == -2 / -5: row n0's meta; Z >= 0: the scale of row n0, group 0
+    const unsigned short *s;   // Z == -5: row n0's meta; Z >= 0: the scale of row n0, group 0
 };
 
 template <int Z>
@@ -119,8 +116,7 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     const unsigned short *h = reinterpret_cast<const unsigned short *>(meta);
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
-    r.s = Z == -2 ? h + (size_t)n0 * (G + (G >> 2))
-          : Z == -5 ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
+    r.s = Z == -5 ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
@@ -139,15 +135,6 @@ __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta
             const unsigned short *h = mr.s + (size_t)r * per;
             mv.w[r] = __ldg(h + g);
             mv.z[r] = __ldg(reinterpret_cast<const unsigned char *>(h + G) + g);
-        }
-        return;
-    }
-    if (Z == -2) {
-        const int per = G + (G >> 2);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const unsigned short *h = mr.s + (size_t)r * per;
-            mv.w[r] = __ldg(h + g) | ((((unsigned)__ldg(h + G + (g >> 2)) >> ((g & 3) * 4)) & 15u) << 16);
         }
         return;
     }
