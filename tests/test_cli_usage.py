@@ -23,6 +23,7 @@ BOX = "╭│╰─"
     (["chat", "a", "b"], ["unexpected extra argument"]),
     (["serve", "--port", "abc"], ["--port", "integer", "quantdeploy serve --help"]),
     (["serve", "--port", "70000"], ["--port", "65535"]),
+    (["serve", "--gpu-memory-utilization", "2"], ["--gpu-memory-utilization", "1"]),
     (["serve", "--max-concurrency", "0"], ["--max-concurrency"]),
     (["pull"], ["missing argument", "name", "quantdeploy pull --help"]),
     (["bench", "--repeat", "x"], ["--repeat", "integer"]),

@@ -40,6 +40,10 @@ def serve(
         show_default=False)] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=0, help="Requests waiting for a free slot; beyond this the server answers 429.")] = 32,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        "--gpu-memory-utilization", min=0.05, max=1.0,
+        help="GPTQ/AWQ on a GPU: the share of the GPU's memory for the weights and the KV cache pool "
+             "(default 0.9); the pool gets what the weights leave.", show_default=False)] = None,
     template: Annotated[Optional[str], typer.Option(
         "--template", help="Chat template: gemma, llama3, chatml, mistral, or a Jinja file.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "info",
@@ -78,6 +82,7 @@ def serve(
         cluster = ClusterSettings.from_options(replicas, autoscale, gpus_per_replica, ray_address)
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
+    spec.gpu_memory_utilization = gpu_memory_utilization
     check_model(spec)
     from ..server import ServerSettings
     from ..server.run import serve as run_server
