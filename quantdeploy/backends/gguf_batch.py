@@ -216,6 +216,7 @@ class GGUFStepper:
         step, self._pending = self._pending, None
         if step is not None and step.done is not None:
             step.done.exception()  # wait for it: llama.cpp's memory is not touched while a step computes
+        self.lc.llama_synchronize(self.ctx)  # a step queued on a GPU is done too
         self._stale.clear()
         self.lc.llama_memory_clear(self.mem, True)
         for live in self._live.values():
