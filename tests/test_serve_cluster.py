@@ -5,10 +5,12 @@ the other replica, and Ray brings the killed one back."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from quantdeploy.errors import UsageError
+from quantdeploy.server.cluster import ClusterSettings
+from quantdeploy.server.cluster.front import ClusterView, Front
+from quantdeploy.server.cluster.metrics import FrontMetrics
+from quantdeploy.server.config import ServerSettings
 from quantdeploy.server.process import ServerProcess, free_port
 
 from conftest import REPO, assert_clean_error, run_cli
@@ -90,8 +97,6 @@ def cluster(tmp_path_factory):
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return True
@@ -123,8 +128,6 @@ def served(server) -> dict[str, float]:
 
 
 def health(server) -> tuple[int, dict]:
-    import json
-
     try:
         with urllib.request.urlopen(server.base_url + "/health", timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -154,9 +157,6 @@ def stream_text(client: openai.OpenAI) -> str:
     ((None, "4"), "MIN:MAX"),
 ])
 def test_replica_options_are_checked(args, needle):
-    from quantdeploy.errors import UsageError
-    from quantdeploy.server.cluster import ClusterSettings
-
     with pytest.raises(UsageError, match=re.escape(needle)):
         ClusterSettings.from_options(*args, None, None)
 
@@ -169,12 +169,35 @@ def test_replica_options_are_checked(args, needle):
                                                    "target_ongoing_requests": 2}}),
 ])
 def test_replica_options_become_serve_options(replicas, autoscale, gpus, cluster_gpus, expect):
-    from quantdeploy.server.cluster import ClusterSettings
-
     options = ClusterSettings.from_options(replicas, autoscale, gpus, None).deployment_options(cluster_gpus, 2)
     assert options["max_ongoing_requests"] == 2  # a replica takes what its model decodes at once; the router queues
     for key, value in expect.items():
         assert options[key] == value
+
+
+def test_the_front_queues_up_to_max_queue_then_answers_429():
+    view = ClusterView(phase="ready", healthy=2, target=2)
+    front = Front(ServerSettings(model_name="m", max_concurrency=2, max_queue=1), view, FrontMetrics(), lost=())
+    assert front.refusal() is None
+    front.active = 4  # both replicas full: one request may wait
+    assert front.refusal() is None
+    front.pending = 1
+    busy = front.refusal()
+    assert busy.status == 429 and busy.code == "queue_full" and int(busy.headers["Retry-After"]) >= 1
+    front.active = 3  # a replica has room again: the waiting request takes it, a new one may wait
+    assert front.refusal() is None
+    view.phase = "loading"
+    assert front.refusal().code == "model_loading"
+
+
+@pytest.mark.parametrize("phase, healthy, code, status", [
+    ("ready", 2, 200, "ok"), ("ready", 1, 200, "degraded"), ("ready", 0, 503, "unavailable"),
+    ("loading", 1, 503, "loading"), ("failed", 0, 503, "failed"), ("stopping", 2, 503, "stopping"),
+])
+def test_health_reports_capacity(phase, healthy, code, status):
+    view = ClusterView(phase=phase, healthy=healthy, target=2, error="boom" if phase == "failed" else None)
+    got_code, body, _ = Front(ServerSettings(model_name="m"), view, FrontMetrics(), lost=()).health()
+    assert (got_code, body["status"], body["replicas"]) == (code, status, {"healthy": healthy, "target": 2})
 
 
 def test_usage_errors_come_before_ray_starts():
@@ -222,6 +245,22 @@ def test_both_replicas_take_traffic_behind_one_endpoint(server, client):
     eventually(lambda: len(served(server)) == 2 and sum(served(server).values()) >= 4,
                "each replica's own metrics count the completions it answered", timeout=30)
     assert set(served(server)) == set(placed)
+
+
+def test_a_client_that_goes_away_stops_its_generation_on_the_replica(server):
+    body = json.dumps({**{k: v for k, v in STREAM.items() if k != "extra_body"}, "max_tokens": 2000,
+                       "ignore_eos": True}).encode()
+    with socket.create_connection((server.host, server.port), timeout=60) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        seen = b""
+        while seen.count(b"data: ") < 3:
+            seen += sock.recv(65536)
+    eventually(lambda: sum(v for (name, labels), v in metrics(server).items()
+                           if name == "quantdeploy_generations_total" and ("finish_reason", "cancelled") in labels)
+               >= 1, "the replica counts the generation as cancelled", timeout=60)
+    eventually(lambda: metrics(server).get(("quantdeploy_router_requests_in_flight", ()), 1) == 0,
+               "nothing runs any more", timeout=30)
 
 
 def test_a_killed_replica_fails_only_its_streaming_request_and_comes_back(server, client):

@@ -14,6 +14,7 @@ from . import gguf_quants
 from .base import (GRAMMAR_END, Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice,
                    PullOffer, TemplateSource, TokenLogprob)
 from .gguf_check import GGUF_MAGIC, describe_gguf, validate_gguf
+from .gguf_split import device_map, llama_kwargs
 from .hw import cuda_device_count, pick_torch_device
 from .np_logits import StepLogprobs
 
@@ -172,10 +173,13 @@ class GGUFModel(LoadedModel):
             self._max_seqs = sequences_for(n_ctx, spec.max_seqs, llama_cpp.llama_max_parallel_sequences())
         # batching decodes in a context of its own (below): Llama's then only tokenizes, so keep it small
         own_ctx = n_ctx if self._max_seqs == 1 else IDLE_CTX
+        self._split = split = llama_kwargs(llama_cpp, spec.extra, gpus, self.gpu_build)  # --tensor-split/--split-mode
+        self._gpus = gpus if self.n_gpu_layers else 0
         try:
             self.llm = llama_cpp.Llama(model_path=str(path), n_gpu_layers=self.n_gpu_layers, n_ctx=own_ctx,
                                        n_threads=threads, n_batch=min(512, own_ctx), verbose=False,
-                                       flash_attn=bool(self.n_gpu_layers), seed=spec.extra.get("seed", 0xFFFFFFFF))
+                                       flash_attn=bool(self.n_gpu_layers), seed=spec.extra.get("seed", 0xFFFFFFFF),
+                                       **split)
         except (ValueError, RuntimeError) as e:
             raise InvalidModel(f"llama.cpp could not load {path.name}: {e}") from None
         # llama.cpp may round n_ctx up (128 -> 256) but llama-cpp-python sizes its token buffer by the request
@@ -406,6 +410,8 @@ class GGUFModel(LoadedModel):
             "quant": self.info.get("file_type_name"),
             "layers": {"all": "ggml " + ("CUDA" if offloaded else "CPU")},
             "warning": self.warning, "llama_cpp_native": self.native_timings(),
+            "device_map": device_map(n_layers, self.n_gpu_layers, self._gpus, self.spec.extra.get("tensor_split"),
+                                     self.spec.extra.get("split_mode")),
         }
 
     def logits(self, token_ids: list[int]) -> Any:
@@ -418,7 +424,7 @@ class GGUFModel(LoadedModel):
             raise UsageError(f"logits: need 1 to {self._n_ctx} tokens, got {n}")
         llm = _llama_cpp().Llama(model_path=str(self.path), n_gpu_layers=self.n_gpu_layers, n_ctx=n,
                                  n_batch=min(512, n), n_threads=self.llm.n_threads if self.llm else None,
-                                 logits_all=True, verbose=False)
+                                 logits_all=True, verbose=False, **self._split)
         try:
             llm.eval(list(token_ids))
             return np.array(llm.scores[:n], dtype=np.float32)

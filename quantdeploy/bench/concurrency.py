@@ -84,6 +84,12 @@ def serve_args(spec: ModelSpec, max_concurrency: int, max_queue: int) -> list[st
         args.append("--allow-pickle")
     if spec.trust_remote_code:
         args.append("--trust-remote-code")
+    if spec.extra.get("tensor_split"):
+        from ..backends.gguf_split import format_tensor_split
+
+        args += ["--tensor-split", format_tensor_split(spec.extra["tensor_split"])]
+    if spec.extra.get("split_mode"):
+        args += ["--split-mode", spec.extra["split_mode"]]
     return args
 
 

@@ -78,7 +78,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         q = r.get("quality") or {}
         frac = r.get("roofline_fraction")
         rows.append([
-            str(r.get("model")), str(r.get("format")), str(r.get("device")), str(r.get("kernel")),
+            str(r.get("model")), str(r.get("format")), device_text(r), str(r.get("kernel")),
             "yes" if r.get("gpu_kernels_in_use") else "no",
             f"{_num(load.get('cold'), '.2f')}/{_num(load.get('warm'), '.2f')}",
             _num(r.get("ttft_ms"), ".0f"), _num(r.get("prefill_tok_s")), decode,
@@ -87,6 +87,18 @@ def summary_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _num(q.get("perplexity"), ".3f"), _num(q.get("kl_divergence"), ".4f"),
         ])
     return head, rows
+
+
+def device_text(result: dict[str, Any]) -> str:
+    """The device column: the device, or for a model over several GPUs its device map (layers per device)."""
+    m = result.get("device_map")
+    if not m:
+        return str(result.get("device"))
+    if m.get("layers"):
+        return " + ".join(f"{d} {n}" for d, n in m["layers"].items()) + " layers"
+    split = m.get("split")
+    shares = "/".join(f"{v:g}" for v in split.values()) if isinstance(split, dict) else f"by {split}"
+    return f"{m.get('gpus')} GPUs, {m.get('split_mode')} split {shares}"
 
 
 def _md_escape(s: str) -> str:

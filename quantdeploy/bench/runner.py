@@ -169,7 +169,7 @@ def bench_model(spec: ModelSpec, cfg: BenchConfig, *, load: Callable[[ModelSpec]
 
 def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, weights, cfg) -> dict[str, Any]:
     ttft, prefill, decode = (spread([r[k] for r in runs]) for k in ("ttft_ms", "prefill_tok_s", "decode_tok_s"))
-    kernels = {k: v for k, v in report.items() if k not in ("backend", "format", "device", "layers")}
+    kernels = {k: v for k, v in report.items() if k not in ("backend", "format", "device", "layers", "device_map")}
     kernels.update(map=kernel_map(report), layers=report.get("layers"), profile=profile)
     return {
         "model": spec.display_name,
@@ -177,6 +177,7 @@ def _result(spec, model, report, verdict, profile, load_s, warm, runs, peak, wei
         "format": model.format,
         "backend": model.backend,
         "device": model.device,
+        "device_map": report.get("device_map"),  # a model over several GPUs (GGUF --tensor-split): where it sits
         "kernel": report.get("kernel"),
         "kernels": kernels,
         "gpu_kernels_in_use": verdict["gpu_kernels_in_use"],

@@ -11,7 +11,8 @@ import typer
 
 from ..errors import UsageError
 from ..models import load_spec
-from .common import FORMATS_TEXT, CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, build_spec
+from .common import (FORMATS_TEXT, CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, SplitModeOpt,
+                     TensorSplitOpt, apply_split, build_spec)
 
 HELP = ("Benchmark models (speed, memory, GB/s vs the roofline, kernel evidence, optional quality) in one report. "
         "Exit 3 when --require-gpu / --require-kernel is not met.")
@@ -73,6 +74,8 @@ def bench(
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = None,
 ) -> None:
     from ..bench import BenchConfig, RequirementFailed, run_bench
     from ..bench.concurrency import parse_levels
@@ -89,6 +92,7 @@ def bench(
     for model, f in pair_models(list(models or [None]), list(fmt or [])):
         spec = build_spec(model, f, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, engine=engine)
+        apply_split(spec, tensor_split, split_mode)
         if gpu_layers is not None:
             if cfg.concurrency:
                 raise UsageError("--gpu-layers does not apply with --concurrency (the server offloads every layer "

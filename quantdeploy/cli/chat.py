@@ -9,7 +9,8 @@ import typer
 
 from ..backends.base import GenerationParams
 from ..models import DEFAULT_MODEL
-from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt,
+                     SplitModeOpt, TensorSplitOpt, apply_split, build_spec)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +43,8 @@ def chat(
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = None,
 ) -> None:
     from ..chat.templates import check_template
 
@@ -55,8 +58,8 @@ def chat(
             from ..errors import UsageError
 
             raise UsageError("stdin was empty: pipe a prompt, or pass --prompt TEXT")
-    spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, engine=engine)
+    spec = apply_split(build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
+                                  trust_remote_code=trust_remote_code, engine=engine), tensor_split, split_mode)
     params = GenerationParams(max_tokens=max_tokens, seed=seed, **{**spec.extra.get("sampling", {}), **given})
     if prompt is not None:
         from ..chat.oneshot import answer_once

@@ -26,6 +26,12 @@ CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context window to 
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load *.bin/*.pt weights (can run code).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the repo.")]
 EngineOpt = Annotated[str, typer.Option("--engine", help="GPTQ/AWQ decode loop: auto, hf or fast.")]
+TensorSplitOpt = Annotated[Optional[str], typer.Option(
+    "--tensor-split", help="GGUF on several GPUs: a proportion per GPU, e.g. 3,1 (default: by free memory).",
+    show_default=False)]
+SplitModeOpt = Annotated[Optional[str], typer.Option(
+    "--split-mode", help="GGUF on several GPUs: layer (whole layers per GPU), row (each layer split) or none.",
+    show_default=False)]
 
 
 def build_spec(model: str | None, fmt: str | None, *, device: str = "auto", kernel: str | None = None,
@@ -41,6 +47,23 @@ def build_spec(model: str | None, fmt: str | None, *, device: str = "auto", kern
         pick_torch_device(device)  # an unknown device, or cuda without a GPU, fails before anything loads
     return resolve_model(model, fmt=fmt, device=device, kernel=kernel, n_ctx=ctx, allow_pickle=allow_pickle,
                          trust_remote_code=trust_remote_code, engine=engine)
+
+
+def apply_split(spec: ModelSpec, tensor_split: str | None, split_mode: str | None) -> ModelSpec:
+    """--tensor-split / --split-mode into the spec (llama.cpp's own multi-GPU split; GGUF only)."""
+    if tensor_split is None and split_mode is None:
+        return spec
+    from ..backends.gguf_split import check_split_mode, parse_tensor_split
+
+    flag = "--tensor-split" if tensor_split is not None else "--split-mode"
+    if spec.format != "gguf":
+        raise UsageError(f"{flag} applies to GGUF models (llama.cpp's split); {spec.display_name} is "
+                         f"{spec.format.upper()}")
+    if tensor_split is not None:
+        spec.extra["tensor_split"] = parse_tensor_split(tensor_split)
+    if split_mode is not None:
+        spec.extra["split_mode"] = check_split_mode(split_mode)
+    return spec
 
 
 def existing_path(p: str) -> Path:

@@ -8,7 +8,8 @@ import typer
 
 from ..backends.base import BATCH_CAP
 from ..models import load_spec
-from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt,
+                     SplitModeOpt, TensorSplitOpt, apply_split, build_spec)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,6 +54,8 @@ def serve(
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
     engine: EngineOpt = "auto",
+    tensor_split: TensorSplitOpt = None,
+    split_mode: SplitModeOpt = None,
     replicas: Annotated[Optional[str], typer.Option(
         "--replicas", help="Run N copies of the model (or 'auto': one per GPU) as Ray Serve replicas behind this "
                            "one endpoint; needs the cluster extra.", show_default=False)] = None,
@@ -83,6 +86,7 @@ def serve(
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
     spec.gpu_memory_utilization = gpu_memory_utilization
+    apply_split(spec, tensor_split, split_mode)
     check_model(spec)
     from ..server import ServerSettings
     from ..server.run import serve as run_server

@@ -63,6 +63,10 @@ def _run(ray: Any, settings: ServerSettings, cluster: ClusterSettings, model: st
 
     gpus = float(ray.cluster_resources().get("GPU", 0))
     options = cluster.deployment_options(gpus, settings.sequences)
+    parts = len(settings.spec.extra.get("tensor_split") or ()) if settings.spec else 0
+    if parts > options["ray_actor_options"]["num_gpus"]:
+        raise UsageError(f"--tensor-split splits the model over {parts} GPUs, so each replica needs {parts}: pass "
+                         f"--gpus-per-replica {parts}")
     view = ClusterView(target=options.get("num_replicas") or options["autoscaling_config"]["min_replicas"])
     metrics = FrontMetrics()
     front = Front(settings, view, metrics, lost=_lost_errors())
