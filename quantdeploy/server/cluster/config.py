@@ -53,9 +53,9 @@ class ClusterSettings:
     def deployment_options(self, cluster_gpus: float, max_concurrency: int) -> dict[str, Any]:
         """Ray Serve options for the replica deployment on a cluster with `cluster_gpus` GPUs in all.
 
-        Each replica takes `max_concurrency` requests at once (what its one model batches); Serve's router holds
-        the rest and hands each to the replica with the shortest queue, so a replica that dies loses only the
-        requests it was running.
+        Serve's router sends a replica at most `max_concurrency` requests (what its one model may batch) and holds
+        the rest, handing each to the replica with the shorter queue of two; a replica starts what its model
+        decodes at once, so one that dies loses only the requests it was running.
         """
         gpus = self.gpus(cluster_gpus)
         options: dict[str, Any] = {"max_ongoing_requests": max_concurrency,

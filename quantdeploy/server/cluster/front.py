@@ -77,7 +77,9 @@ class Front:
 
     @property
     def capacity(self) -> int:
-        return self.view.healthy * self.settings.sequences
+        """Requests the healthy replicas run at once (each: what its model decodes together, as it reports)."""
+        reported = [int(r["sequences"]) for r in self.view.replicas.values() if r.get("sequences")]
+        return self.view.healthy * (min(reported) if reported else self.settings.sequences)
 
     @property
     def waiting(self) -> int:

@@ -3,8 +3,9 @@
 The replica builds the same app as a one-process server (create_app: auth, parsing, the queue, streaming,
 cancel-on-disconnect, metrics) around its own loaded model and runs each request through it in-process: the front
 (front.py) sends the request's ASGI scope and body, the replica streams back the ASGI messages the app sends.
-The first item of every stream is the replica's id. Until the front has it, the request has not reached a
-replica, so the front may hand it to another one if this one dies.
+The first item of every stream is the replica's id, sent when the request may start: at most as many
+generation requests run as the model decodes at once, the others wait here without it. Until the front has the
+id, the request has not started anywhere, so the front hands it to another replica if this one dies.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ class Replica:
         self.lifespan: Lifespan | None = None
         try:
             spec = spec_on_this_node(model, settings.spec)
-            settings = replace(settings, spec=spec)
+            # the front keeps the queue (--max-queue); the app's own only bridges the moment between a finished
+            # request leaving and its permit coming back
+            settings = replace(settings, spec=spec, max_queue=settings.sequences)
             self.app = create_app(settings, loader=lambda: load_spec(settings.spec_to_load()))
             self.lifespan = Lifespan(self.app)
             await self.lifespan.startup()
@@ -48,6 +51,8 @@ class Replica:
         except Exception as e:
             await self._failed(e)
             raise
+        self.sequences = self.app.state.qd.permits.size  # what the model decodes at once (<= --max-concurrency)
+        self._admit = asyncio.Semaphore(self.sequences)
         self._pusher = asyncio.get_running_loop().create_task(self._push_metrics())
 
     async def _loaded(self) -> None:
@@ -70,10 +75,19 @@ class Replica:
             await asyncio.sleep(FAILED_WAIT_S)
 
     async def handle(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Any]:
-        """Run one HTTP request through the app: yields this replica's id, then the app's ASGI messages."""
-        yield self.id
-        async for message in run_asgi(self.app, scope, body):
-            yield message
+        """Run one HTTP request through the app: yields this replica's id once the request may start (a POST waits
+        for one of the model's sequences), then the app's ASGI messages."""
+        admitted = False
+        try:
+            if scope.get("method") == "POST":  # the generating endpoints; GETs never wait
+                await self._admit.acquire()
+                admitted = True
+            yield self.id
+            async for message in run_asgi(self.app, scope, body):
+                yield message
+        finally:
+            if admitted:
+                self._admit.release()
 
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
@@ -83,7 +97,7 @@ class Replica:
 
     async def _push_metrics(self) -> None:
         while True:
-            self.board.report.remote(self.id, {"pid": os.getpid(), "node": self.node,
+            self.board.report.remote(self.id, {"pid": os.getpid(), "node": self.node, "sequences": self.sequences,
                                                "metrics": self.app.state.qd.metrics.render()})
             await asyncio.sleep(METRICS_PUSH_S)
 
