@@ -14,8 +14,9 @@ Rounds alternate free / schema so that load from other processes hits both alike
 round of each (other processes only ever slow a round down), medians are recorded too.
 
 Results go to benchmarks/results/structured_<device>.json and .md with the command that produced them. The CPU
-fixtures are the embedded Gemma-3-270M (262k-token vocabulary: the mask is as large as vocabularies get) and its
-GPTQ / AWQ checkpoints; on a GPU pass your own models' paths with --models (a path, or gguf / gptq / awq).
+fixtures are the tests' Gemma-3-270M GGUF (262k-token vocabulary: the mask is as large as vocabularies get) and its
+GPTQ / AWQ checkpoints, `default` the default model (SmolLM2-135M, 49k tokens); on a GPU pass your own models'
+paths with --models (a path, or gguf / gptq / awq / default).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ SCHEMA = {"type": "array", "minItems": 200, "items": {
 
 
 def fixture(name: str) -> str:
-    from quantdeploy.models import embedded_model_path
-    from quantdeploy.testing.fixtures import awq_model, gptq_model
+    from quantdeploy.models import default_model_path
+    from quantdeploy.testing.fixtures import awq_model, gemma_gguf, gptq_model
 
-    return str({"gguf": embedded_model_path, "gptq": gptq_model, "awq": awq_model}[name]())
+    return str({"gguf": gemma_gguf, "gptq": gptq_model, "awq": awq_model, "default": default_model_path}[name]())
 
 
 def one(model, params, rf=None) -> tuple[dict, list[int] | None]:
@@ -120,7 +121,7 @@ def markdown(results: list[dict], command: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gguf,gptq,awq",
-                    help="comma-separated: gguf, gptq, awq (the fixtures) or paths")
+                    help="comma-separated: gguf, gptq, awq (the fixtures), default (the default model) or paths")
     ap.add_argument("--engine", default="auto", help="GPTQ/AWQ decode loop: auto, hf or fast")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=128)
@@ -129,7 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for m in args.models.split(","):
-        path = fixture(m) if m in ("gguf", "gptq", "awq") else m
+        path = fixture(m) if m in ("gguf", "gptq", "awq", "default") else m
         r = run(path, args)
         print(json.dumps({k: v for k, v in r.items() if k != "rounds"}), flush=True)
         results.append(r)

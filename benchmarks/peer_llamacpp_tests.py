@@ -13,7 +13,7 @@ their bodies unchanged. Only the harness is adapted, by a pytest plugin this scr
   with the suite's own template files: Llama 3.x, Qwen, Mistral, ...) and `--alias '*'`, since llama-server
   answers to any model id. Its other options (default temperature, seed and n_predict, `--jinja`, slots, LoRA,
   speculative decoding, embeddings, ...) have no equivalent and are dropped;
-- `ServerPreset.load_all` downloads nothing: every preset serves MODEL (default: the embedded Gemma-3-270M), as
+- `ServerPreset.load_all` downloads nothing: every preset serves MODEL (default: the default model), as
   the suite's own models (stories260K, ...) come from Hugging Face, which this setup does not reach;
 - `wget` (used only for downloads) is stubbed, and each request's path is recorded so that the report can tell
   the tests of the OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, with or without
@@ -161,7 +161,7 @@ def reason(message: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", default=DEFAULT_FILES)
-    ap.add_argument("--model", default=None, help="what to serve (default: the embedded Gemma-3-270M)")
+    ap.add_argument("--model", default=None, help="what to serve (default: the default model, SmolLM2-135M)")
     ap.add_argument("-k", default=None, help="pytest -k expression")
     ap.add_argument("-m", default="not slow", help="pytest -m expression (default: not slow; the slow tests download "
                                                    "real models from Hugging Face)")
@@ -205,7 +205,8 @@ def write(results: list[dict], args, out: Path) -> None:
     why = Counter(r["reason"] for r in oai if r["outcome"] == "failed")
     command = "python3 benchmarks/peer_llamacpp_tests.py " + " ".join(sys.argv[1:])
     lines = [f"# llama.cpp's server tests against `quantdeploy serve` (llama-cpp-python {VERSION}'s llama.cpp)", "",
-             f"`{command}` — files: {args.files}; model: {args.model or 'the embedded Gemma-3-270M'}.", "",
+             f"`{command}` — files: {args.files}; model: "
+             f"{args.model or 'the default model (SmolLM2-135M-Instruct)'}.", "",
              f"- OpenAI-compatible tests (every request to /v1/chat/completions, /v1/completions, /v1/models, "
              f"/chat/completions or /models): **{count(oai)}**",
              f"- tests of llama.cpp's own endpoints and options: {count(native)}", "",

@@ -1,4 +1,4 @@
-"""What real clients send, against a real `quantdeploy serve` of the embedded GGUF (Gemma-3-270M, a base model):
+"""What real clients send, against a real `quantdeploy serve` of the tests' GGUF (Gemma-3-270M, a base model):
 the `openai` SDK (tools, tool_choice, chat.completions.parse, streamed tool-call deltas, logprobs, n, seed),
 LangChain's ChatOpenAI (bind_tools, with_structured_output in json_schema and function_calling modes) and
 pydantic-ai (a structured output_type). With constrained decoding every structured answer validates, even from
@@ -38,8 +38,8 @@ class Weather(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess("--name", NAME, "--alias", "*") as s:
+def server(gguf_path):
+    with ServerProcess(str(gguf_path), "--name", NAME, "--alias", "*") as s:
         yield s
 
 

@@ -228,7 +228,7 @@ def test_a_template_without_tools_gets_them_in_the_system_prompt(gguf_model):
     assert '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]}' in \
         prompt.text  # the earlier call, in the syntax the model is told to use
     assert "Result of the tool get_weather (call call_1):\n18 and sunny" in prompt.text
-    assert prompt.grammar is None
+    assert "lazy" in prompt.grammar  # "auto": free text, well-formed calls
     none = prepare_chat(gguf_model, HISTORY, tools=[WEATHER], tool_choice="none")
     assert none.tools is None and "You can call these tools" not in none.text
 
@@ -324,3 +324,26 @@ def test_the_exponential_race_samples_the_distribution():
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2]), atol=0.04), freq
     g = make_generator("cpu", 1)
     assert sample_rows(logits[:1], Rows([1.0], [1.0], [0], [g])).tokens.shape == (1,)
+
+
+@pytest.mark.parametrize("template,family,ok,bad", [
+    (QWEN_LIKE, "hermes", 'Sure. <tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
+     'Sure. <tool_call>\n{"name": "add", "arguments": {"a": "one"'),
+    ("{{ messages }}", "generic", '{"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}',
+     '{"tool_calls": [{"name": "multiply", '),
+])
+def test_auto_tool_choice_leaves_text_free_and_keeps_calls_well_formed(gguf_model, template, family, ok, bad):
+    import llguidance
+
+    p = plan(template, HISTORY[:1], check_tools([WEATHER, ADD]), "auto", False, lambda text: None)
+    assert p.syntax.family == family and p.grammar
+    tok = gguf_model.grammar_tokenizer()
+
+    def accepts(text: str) -> bool:
+        m = llguidance.LLMatcher(tok, p.grammar, log_level=0)
+        ids = tok.tokenize_str(text)
+        return m.try_consume_tokens(ids) == len(ids) and not m.is_error()
+
+    for text in ("Hello, no tool needed here.", '{"answer": 42}', ok):
+        assert accepts(text), text
+    assert not accepts(bad)

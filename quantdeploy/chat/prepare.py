@@ -46,7 +46,8 @@ def prepare_chat(model: "LoadedModel", messages: list[dict], *, template: str | 
         check_history(messages)
         tool_plan = plan(src, messages, offered, choice, parallel_tool_calls, lambda text: special_id(model, text))
         messages, variables = tool_plan.messages, tool_plan.render_kwargs
-        grammar = tool_plan.grammar or grammar
+        if tool_plan.forced or not grammar:  # a forced call's grammar wins; response_format wins over "auto"'s
+            grammar = tool_plan.grammar or grammar
     text = render(src, messages, bos_token=info.bos_token, eos_token=info.eos_token, **variables)
     reads_calls = tool_plan is not None and tool_plan.tools and tool_plan.choice != "none"
     return ChatPrompt(text, model.tokenize(text, add_bos=False), grammar, tool_plan if reads_calls else None)

@@ -8,7 +8,9 @@ plain turns it can render.
 
 With `tool_choice` "required" or a named function the reply is generated under a grammar of the family's call
 syntax whose arguments follow each function's JSON schema: the calls always parse and validate. With "auto" the
-model chooses; chat/toolcalls.py finds the calls in what it wrote.
+model chooses, and the grammar is lazy: text is free until the model writes the opening of a call in its family's
+syntax (`<tool_call>`, `[TOOL_CALLS]`, `{"tool_calls": [`), and from there on the call must be well-formed too.
+chat/toolcalls.py finds the calls in what it wrote.
 """
 
 from __future__ import annotations
@@ -192,6 +194,8 @@ def plan(template: str, messages: list[dict], tools: list[dict], choice: str, pa
                                                                           else [], syntax)
     if p.forced:
         p.grammar = call_grammar(p, special_id)
+    elif choice == "auto" and tools:
+        p.grammar = auto_grammar(p, special_id)
     return p
 
 
@@ -255,15 +259,51 @@ def _generic_history(messages: list[dict], tools: list[dict], syntax: CallSyntax
 
 # --- the grammar of a forced call -----------------------------------------------------------------------
 
-def call_grammar(p: ToolPlan, special_id: Callable[[str], int | None]) -> str:
-    from ..structured.grammar import JSON_LAYOUT, closed, lark_grammar
+def _call_schema(p: ToolPlan) -> dict:
+    """One call object, {"name": ..., "arguments": {...}}, for any of the tools this reply may call."""
+    from ..structured.grammar import JSON_LAYOUT, closed
 
-    tools = [t for t in p.tools if p.choice == "required" or t["function"]["name"] == p.choice]
+    tools = [t for t in p.tools if p.choice in ("required", "auto") or t["function"]["name"] == p.choice]
     schemas = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
                                                   p.syntax.args: closed(t["function"]["parameters"])},
                 "required": ["name", p.syntax.args], "additionalProperties": False, "x-guidance": JSON_LAYOUT}
                for t in tools]
-    call_schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas, "x-guidance": JSON_LAYOUT}
+    return schemas[0] if len(schemas) == 1 else {"anyOf": schemas, "x-guidance": JSON_LAYOUT}
+
+
+# what opens a call in each family's syntax, for the lazy grammar of tool_choice "auto" (Llama 3's bare JSON has no
+# opening of its own: its calls are only parsed)
+AUTO_TRIGGER = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "generic": '{"tool_calls": ['}
+
+
+def auto_grammar(p: ToolPlan, special_id: Callable[[str], int | None]) -> str | None:
+    """Free text, in which each opening of a call starts a call that must be well-formed (llguidance's lazy
+    lexemes, as its StructTag builds them)."""
+    from ..structured.grammar import lark_grammar
+
+    s = p.syntax
+    trigger = AUTO_TRIGGER.get(s.family)
+    if trigger is None:
+        return None
+    if s.open:  # each call wrapped on its own (Hermes): a tag per call
+        body = f"{_lit(s.open[len(trigger):], special_id)} call {_lit(s.close, special_id)}"
+    else:  # a list of calls (Mistral, generic)
+        more = f"({_lit(s.sep, special_id)} call){{0,{MAX_PARALLEL_CALLS - 1}}}"
+        body = f"{_lit(s.prefix[len(trigger):], special_id)} call {more} {_lit(s.suffix, special_id)}"
+    tid = special_id(trigger) if trigger in _MARKERS else None
+    if tid is not None:  # a special token cannot occur inside free text: it opens the call by itself
+        tag = f"tag: TAG_TEXT <[{tid}]> {body}\n"
+    else:
+        tag = f"tag_open[lazy]: TAG_TEXT {json.dumps(trigger)}\ntag: tag_open {body}\n"
+    lark = ("%llguidance {}\nstart: tag* TAG_TEXT\nTAG_TEXT: /(.|\\n)*/\n" + tag +
+            f"call: %json {json.dumps(_call_schema(p))}\n")
+    return lark_grammar(lark, "tools")
+
+
+def call_grammar(p: ToolPlan, special_id: Callable[[str], int | None]) -> str:
+    from ..structured.grammar import lark_grammar
+
+    call_schema = _call_schema(p)
     s = p.syntax
     one = f"{_lit(s.open, special_id)} call {_lit(s.close, special_id)}".strip()
     more = f" ({_lit(s.sep, special_id)} {one}){{0,{MAX_PARALLEL_CALLS - 1}}}" if p.parallel and \
