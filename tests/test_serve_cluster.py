@@ -212,9 +212,10 @@ def test_a_model_that_fails_to_load_on_the_replicas_ends_the_server_with_one_lin
     data[:head] = bytes(data[:head]).replace(b"gemma3", b"gemmaX")
     broken = tmp_path / "unknown-arch.gguf"
     broken.write_bytes(data)
-    proc = run_cli("serve", str(broken), "--replicas", "1", "--ray-address", cluster, "--port", "0",
-                   env=RAY_ENV, timeout=240)
-    assert_clean_error(proc, "failed to load on a replica", "unknown-arch.gguf")
+    # a relative path (the replicas run elsewhere: the front hands them the absolute one)
+    proc = run_cli("serve", broken.name, "--replicas", "1", "--ray-address", cluster, "--port", "0",
+                   env=RAY_ENV, timeout=240, cwd=tmp_path)
+    assert_clean_error(proc, "failed to load on a replica", "llama.cpp could not load unknown-arch.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import re
 import sys
 import threading
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from ...errors import BackendUnavailable, QuantDeployError, UsageError
@@ -34,6 +35,8 @@ def serve_cluster(settings: ServerSettings, cluster: ClusterSettings, *, model: 
     settings.validate()
     if log_level not in LOG_LEVELS:
         raise UsageError(f"unknown log level '{log_level}'; choose one of: {', '.join(LOG_LEVELS)}")
+    if settings.spec is not None:  # replicas run in Ray's own working directory: a relative path means nothing there
+        settings = replace(settings, spec=replace(settings.spec, path=settings.spec.path.resolve()))
     ray = _import_ray()
     if cluster.auto_replicas and not cluster.ray_address:  # a local instance has this machine's GPUs: say it now
         from ...backends.hw import cuda_device_count
