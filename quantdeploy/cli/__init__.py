@@ -28,12 +28,23 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _interruptible()
     try:
         _main(argv)
         code: int | str | None = 0
     except SystemExit as e:
         code = e.code
     _exit(code)
+
+
+def _interruptible() -> None:
+    """Ctrl-C stops every command, also in a process started with SIGINT ignored (a background job of a script, some
+    CI runners and test harnesses pass that on): Python then installs no KeyboardInterrupt handler of its own, and
+    a pull or a generate would ignore Ctrl-C and run to the end."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _click_error(name: str) -> type[Exception]:
