@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from quantdeploy.engine import cuda_gemv as C
+from quantdeploy.engine import nk_layout as L
+from quantdeploy.engine.nk_layout import MetaForm
 from quantdeploy.engine.quant import dequantize, from_awq, from_gptq, pack_cols_k
 
 from test_engine import _pack_awq, _random_case
@@ -40,22 +42,24 @@ def _unpermute(dense_nk, perm):
 @pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_nk_layout_holds_the_checkpoint_weights(layout):
     w, ref = _weight(layout)
-    nk = C.repack(w, cols=64)  # several column chunks
+    nk = L.repack(w, cols=64)  # several column chunks
     groups = w.k // 128
     assert nk.q.dtype == torch.int32 and nk.q.shape == (w.n, w.k // 8)
     assert nk.meta.shape == ((w.n * groups,) if layout == "sym" else (w.n, groups + groups // 2))
     # one zero point for the whole weight: the scales alone, 2 bytes per group; else the zero points a byte each, 3
-    assert (nk.zero, nk.meta.dtype) == ((8, torch.int16) if layout == "sym" else (-5, torch.int16))
+    want = (MetaForm.SCALES_ONLY, 8) if layout == "sym" else (MetaForm.ZERO_BYTES, 0)
+    assert (nk.form, nk.zero_point, nk.meta.dtype) == (*want, torch.int16)
+    assert nk.z == (8 if layout == "sym" else -5)  # the kernels' template argument
     assert nk.nbytes() == w.n * w.k // 2 + w.n * (w.k // 128) * (2 if layout == "sym" else 3)
-    ours = _unpermute(C.reference(nk), nk.perm).t()
+    ours = _unpermute(L.reference(nk), nk.perm).t()
     assert torch.equal(ours, ref)  # exactly (q - zero) * fp16 scale: the checkpoint's own numbers
     assert torch.allclose(ours, dequantize(w, torch.float32), atol=2e-4)
 
 
 def test_zero_point_bytes_in_place():
     """Row n's meta: its G scales, then zero point g at byte 2 G + g (little-endian int16 pairs)."""
-    meta, zero = C.meta_layout(torch.rand(6, 3).half(), torch.arange(18).reshape(6, 3) % 16)
-    assert zero == -5 and meta.shape == (3, 6 + 3)
+    meta, form, _ = L.meta_layout(torch.rand(6, 3).half(), torch.arange(18).reshape(6, 3) % 16)
+    assert form is MetaForm.ZERO_BYTES and meta.shape == (3, 6 + 3)
     assert meta[:, 6:].contiguous().view(torch.uint8).tolist() == [[0, 3, 6, 9, 12, 15], [1, 4, 7, 10, 13, 0],
                                                                     [2, 5, 8, 11, 14, 1]]
 
@@ -64,9 +68,9 @@ def test_zero_point_bytes_in_place():
 def test_words_hold_every_form(layout):
     """The 4-byte words (the form of an odd group count) hold any weight: the GPU tests compare the others with it."""
     w, ref = _weight(layout)
-    nk = C.repack(w, words=True)
-    assert nk.zero == -1 and nk.meta.dtype == torch.int32
-    assert torch.equal(C.reference(nk).t(), ref)
+    nk = L.repack(w, words=True)
+    assert nk.form is MetaForm.WORDS and nk.z == -1 and nk.meta.dtype == torch.int32
+    assert torch.equal(L.reference(nk).t(), ref)
 
 
 def test_one_zero_point_only_when_all_are_equal():
@@ -75,18 +79,18 @@ def test_one_zero_point_only_when_all_are_equal():
     z = torch.full_like(z, 8)
     z[1, 5] = 9
     w = from_gptq(pack_cols_k(q), pack_cols_k((z - 1).t().contiguous()).t().contiguous(), s.half(), g_idx, 128, 1)
-    nk = C.repack(w)
-    assert nk.zero == -5
-    assert torch.equal(C.reference(nk).t(), (q.float() - z.float()[g_idx]) * s.half().float()[g_idx])
+    nk = L.repack(w)
+    assert nk.form is MetaForm.ZERO_BYTES
+    assert torch.equal(L.reference(nk).t(), (q.float() - z.float()[g_idx]) * s.half().float()[g_idx])
 
 
 def test_symmetric_scales_in_blocks_of_eight_rows():
     """One zero point: the scales of 8 rows of one group lie together ([N/8, G, 8]); an odd group count is fine
     (K / group size = 5, Gemma-3-270M's 640)."""
     w, ref = _weight("sym", k=640)
-    nk = C.repack(w)
-    assert nk.zero == 8 and nk.meta.shape == (w.n * 5,)
-    assert torch.equal(C.reference(nk).t(), ref)
+    nk = L.repack(w)
+    assert (nk.form, nk.zero_point) == (MetaForm.SCALES_ONLY, 8) and nk.meta.shape == (w.n * 5,)
+    assert torch.equal(L.reference(nk).t(), ref)
     scales = w.scales.half().view(torch.int16)  # [G, N]
     assert torch.equal(nk.meta[8 * 3:8 * 4], scales[3, :8])  # block 0, group 3: rows 0-7
     assert torch.equal(nk.meta[8 * 5 + 8 * 2:8 * 5 + 8 * 3], scales[2, 8:16])  # block 1, group 2
@@ -96,34 +100,34 @@ def test_zero_points_per_group_pack_only_for_an_even_group_count():
     """Zero points per group (AWQ) go a byte each after each row's scales when G is even; K / group size = 5
     (Gemma-3-270M's 640) keeps the words."""
     w, ref = _weight("awq", k=640)
-    nk = C.repack(w)
-    assert nk.zero == -1 and nk.meta.shape == (w.n, 5)
-    assert torch.equal(C.reference(nk).t(), ref)
+    nk = L.repack(w)
+    assert nk.form is MetaForm.WORDS and nk.meta.shape == (w.n, 5)
+    assert torch.equal(L.reference(nk).t(), ref)
 
 
 def test_rows_not_in_blocks_of_eight_keep_rows():
     """N = 12: a symmetric weight's scales take the per-row form, with its zero points (G = 4) or words."""
-    meta, zero = C.meta_layout(torch.rand(4, 12).half(), torch.full((4, 12), 8))
-    assert zero == -5 and meta.shape == (12, 6) and meta.dtype == torch.int16
-    meta, zero = C.meta_layout(torch.rand(5, 12).half(), torch.full((5, 12), 8))
-    assert zero == -1 and meta.shape == (12, 5) and meta.dtype == torch.int32
+    meta, form, _ = L.meta_layout(torch.rand(4, 12).half(), torch.full((4, 12), 8))
+    assert form is MetaForm.ZERO_BYTES and meta.shape == (12, 6) and meta.dtype == torch.int16
+    meta, form, _ = L.meta_layout(torch.rand(5, 12).half(), torch.full((5, 12), 8))
+    assert form is MetaForm.WORDS and meta.shape == (12, 5) and meta.dtype == torch.int32
 
 
 def test_interleaved_gate_up_rows():
     """The gate|up weight for the GEMV with the activation: rows gate 0, up 0, gate 1, ... and `split` says where
     the up rows start in the original order (the prompt path's dequantization writes them back there)."""
     w, _ = _weight("gptq", n=192)
-    plain, inter = C.repack(w), C.repack(w, cols=64, interleave=True)
+    plain, inter = L.repack(w), L.repack(w, cols=64, interleave=True)
     assert inter.split == 96 and plain.split == 0
     order = torch.stack([torch.arange(96), torch.arange(96) + 96], 1).flatten()
-    assert torch.equal(C.reference(inter), C.reference(plain)[order])
+    assert torch.equal(L.reference(inter), L.reference(plain)[order])
 
 
 def test_unsupported_group_size_is_refused_with_the_reason():
     w, _ = _weight("gptq", k=384, n=64)
     w.group_size = 96  # 3 chunks of 32 per group: not a power of two
     with pytest.raises(ValueError, match="CUDA GEMV needs"):
-        C.repack(w)
+        L.repack(w)
 
 
 def _nvrtc_or_skip():
@@ -170,6 +174,8 @@ def test_grid_sizes():
     assert C.kernel_name(8, 1, 4) == "qd_w4a16_gemv_sk<8, 1, 0>"  # the names of 4 warps, as in earlier results
     assert C.kernel_name(8, 1, 14) == "qd_w4a16_gemv_sk<8, 1, 0, 14>"
     assert C.kernel_name(8, 1, 4, 0, 8) == "qd_w4a16_gemv_sk<8, 1, 0, 4, 8>"  # one zero point, 8, for the weight
+    assert C.kernel_name(2, 4, 1, 0, MetaForm.WORDS) == "qd_w4a16_gemv<2, 4, 0>"  # the template's default form
+    assert C.dequant_name(MetaForm.ZERO_BYTES) == "qd_w4a16_dequant<-5>"
     assert C.kernel_name(4, 1, -4, 1, 8) == "qd_w4a16_gemv_ps<4, 1, 1, 8>"
     assert C.kernel_name(4, 1, 1, 1, -5) == "qd_w4a16_gemv<4, 1, 1, -5>"  # zero points a byte each
     assert C.grid(4096, 2, 1, 132) == 512  # a warp per 2 rows, 4 warps a block
@@ -210,8 +216,8 @@ def test_cuda_kernels_match_the_reference_on_the_gpu(layout):
     assert ok, why
     for k in (1024, 1792):  # K / 32 = 56 = 7 * 8: splits over 7 and 14 warps too
         w, _ = _weight(layout, k=k, n=320)
-        nk = C.repack(w.to(dev, torch.float16))
-        ref = _unpermute(C.reference(nk), nk.perm)  # [N, K] in x's order
+        nk = L.repack(w.to(dev, torch.float16))
+        ref = _unpermute(L.reference(nk), nk.perm)  # [N, K] in x's order
         for v in C.VARIANTS:
             lin = C.CudaLinear(nk, dev, v)
             for m in (1, 8):  # the GEMV, and dequantize + matmul
@@ -230,9 +236,9 @@ def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(layout, form, k):
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=k, n=320)
     w = w.to(dev, torch.float16)
-    compact = C.repack(w)
-    words = C.repack(w, words=True)
-    assert (compact.zero, words.zero) == (form, -1)
+    compact = L.repack(w)
+    words = L.repack(w, words=True)
+    assert (compact.z, words.form) == (form, MetaForm.WORDS)
     x = torch.randn(1, w.k, device=dev).half()
     x8 = torch.randn(8, w.k, device=dev).half()
     for v in C.VARIANTS:
@@ -249,8 +255,8 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act, layout):
 
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=1024, n=320)
-    nk = C.repack(w.to(dev, torch.float16), interleave=True)
-    ref = C.reference(C.repack(w.to(dev, torch.float16)))  # [N, K], original row order
+    nk = L.repack(w.to(dev, torch.float16), interleave=True)
+    ref = L.reference(L.repack(w.to(dev, torch.float16)))  # [N, K], original row order
     for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, 8), (4, 1, -2)):
         lin = C.CudaLinear(nk, dev, (r, u, s), act=act)
         x = torch.randn(1, w.k, device=dev).half()

@@ -100,7 +100,7 @@ CASES = [
      ["12.4", "older than 12.8"], ["CUDA toolkit 12.8+"]),
     ("no NVRTC for the engine's GEMV", dict(engine_gemv=lambda: {"ok": False, "arch": "90", "error":
                                                               "OSError: libnvrtc.so.13: cannot open shared object"}),
-     "engine-gemv", "warn", ["libnvrtc", "falls back to ExLlamaV2"], ["--force-reinstall torch", "exllama_v2"]),
+     "engine-gemv", "warn", ["libnvrtc", "falls back to the engine's Triton GEMV"], ["--force-reinstall torch"]),
     ("offline Hopper", dict(reachable=lambda url, timeout: (False, "Name or service not known")),
      "machete-offline", "warn", ["offline Hopper", "CUTLASS"], ["backend='marlin'"]),
     ("offline Hopper forcing machete", dict(reachable=lambda url, timeout: (False, "timed out"), settings=lambda:

@@ -203,25 +203,6 @@ def test_engine_through_the_common_interface(pair):
     assert "<end_of_turn>" not in "".join(chat)
 
 
-def test_exllama_sources_are_patched_to_launch_on_the_current_stream(tmp_path):
-    """Upstream launches on the legacy stream, which CUDA-graph capture silently leaves out of the graph."""
-    from gptqmodel.utils import exllamav2 as ex
-
-    from quantdeploy.engine.exllama import stream_safe_sources
-
-    root = ex._exllamav2_root()
-    out = stream_safe_sources(root, tmp_path)
-    assert stream_safe_sources(root, tmp_path) == out  # cached by the sources' hash
-    cu = {f.relative_to(out): f.read_text() for f in out.rglob("*.cu")}
-    assert cu and int((out / ".complete").read_text()) >= 4
-    for name, text in cu.items():
-        launches = text.count("<<<")
-        assert text.count("getCurrentCUDAStream()>>>") == launches, name
-        if launches:
-            assert text.startswith("#include <ATen/cuda/CUDAContext.h>")
-    assert (root / "cuda" / "q_gemm.cu").read_text().count("getCurrentCUDAStream") == 0  # upstream untouched
-
-
 @pytest.mark.gpu
 def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
     """Greedy decoding on CUDA takes its argmax and the position step inside the decode graph: the same tokens as

@@ -1,9 +1,9 @@
-"""Batch-1 W4A16 GEMV on the GPU for Llama-3-8B shapes: quantdeploy's CUDA GEMV (every variant), gptqmodel's
-ExLlamaV2 kernel (our stream-safe build) and our Triton GEMV (fp32 and fp16 math) over launch configurations.
+"""Batch-1 W4A16 GEMV on the GPU for Llama-3-8B shapes: quantdeploy's CUDA GEMV (every variant) and our Triton
+GEMV (fp32 and fp16 math) over launch configurations.
 GB/s of weight bytes read, CUDA-graph timing, enough copies of each weight rotated (>= 256 MB) that L2 cannot help.
 Each kernel is checked against the dequantized reference first.
 
-    python benchmarks/gpu/gemv_tune.py [--save] [--kernels cuda,exllama,triton]
+    python benchmarks/gpu/gemv_tune.py [--save] [--kernels cuda,triton]
       --save: the best CUDA variant and the best Triton config per shape for this GPU, under $QUANTDEPLOY_HOME/gemv.
       Best alone is not always best in the decode step, where kernels overlap (PDL): on the H200 the saved
       down_proj pick decoded at 482 tok/s, the engine's default at 516. Check with graph_check.py before saving.
@@ -18,7 +18,7 @@ import itertools
 import torch
 import triton
 
-from quantdeploy.engine import cuda_gemv, tuning
+from quantdeploy.engine import cuda_gemv, nk_layout, tuning
 from quantdeploy.engine.quant import QuantWeight, dequantize
 from quantdeploy.engine.triton_gemv import w4a16_gemv
 from quantdeploy.settings import get_settings
@@ -31,7 +31,7 @@ def weight(k, n, dev, group=128):
     q = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32, device=dev)
     qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // group, n // 8), dtype=torch.int32, device=dev)
     s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
-    z = cuda_gemv.unpack_zeros(qz, n).half() * s
+    z = nk_layout.unpack_zeros(qz, n).half() * s
     return QuantWeight(q, s, z, group, None, qz)
 
 
@@ -70,19 +70,19 @@ def check_cuda(dev):
         w = weight(k, n, dev, group)
         if name == "perm":
             w.perm = torch.randperm(k, device=dev)
-        nk = cuda_gemv.repack(w)
+        nk = nk_layout.repack(w)
         x = torch.randn(1, k, device=dev).half()
         xp = x if w.perm is None else x[:, w.perm]
-        ref = xp.float() @ cuda_gemv.reference(nk).t()
+        ref = xp.float() @ nk_layout.reference(nk).t()
         errs = []
         for v in cuda_gemv.VARIANTS:
             errs.append(rel(cuda_gemv.CudaLinear(nk, dev, v, pdl_launch=False)(x), ref))
         lin = cuda_gemv.CudaLinear(nk, dev, pdl_launch=False)
-        dense_err = rel(lin.dense(), cuda_gemv.reference(nk))
+        dense_err = rel(lin.dense(), nk_layout.reference(nk))
         x8 = torch.randn(8, k, device=dev).half()
         x8p = x8 if w.perm is None else x8[:, w.perm]
-        prompt_err = rel(lin(x8), x8p.float() @ cuda_gemv.reference(nk).t())
-        layout_err = rel(cuda_gemv.reference(nk).t(), dequantize(QuantWeight(
+        prompt_err = rel(lin(x8), x8p.float() @ nk_layout.reference(nk).t())
+        layout_err = rel(nk_layout.reference(nk).t(), dequantize(QuantWeight(
             w.qweight, w.scales, w.szeros, group, None, w.qzeros), torch.float32))
         print(f"check {name} {k}x{n} g{group}: gemv rel err max {max(errs):.2e} over {len(errs)} variants, "
               f"dense {dense_err:.2e}, 8-token prompt {prompt_err:.2e}, layout vs fp16 szeros {layout_err:.2e}",
@@ -93,7 +93,7 @@ def check_cuda(dev):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--save", action="store_true")
-    ap.add_argument("--kernels", default="cuda,exllama,triton")
+    ap.add_argument("--kernels", default="cuda,triton")
     args = ap.parse_args()
     kinds = args.kernels.split(",")
     dev = torch.device("cuda")
@@ -108,7 +108,7 @@ def main():
             raise SystemExit(f"CUDA GEMV unavailable: {why}")
         check_cuda(dev)
         best = {}
-        packed = {name: [cuda_gemv.repack(w) for w in ws[name]] for name in SHAPES}
+        packed = {name: [nk_layout.repack(w) for w in ws[name]] for name in SHAPES}
         for v in cuda_gemv.VARIANTS:
             row = []
             for name in SHAPES:
@@ -121,26 +121,9 @@ def main():
             print(f"cuda {cuda_gemv.kernel_name(*v):30s}", " ".join(f"{g:7.0f}" for g in row), flush=True)
         print("cuda best:", {name: f"{v[0]:.0f} GB/s {v[1]}" for name, v in best.items()}, flush=True)
         if args.save:
-            keys = {cuda_gemv.tuned_key(k, n, packed[name][0].zero): best[name][1] for name, (k, n) in SHAPES.items()}
+            keys = {cuda_gemv.tuned_key(k, n, packed[name][0].z): best[name][1] for name, (k, n) in SHAPES.items()}
             print("saved", tuning.save(TUNED, dev, "cuda", keys))
         del packed
-    if "exllama" in kinds:
-        from quantdeploy.engine import exllama
-
-        ok, why = exllama.available()
-        if ok:
-            maker = exllama.ExllamaLinears(dev)
-            mods = {name: [maker.make(QuantWeight(w.qweight.clone(), w.scales, w.szeros, 128, None, w.qzeros.clone()))
-                           for w in ws[name]] for name in SHAPES}
-            maker.finish(16)
-            row = []
-            for name in SHAPES:
-                x2 = xs[name].view(1, -1)
-                row.append(nbytes[name] / bench(rotating(lambda m: m(x2), mods[name])) / 1e6)
-            print("exllamav2 (stream-safe build)", " ".join(f"{v:7.0f}" for v in row), flush=True)
-            del mods, maker
-        else:
-            print("exllamav2 unavailable:", why)
     if "triton" in kinds:
         triton_sweep(ws, xs, nbytes, dev, args.save)
 

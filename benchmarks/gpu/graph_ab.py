@@ -102,7 +102,7 @@ def main():
             print("swept variants", chosen, flush=True)
             time_variants(eng, tok, pos, ref, chosen, "the swept variants")
         if a.save:
-            keys = {cuda_gemv.tuned_key(lin.w.k, lin.w.n, lin.w.zero): list(chosen[role]) for role in CANDIDATES
+            keys = {cuda_gemv.tuned_key(lin.w.k, lin.w.n, lin.w.z): list(chosen[role]) for role in CANDIDATES
                     for lin in linears(eng, role)[:1]}
             print("saved", tuning.save(get_settings().home / "gemv", torch.device("cuda"), "cuda", keys), keys)
 

@@ -1,7 +1,7 @@
 """Does a CUDA-graph replay of the engine's decode step compute what the eager step does? Per layer count, the fused
 step against the torch-ops step; then graph replays timed, with the number of kernels a replay runs.
 
-    python benchmarks/gpu/graph_check.py MODEL_DIR [GEMV]   (GEMV: auto, cuda, exllama, triton)
+    python benchmarks/gpu/graph_check.py MODEL_DIR [GEMV]   (GEMV: auto, cuda, triton)
 
 Exits 1 when the fused step is not finite or differs from the torch step by more than 1 % (relative).
 """

@@ -120,7 +120,7 @@ class FastQuantModel(HFTokenizerModel):
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")
         kernel = self.engine.dec.gemv
-        label = {"qd-w4a16-gemv": "W4A16 GEMV (quantdeploy CUDA)", "exllamav2-gemm": "ExllamaV2Linear (gptqmodel)",
+        label = {"qd-w4a16-gemv": "W4A16 GEMV (quantdeploy CUDA)",
                  "triton-w4a16-gemv": "W4A16 GEMV (Triton)"}.get(
             kernel, "dequantized matmul")
         layers = {name: f"{label}, fused {name}" for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}

@@ -21,7 +21,7 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Expec
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 KernelOpt = Annotated[Optional[str], typer.Option(
     "--kernel", help="GPTQ/AWQ kernel: marlin, exllama_v2, triton, gemm, cpu, torch; with --engine fast: cuda, "
-                     "exllama_v2, triton (default: best that fits).")]
+                     "triton (default: best that fits).")]
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context window to allocate (tokens).", min=16)]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load *.bin/*.pt weights (can run code).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the repo.")]

@@ -168,9 +168,8 @@ def check_engine_gemv(p: Probes) -> Check:
     if r.get("ok"):
         return Check("engine-gemv", OK, f"NVRTC compiles the fast engine's CUDA GEMV for sm {r['arch']}", details=r)
     return Check("engine-gemv", WARN, f"the fast engine's CUDA GEMV does not compile ({r.get('error')}): GPTQ/AWQ "
-                 "decode falls back to ExLlamaV2 or Triton, 22-33 % slower on an H200",
-                 "pip install --force-reinstall torch (its CUDA wheels bring libnvrtc); meanwhile "
-                 "--kernel exllama_v2 with --engine fast", r)
+                 "decode falls back to the engine's Triton GEMV, about half as fast on an H200",
+                 "pip install --force-reinstall torch (its CUDA wheels bring libnvrtc)", r)
 
 
 def check_machete_offline(p: Probes) -> Check:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..checkpoint import QuantConfig
 
 ENGINE_BITS = 4  # the weight width every engine kernel unpacks
-# --kernel with --engine fast: auto (the CUDA GEMV, then ExLlamaV2), cuda, exllama_v2, triton
-ENGINE_KERNELS = ("auto", "cuda", "exllama_v2", "triton")
+# --kernel with --engine fast: auto (the CUDA GEMV, else the Triton GEMV), cuda, triton
+ENGINE_KERNELS = ("auto", "cuda", "triton")
 
 
 def engine_supports(config: dict, quant: QuantConfig) -> tuple[bool, str]:

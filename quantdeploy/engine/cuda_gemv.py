@@ -2,8 +2,8 @@
 
 NVRTC ships with torch's CUDA wheels (libnvrtc): no nvcc, no C++ extension build, a fraction of a second per
 kernel. Launches go through the driver (cuLaunchKernel) on torch's current stream, so CUDA-graph capture records
-them. The weights are repacked once at load into the "NK" layout the kernel streams with 16-byte loads (see the
-.cu header); prompts dequantize one weight at a time into a scratch fp16 matrix and run one cuBLAS matmul.
+them. The weights are repacked once at load into the "NK" layout the kernel streams with 16-byte loads
+(nk_layout.py); prompts dequantize one weight at a time into a scratch fp16 matrix and run one cuBLAS matmul.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from . import pdl, tuning
+from .nk_layout import MetaForm, NKWeight, repack
 
 log = logging.getLogger("quantdeploy.engine")
 
 SOURCE = Path(__file__).with_name("kernels") / "w4a16.cu"
-SLOT = (0, 4, 1, 5, 2, 6, 3, 7)  # k offset i within a word lives in nibble SLOT[i]
 # (rows R, chunks loaded ahead per lane U, S): S = 1, one warp per R rows over all of K (qd_w4a16_gemv); S > 1, a
 # block's S warps share R rows, an S-th of K each (qd_w4a16_gemv_sk); S = -B, persistent: B blocks per SM, each
 # warp streams row group after row group with the next batch of weights in flight (qd_w4a16_gemv_ps).
@@ -32,117 +31,6 @@ VARIANTS = ((1, 4, 1), (1, 8, 1), (2, 2, 1), (2, 4, 1), (4, 1, 1), (4, 2, 1), (4
             (4, 1, 2), (8, 1, 2), (8, 1, 7), (4, 1, 8), (8, 1, 8), (4, 1, 14),
             (2, 2, -2), (4, 1, -2), (4, 2, -2), (8, 1, -2), (4, 1, -4), (8, 1, -4))
 THREADS = 128  # threads per block, but for qd_w4a16_gemv_sk (32 S)
-
-
-@dataclass
-class NKWeight:
-    q: torch.Tensor  # int32 [N, K/8]
-    meta: torch.Tensor  # per `zero`: int32 [N, G] of scale bits | zero << 16 (-1), int16 [N, G + G/2] of scale bits
-    # then a zero point per byte (-5), or int16 1-D, the scale bits in blocks of 8 rows [N/8, G, 8] (>= 0); see
-    # kernels/w4a16.cu
-    group_size: int
-    perm: torch.Tensor | None = None
-    split: int = 0  # > 0: rows interleaved (gate j, up j), the up rows starting at `split` in the original order
-    zero: int = -1  # >= 0: every zero point is this value (GPTQ sym=True: 8); -5: zero points as bytes after the
-    # scales; -1: words
-
-    @property
-    def n(self) -> int:
-        return self.q.shape[0]
-
-    @property
-    def k(self) -> int:
-        return self.q.shape[1] * 8
-
-    def nbytes(self) -> int:
-        return self.q.numel() * 4 + self.meta.numel() * self.meta.element_size()
-
-
-def supports(w) -> str | None:
-    """Why a QuantWeight cannot use these kernels, or None."""
-    g = w.group_size
-    if w.qzeros is None:
-        return "the CUDA GEMV needs integer zero points (qzeros)"
-    if w.k % 32 or g % 32 or (g // 32) & (g // 32 - 1) or w.k % g:
-        return f"group size {g} / K {w.k}: the CUDA GEMV needs K and the group size in 32-multiples (powers of 2)"
-    return None
-
-
-def unpack_zeros(qzeros: torch.Tensor, n: int) -> torch.Tensor:
-    """int32 [G, N/8] zero points packed along N (sequential order) -> int32 [G, N]."""
-    from .quant import unpack_rows
-
-    return unpack_rows(qzeros)[:, :n]
-
-
-def _int16(bits16: torch.Tensor) -> torch.Tensor:
-    """Values 0..65535 as the int16 with those bits."""
-    return torch.where(bits16 >= 2 ** 15, bits16 - 2 ** 16, bits16).to(torch.int16)
-
-
-def meta_layout(scales: torch.Tensor, zeros: torch.Tensor, words: bool = False) -> tuple[torch.Tensor, int]:
-    """(meta, zero form) from fp16 scales and integer zero points [G, N] (see kernels/w4a16.cu): the scales alone,
-    in blocks of 8 rows [N/8, G, 8], when all zero points are one value (a symmetric GPTQ checkpoint: all 8) and
-    N % 8 == 0; each row's scales then its zero points (0..15), a byte each, when G is even (AWQ, asymmetric GPTQ);
-    else (or with `words`, which the GPU tests compare the other forms with) a scale | zero word per group, int32
-    [N, G]."""
-    bits = scales.to(torch.float16).view(torch.int16).t()  # [N, G]
-    z = zeros.t().to(torch.int32)
-    n, g = bits.shape
-    if not words:
-        first = int(z.flatten()[0])
-        if n % 8 == 0 and bool((z == first).all()):
-            return bits.reshape(n // 8, 8, g).transpose(1, 2).flatten().contiguous(), first
-        if int(z.max()) <= 15 and g % 2 == 0:
-            packed = z[:, 0::2] | (z[:, 1::2] << 8)  # group g's byte at byte g (little-endian int16 pairs)
-            return torch.cat([bits, _int16(packed)], 1).contiguous(), -5
-    return ((bits.to(torch.int32) & 0xFFFF) | (z << 16)).contiguous(), -1
-
-
-def repack(w, cols: int = 4096, interleave: bool = False, words: bool = False) -> NKWeight:
-    """QuantWeight (qweight [K/8, N] packed along K) -> NKWeight, `cols` output rows at a time (small temporaries).
-    interleave: a gate|up weight whose rows become gate 0, up 0, gate 1, ... (for the GEMV with the activation).
-    The group scales and zero points take 2, 3 or 4 bytes per group (meta_layout; 4 with `words`)."""
-    why = supports(w)
-    if why:
-        raise ValueError(why)
-    scales, zeros = w.scales, unpack_zeros(w.qzeros, w.n)
-    if interleave:
-        half = w.n // 2
-        rows = torch.stack([torch.arange(half), torch.arange(half) + half], 1).flatten().to(w.qweight.device)
-        scales, zeros = scales[:, rows], zeros[:, rows]
-    meta, zero = meta_layout(scales, zeros, words)
-    parts = []
-    for c in range(0, w.n, cols):
-        t = w.qweight[:, c:c + cols].t().to(torch.int64)  # [n_c, K/8]
-        out = torch.zeros_like(t)
-        for i in range(8):
-            out |= ((t >> (4 * i)) & 0xF) << (4 * SLOT[i])
-        parts.append(torch.where(out >= 2 ** 31, out - 2 ** 32, out).to(torch.int32))
-    q = torch.cat(parts)
-    if not interleave:
-        return NKWeight(q.contiguous(), meta, w.group_size, w.perm, zero=zero)
-    return NKWeight(q[rows].contiguous(), meta, w.group_size, w.perm, split=half, zero=zero)
-
-
-def reference(w: NKWeight) -> torch.Tensor:
-    """Dense fp32 [N, K] from the NK layout (columns in the permuted order, like the kernel reads x): what the
-    kernels must compute, written with torch ops so that the CPU tests can check the layout."""
-    shifts = torch.tensor([4 * s for s in SLOT], dtype=torch.int64, device=w.q.device)
-    q = ((w.q.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF).reshape(w.n, w.k).float()
-    groups = w.k // w.group_size
-    if w.zero >= 0:  # blocks of 8 rows
-        scale = w.meta.view(torch.float16).reshape(w.n // 8, groups, 8).transpose(1, 2).reshape(w.n, groups).float()
-        zero = torch.full_like(scale, float(w.zero))
-    elif w.zero == -5:  # per row: the scales, then the zero points a byte each
-        scale = w.meta[:, :groups].contiguous().view(torch.float16).float()
-        zero = w.meta[:, groups:].contiguous().view(torch.uint8)[:, :groups].float()
-    else:
-        meta = w.meta.to(torch.int64) & 0xFFFFFFFF
-        scale = (meta & 0xFFFF).to(torch.int16).view(torch.float16).float()
-        zero = (meta >> 16).float()
-    g = torch.arange(w.k, device=w.q.device) // w.group_size
-    return (q - zero[:, g]) * scale[:, g]
 
 
 # --- compilation and launch ---------------------------------------------------------------------------------
@@ -235,7 +123,7 @@ def available(device) -> tuple[bool, str]:
             return False, "not a CUDA device"
         if torch.cuda.get_device_capability(device) < (7, 0):
             return False, "needs compute capability 7.0+"
-        for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", dequant_name(-1)):
+        for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", dequant_name(MetaForm.WORDS)):
             _kernel(name, device.index or 0)
         return True, ""
     except Exception as e:  # no NVRTC, a driver too old for the cubin, ...
@@ -251,16 +139,16 @@ def default_variant(k: int, n: int) -> tuple[int, int, int]:
     return (4, 1, -4) if n > k and k < 8192 else (8, 1, 4)
 
 
-def tuned_key(k: int, n: int, zero: int) -> str:
-    """A tuned file's key: the shape and the meta form (w.zero) the variant was swept on. A variant swept on GPTQ's
+def tuned_key(k: int, n: int, z: int) -> str:
+    """A tuned file's key: the shape and the meta form (NKWeight.z) the variant was swept on. A variant swept on GPTQ's
     blocked scales is not the best for AWQ's zero point bytes (2026-12-02: AWQ 528-531 tok/s with GPTQ's variants,
     542-543 with the defaults; ab-awq-tuned-h200.txt), so each form reads only its own keys."""
-    return f"{k}x{n}:{zero}"
+    return f"{k}x{n}:{int(z)}"
 
 
-def variant_for(k: int, n: int, zero: int, tuned: dict) -> tuple[int, int, int]:
+def variant_for(k: int, n: int, z: int, tuned: dict) -> tuple[int, int, int]:
     """The variant for a weight: a tuned file's (its choices, `tuned`) for this shape and form, else the default."""
-    v = tuned.get(tuned_key(k, n, zero))
+    v = tuned.get(tuned_key(k, n, z))
     return fit_variant(tuple(v) if v else default_variant(k, n), k, n)
 
 
@@ -277,17 +165,18 @@ def fit_variant(v, k: int, n: int) -> tuple[int, int, int]:
     return r, u, s
 
 
-def kernel_name(r: int, u: int, s: int, act: int = 0, zero: int = -1) -> str:
-    """The kernel's template instance; the meta form (NKWeight.zero) other than -1 is its last argument."""
-    z = f", {zero}" if zero != -1 else ""
+def kernel_name(r: int, u: int, s: int, act: int = 0, z: int = MetaForm.WORDS) -> str:
+    """The kernel's template instance; the meta form's template argument (NKWeight.z), unless WORDS (the template's
+    default), is its last argument."""
+    z = f", {int(z)}" if z != MetaForm.WORDS else ""
     if s > 1 and (s != 4 or z):
         return f"qd_w4a16_gemv_sk<{r}, {u}, {act}, {s}{z}>"
     kind = "_sk" if s > 1 else "_ps" if s < 0 else ""
     return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{z}>"
 
 
-def dequant_name(zero: int = -1) -> str:
-    return f"qd_w4a16_dequant<{zero}>"
+def dequant_name(z: int = MetaForm.WORDS) -> str:
+    return f"qd_w4a16_dequant<{int(z)}>"
 
 
 def grid(n: int, r: int, s: int, sms: int) -> int:
@@ -322,8 +211,8 @@ class CudaLinear:
         self.device = torch.device(device)
         self.act = act if w.split else None
         self.pdl = pdl.enabled(self.device) if pdl_launch is None else pdl_launch
-        self.deq = _Launch(dequant_name(w.zero), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
-        self.use(variant or variant_for(w.k, w.n, w.zero, {}))
+        self.deq = _Launch(dequant_name(w.z), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
+        self.use(variant or variant_for(w.k, w.n, w.z, {}))
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -332,7 +221,7 @@ class CudaLinear:
         if self.act and r % 2:
             r = 2
         gshift = (w.group_size // 32).bit_length() - 1
-        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, w.zero)
+        name = kernel_name(r, u, s, ACTS[self.act] if self.act else 0, w.z)
         self.gemv = _Launch(name, self.device, 4, (w.n, w.k, w.k // w.group_size, gshift),
                             pdl=self.pdl, threads=32 * s if s > 1 else THREADS)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count if s < 0 else 0
@@ -366,7 +255,7 @@ class CudaLinear:
 
 
 class CudaLinears:
-    """The engine's maker: ExLlama's interface (make one linear per fused weight, finish). tuned_dir: where the
+    """The engine's maker: one linear per fused weight (make), then finish(). tuned_dir: where the
     per-GPU tuned variants are (EngineConfig.tuned_dir; None: the defaults)."""
 
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
@@ -383,10 +272,10 @@ class CudaLinears:
         """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
         act = act if act in ACTS and w.n % 2 == 0 else None
         nk = repack(w, interleave=act is not None)
-        key = tuned_key(nk.k, nk.n, nk.zero)
+        key = tuned_key(nk.k, nk.n, nk.z)
         if key in self.tuned:
             self.tuned_shapes.add(key)
-        lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.zero, self.tuned), act=act)
+        lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act)
         self.labels.add(lin.label)
         return lin
 

@@ -22,9 +22,6 @@ from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
 
 log = logging.getLogger("quantdeploy.engine")
 
-# gemv="auto" on CUDA: quantdeploy's CUDA GEMV first, then gptqmodel's ExLlamaV2 (then the Triton GEMV)
-GEMV_ORDER = ("cuda", "exllama")
-
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 
 
@@ -101,8 +98,8 @@ def _inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
 
 
 class QLinear:
-    """y = x @ W (+ b) for a QuantWeight: on CUDA the attached kernel (self.ext: our CUDA GEMV or gptqmodel's
-    ExLlamaV2), else our Triton GEMV for one token; dequantize + matmul otherwise (the CPU)."""
+    """y = x @ W (+ b) for a QuantWeight: on CUDA the attached kernel (self.ext: our CUDA GEMV), else our Triton GEMV
+    for one token; dequantize + matmul otherwise (the CPU)."""
 
     def __init__(self, w: QuantWeight, bias: torch.Tensor | None, cache_dense: bool):
         self.w, self.bias, self.cache_dense = w, bias, cache_dense
@@ -222,28 +219,22 @@ class Decoder:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
     def _gemv_maker(self, gemv: str):
-        """The linears' kernels on CUDA: quantdeploy's CUDA GEMV (cuda_gemv), gptqmodel's ExLlamaV2, or None (our
-        Triton GEMV). "auto" takes the first that loads, in GEMV_ORDER."""
-        from . import cuda_gemv, exllama
+        """The linears' kernels on CUDA: quantdeploy's CUDA GEMV (cuda_gemv), or None (our Triton GEMV). "auto" takes
+        the CUDA GEMV when it loads."""
+        from . import cuda_gemv
 
-        wanted = {"cuda": ("cuda",), "exllama_v2": ("exllama",), "triton": ()}.get(gemv, GEMV_ORDER)
-        for kind in wanted:
-            if kind == "cuda":
-                ok, why = cuda_gemv.available(self.device)
-                if ok:
-                    return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
-            else:
-                ok, why = exllama.available()
-                if ok:
-                    return exllama.ExllamaLinears(self.device)
-            log.warning("%s kernels unavailable (%s)", {"cuda": "CUDA GEMV", "exllama": "ExLlamaV2"}[kind], why)
+        if gemv == "triton":
+            return None
+        ok, why = cuda_gemv.available(self.device)
+        if ok:
+            return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
+        log.warning("CUDA GEMV kernels unavailable (%s); using the Triton GEMV", why)
         return None
 
     def _hand_over(self, maker, layer: Layer, first: bool):
-        """Layer by layer, so the GPU never holds two copies of the weights: the maker takes ours (ExLlama shuffles
-        them in place, the CUDA GEMV repacks them) and our QuantWeight is dropped. A weight it cannot take on the
-        first layer (act-order for ExLlama, odd group sizes) means the Triton GEMV for all; later there is no
-        going back."""
+        """Layer by layer, so the GPU never holds two copies of the weights: the maker repacks ours and our
+        QuantWeight is dropped. A weight it cannot take on the first layer (odd group sizes) means the Triton GEMV
+        for all; later there is no going back."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
         act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None else None
         try:

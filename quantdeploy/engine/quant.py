@@ -20,7 +20,7 @@ class QuantWeight:
     szeros: "object"  # [G, N]
     group_size: int
     perm: "object | None" = None  # int64 [K]: x[perm] before the product (act-order)
-    qzeros: "object | None" = None  # int32 [G, N/8]: true zero points packed along N (GPTQ v2), for ExLlamaV2
+    qzeros: "object | None" = None  # int32 [G, N/8]: true zero points packed along N (GPTQ v2), for the NK layout
 
     @property
     def k(self) -> int:

@@ -1,8 +1,8 @@
 """W4A16 GEMM in Triton for a few to a few hundred tokens (batched decode), on the CUDA GEMV's own weights.
 
-The batch-1 GEMV (cuda_gemv.py) owns the weights in its "NK" layout: int32 [N, K/8], eight 4-bit values per
-word in nibble order SLOT, and the group scales / zero points in one of the meta forms (MetaForm). This kernel
-reads the same tensors, so batching keeps one copy of the weights: each program dequantizes a [BLOCK_N,
+The batch-1 GEMV (cuda_gemv.py) owns the weights in the "NK" layout (nk_layout.py): int32 [N, K/8], eight 4-bit
+values per word in nibble order SLOT, and the group scales / zero points in one of the meta forms (MetaForm).
+This kernel reads the same tensors, so batching keeps one copy of the weights: each program dequantizes a [BLOCK_N,
 BLOCK_K] tile in registers and feeds the tensor cores (tl.dot) with the [BLOCK_M, BLOCK_K] activations. K is
 split over SPLIT_K programs whose fp32 partial sums meet with atomics. A gate|up weight stored with its rows
 interleaved (gate j, up j) is written back in the original order (gate columns, then up columns).
@@ -14,9 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
-# meta forms (cuda_gemv.NKWeight.zero): >= 0 scales alone in blocks of 8 rows, every zero point that value;
-# -5 per row the scales then a zero point per byte; -1 a scale | zero << 16 word per group
-SCALES_BLOCKED, ZERO_BYTES, WORDS = 0, -5, -1
+from .nk_layout import MetaForm
+
+# the meta forms as the kernel's FORM (constexpr) compares them
+SCALES_ONLY = tl.constexpr(MetaForm.SCALES_ONLY.value)
+ZERO_BYTES = tl.constexpr(MetaForm.ZERO_BYTES.value)
 
 
 @triton.jit
@@ -44,11 +46,11 @@ def _w4a16_gemm(x_ptr, q_ptr, meta_ptr, y_ptr, M, N, K, G, ZVAL, split,
         q = (words[:, :, None] >> shifts[None, None, :]) & 0xF
         q = tl.reshape(q, (BLOCK_N, BLOCK_K)).to(tl.float32)
         g = k0 // GROUP
-        if FORM >= 0:
+        if FORM == SCALES_ONLY:
             bits = tl.load(meta_ptr + (offs_n // 8) * (G * 8) + g * 8 + offs_n % 8, mask=mask_n, other=0)
             scale = bits.to(tl.float16, bitcast=True).to(tl.float32)
             zero = ZVAL * 1.0
-        elif FORM == -5:
+        elif FORM == ZERO_BYTES:
             row = offs_n * (G + G // 2)
             bits = tl.load(meta_ptr + row + g, mask=mask_n, other=0)
             scale = bits.to(tl.float16, bitcast=True).to(tl.float32)
@@ -58,7 +60,7 @@ def _w4a16_gemm(x_ptr, q_ptr, meta_ptr, y_ptr, M, N, K, G, ZVAL, split,
             word = tl.load(meta_ptr + offs_n * G + g, mask=mask_n, other=0)
             scale = (word & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             zero = ((word >> 16) & 0xFFFF).to(tl.float32)
-        if FORM >= 0:
+        if FORM == SCALES_ONLY:
             w = ((q - zero) * scale[:, None]).to(tl.float16)
         else:
             w = ((q - zero[:, None]) * scale[:, None]).to(tl.float16)
@@ -96,10 +98,10 @@ def gemm(x: torch.Tensor, w, sms: int) -> torch.Tensor:
     n, group = w.n, w.group_size
     c = config(m, n, k, group, sms)
     g = k // group
-    form = SCALES_BLOCKED if w.zero >= 0 else w.zero
-    meta = w.meta.view(torch.int16) if form in (SCALES_BLOCKED, ZERO_BYTES) else w.meta
+    form = w.form
+    meta = w.meta.view(torch.int16) if form in (MetaForm.SCALES_ONLY, MetaForm.ZERO_BYTES) else w.meta
     y = (torch.zeros if c["SPLIT_K"] > 1 else torch.empty)((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, c["BLOCK_N"]), c["SPLIT_K"])
-    _w4a16_gemm[grid](x.contiguous(), w.q, meta, y, m, n, k, g, max(w.zero, 0), w.split, FORM=form, GROUP=group,
+    _w4a16_gemm[grid](x.contiguous(), w.q, meta, y, m, n, k, g, w.zero_point, w.split, FORM=int(form), GROUP=group,
                       INTERLEAVED=w.split > 0, **c)
     return y.to(torch.float16)

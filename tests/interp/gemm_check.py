@@ -1,7 +1,7 @@
 """Run under TRITON_INTERPRET=1 by tests/test_fused_ops.py: the batched W4A16 GEMM (triton_gemm) on every meta
 form of the CUDA GEMV's NK layout, against the layout's torch reference."""
 import torch
-from quantdeploy.engine import cuda_gemv as C
+from quantdeploy.engine import nk_layout as L
 from quantdeploy.engine import triton_gemm as TG
 from quantdeploy.engine.quant import QuantWeight
 torch.manual_seed(0)
@@ -18,10 +18,11 @@ for (k, n, group, form) in ((256, 64, 64, "sym"), (256, 64, 128, "bytes"), (320,
     g = k // group
     zeros = torch.full((g, n), 8) if form in ("sym", "split") else torch.randint(0, 16, (g, n))
     w = weight(k, n, group, zeros)
-    nk = C.repack(w, interleave=form == "split")
-    want_form = {"sym": 8, "bytes": -5, "words": -1, "split": 8}[form]
-    assert nk.zero == want_form, (form, nk.zero)
-    dense = C.reference(nk)  # [N, K], rows in the NK order
+    nk = L.repack(w, interleave=form == "split")
+    want_form = {"sym": L.MetaForm.SCALES_ONLY, "bytes": L.MetaForm.ZERO_BYTES, "words": L.MetaForm.WORDS,
+                 "split": L.MetaForm.SCALES_ONLY}[form]
+    assert nk.form is want_form, (form, nk.form)
+    dense = L.reference(nk)  # [N, K], rows in the NK order
     for m in (2, 5, 17):
         x = (torch.randn(m, k) * 0.5).half()
         y = TG.gemm(x, nk, sms=4).float()

@@ -3,19 +3,23 @@
 // Layout, per output row n (K contiguous, so each lane streams 16-byte loads):
 //   q    uint32 [N, K/8]  word j holds k = 8j..8j+7, k offset i in nibble SLOT[i] = {0,4,1,5,2,6,3,7}, so that
 //                         one AND/OR (lop3) yields the pairs (k0,k1) (k2,k3) (k4,k5) (k6,k7) as half2;
-//   meta, in one of three forms (template argument Z):
-//     Z == -1: uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point (0..16);
-//     Z == -5: uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points (0..15) a byte each (group g at
-//              byte g): 3 bytes per group (AWQ, asymmetric GPTQ). A byte becomes dequant8's constants in two
-//              operations (row_consts), where nibbles took six: AWQ decoded 1.9-2.1 % faster on an H200;
-//     Z >= 0:  the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all 8), in blocks of 8
-//              rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
-//   Per 128-weight group (64 bytes of q) that is 4, 3 or 2 bytes of meta. (Z == -5 in blocks of 8 rows, its scales
-//   then its zero point bytes, two vector loads a group, decoded 1.7 % slower or more on an H200.)
+//   meta, in one of three forms (template argument Z; nk_layout.py's MetaForm names the same values):
+//     Z == META_WORDS (-1): uint32 [N, G], bits 0-15 the group's fp16 scale, bits 16-31 its integer zero point;
+//     Z == META_ZERO_BYTES (-5): uint16 [N, G + G/2] per row, the G fp16 scales, then the zero points (0..15) a
+//              byte each (group g at byte g): 3 bytes per group (AWQ, asymmetric GPTQ). A byte becomes dequant8's
+//              constants in two operations (row_consts), where nibbles took six: AWQ decoded 1.9-2.1 % faster;
+//     Z >= 0 (SCALES_ONLY): the fp16 scales alone, when every zero point of the weight is Z (GPTQ sym=True: all
+//              8), in blocks of 8 rows: uint16 [N/8, G, 8], so that a warp's rows of one group are one vector load.
+//   Per 128-weight group (64 bytes of q) that is 4, 3 or 2 bytes of meta. (ZERO_BYTES in blocks of 8 rows, its
+//   scales then its zero point bytes, two vector loads a group, decoded 1.7 % slower or more on an H200.)
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
 #include <cuda_fp16.h>
+
+// The meta forms as nk_layout.py's MetaForm names them (an enum: no symbols in the cubin); any Z >= 0 is
+// MetaForm.SCALES_ONLY, Z the weight's one zero point.
+enum MetaForm : int { META_WORDS = -1, META_ZERO_BYTES = -5 };
 
 __device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
     unsigned d;
@@ -50,27 +54,27 @@ __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2
     out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
 }
 
-// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == -1: as a word with the scale in the low half
-// and the zero point in the high half; Z == -5: in the low half, the zero point in z[r]; Z >= 0: the two scales of
-// rows r & ~1 and r | 1, row r's in half r & 1.
+// A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == META_WORDS: as a word with the scale in the low
+// half and the zero point in the high half; Z == META_ZERO_BYTES: in the low half, the zero point in z[r]; Z >= 0:
+// the two scales of rows r & ~1 and r | 1, row r's in half r & 1.
 template <int R>
 struct Meta {
     unsigned w[R];
-    unsigned z[R];  // Z == -5: row r's zero point (a byte)
+    unsigned z[R];  // Z == META_ZERO_BYTES: row r's zero point (a byte)
 };
 
 // Row r's scale, and its zero point as the constants dequant8 subtracts.
 template <int R, int Z>
 __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, half2 &zhi, float &scale) {
     unsigned z;
-    if (Z == -5) {  // the zero point's byte into both halves' low byte beside 0x64, and zhi from that: 2 operations
+    if (Z == META_ZERO_BYTES) {  // the zero point's byte into both halves' low byte beside 0x64, zhi from that
         scale = __low2float(as_h2(m.w[r]));
         zlo = as_h2(__byte_perm(m.z[r], 0x6400u, 0x5050));  // 1024 + z
         // zlo * 16 = (0x4000 + 16 z) in the low half, (0x4006 + 16 z) in the high one (the low half's 6 carried in)
         zhi = as_h2(as_u(zlo) * 16u + 0x93fa9400u);  // 0xd400 + 16 z: -(64 + z)
         return;
     }
-    if (Z < 0) {
+    if (Z == META_WORDS) {
         z = m.w[r] >> 16;
         scale = __low2float(as_h2(m.w[r]));
     } else {
@@ -107,8 +111,8 @@ __device__ __forceinline__ void chunk_dot(const uint4 (&wv)[R], const Meta<R> &m
 
 // A warp's rows n0, n0 + 1, ... of the meta (n0 % R == 0, so for Z >= 0 R <= 8 rows lie in one block of 8).
 struct MetaRows {
-    const unsigned *m;         // Z == -1: row n0's words
-    const unsigned short *s;   // Z == -5: row n0's meta; Z >= 0: the scale of row n0, group 0
+    const unsigned *m;         // Z == META_WORDS: row n0's words
+    const unsigned short *s;   // Z == META_ZERO_BYTES: row n0's meta; Z >= 0: the scale of row n0, group 0
 };
 
 template <int Z>
@@ -116,19 +120,19 @@ __device__ __forceinline__ MetaRows meta_rows(const unsigned *meta, int G, int n
     const unsigned short *h = reinterpret_cast<const unsigned short *>(meta);
     MetaRows r;
     r.m = meta + (size_t)n0 * G;
-    r.s = Z == -5 ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
+    r.s = Z == META_ZERO_BYTES ? h + (size_t)n0 * (G + (G >> 1)) : h + (size_t)(n0 >> 3) * G * 8 + (n0 & 7);
     return r;
 }
 
 // Group g's meta for R rows (Meta). Z >= 0: the R scales in one vector load (two for R = 16).
 template <int R, int Z>
 __device__ __forceinline__ void load_meta(const MetaRows &mr, int G, int g, Meta<R> &mv) {
-    if (Z == -1) {
+    if (Z == META_WORDS) {
 #pragma unroll
         for (int r = 0; r < R; ++r) mv.w[r] = __ldg(mr.m + (size_t)r * G + g);
         return;
     }
-    if (Z == -5) {  // per row: G scales, then G zero point bytes
+    if (Z == META_ZERO_BYTES) {  // per row: G scales, then G zero point bytes
         const int per = G + (G >> 1);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
@@ -261,7 +265,7 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
 }
 
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows, Z as in the layout above.
-template <int R, int U, int ACT, int Z = -1>
+template <int R, int U, int ACT, int Z = META_WORDS>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                      const uint4 *__restrict__ x, half *__restrict__ y,
                                                      int N, int K, int G, int gshift) {
@@ -276,7 +280,7 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv(const uint4 *__restrict__ q
 // Split K: the block's S warps share R rows, each an S-th of K (K / 32 % S == 0), summed through shared memory.
 // For small N (few rows to spread) with R large: x is read once per R rows, and there are still many warps; for a
 // long K, a larger S leaves fewer chunks per lane, so more of them are in flight before pdl_wait().
-template <int R, int U, int ACT, int S = 4, int Z = -1>
+template <int R, int U, int ACT, int S = 4, int Z = META_WORDS>
 __global__ void __launch_bounds__(32 * S) qd_w4a16_gemv_sk(const uint4 *__restrict__ q,
                                                            const unsigned *__restrict__ meta,
                                                            const uint4 *__restrict__ x, half *__restrict__ y,
@@ -333,7 +337,7 @@ __device__ __forceinline__ void ps_step(const uint4 *__restrict__ x, half *__res
     }
 }
 
-template <int R, int U, int ACT, int Z = -1>
+template <int R, int U, int ACT, int Z = META_WORDS>
 __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict__ q,
                                                         const unsigned *__restrict__ meta,
                                                         const uint4 *__restrict__ x, half *__restrict__ y,
@@ -364,7 +368,7 @@ __global__ void __launch_bounds__(128) qd_w4a16_gemv_ps(const uint4 *__restrict_
 
 // Dense W [N, K] in fp16 for prompts (then one cuBLAS matmul): one thread per word, one 16-byte store. split > 0:
 // the rows are interleaved (gate j, up j), written back in order (gate rows, then the up rows from row split).
-template <int Z = -1>
+template <int Z = META_WORDS>
 __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned *__restrict__ meta,
                                  uint4 *__restrict__ out, int N, int K, int G, int split) {
     const long long words = (long long)N * (K >> 3);
