@@ -25,6 +25,10 @@ def inspect_model(spec: ModelSpec) -> dict[str, Any]:
     info["backend_available"] = ok
     if reason:
         info["backend_reason"] = reason
-    info["kernel_candidates"] = backend.kernel_candidates(spec)
+    kernels = backend.kernels(spec) if ok else []
+    chosen = [k for k in kernels if k.chosen]
+    if chosen:
+        info["kernel"] = f"{chosen[0].name} ({chosen[0].engine})"
+    info["kernels"] = [f"{k.name} ({k.engine}): {k.reason or 'can run here'}" for k in kernels]
     info.update(backend.inspect(spec))
     return info

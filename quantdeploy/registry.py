@@ -7,7 +7,7 @@ are imported lazily so `quantdeploy backends` works when an optional dependency 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -71,6 +71,8 @@ class BackendStatus:
     backend: str
     available: bool
     reason: str
+    engines: list[str] = field(default_factory=list)  # what runs this format's models, in the chooser's order
+    kernels: list[dict] = field(default_factory=list)  # KernelStatus of each kernel on this machine (any model)
 
 
 def list_backends() -> list[BackendStatus]:
@@ -80,9 +82,19 @@ def list_backends() -> list[BackendStatus]:
         try:
             b = _resolve(fmt)
             ok, reason = b.check_environment()
-            out.append(BackendStatus(fmt, b.name, ok, reason))
+            status = BackendStatus(fmt, b.name, ok, reason)
         except Exception as e:  # a broken plugin must not break the listing
             out.append(BackendStatus(fmt, str(_registry[fmt]), False, f"failed to import: {e}"))
+            continue
+        if ok:
+            try:
+                kernels = b.kernels(None)
+            except QuantDeployError as e:  # e.g. a bad QUANTDEPLOY_DISABLED_KERNELS: say so, list the rest
+                status.reason = str(e)
+                kernels = []
+            status.kernels = [asdict(k) for k in kernels]
+            status.engines = list(dict.fromkeys(k.engine for k in kernels))
+        out.append(status)
     return out
 
 

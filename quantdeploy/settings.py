@@ -64,8 +64,9 @@ class EngineConfig:
     """
 
     kernel: str | None = None
-    """QUANTDEPLOY_KERNEL: the kernel every GPTQ/AWQ model runs, named as `--kernel` (which wins) names it. Unset: the
-    first kernel that can run the model here."""
+    """QUANTDEPLOY_KERNEL: the kernel every GPTQ/AWQ model runs, as `--kernel` (which wins) names it: one of the fast
+    engine's (fast_cuda, fast_triton, fast_torch) or one of gptqmodel's (marlin, exllama_v2, ...); the engine follows
+    from it. Unset: the first kernel that can run the model here (backends/kernels.py)."""
 
     disabled_kernels: tuple[str, ...] = ()
     """QUANTDEPLOY_DISABLED_KERNELS=a,b: kernels the chooser skips, for a kernel that fails on this machine or to

@@ -183,16 +183,20 @@ def test_a_padded_prompt_gives_the_prompts_logits(pair):
 
 
 def test_the_engine_refuses_a_kernel_it_does_not_run(model_paths):
+    """--kernel names a kernel, and the engine follows from it: a gptqmodel kernel with --engine fast is a usage
+    error that says which engine runs it."""
     from quantdeploy.errors import UsageError
 
-    with pytest.raises(UsageError, match="--engine fast runs the kernels"):
+    with pytest.raises(UsageError, match="--kernel marlin runs on the transformers \\+ gptqmodel \\(--engine hf\\), "
+                                         "not --engine fast"):
         quantdeploy.load(str(model_paths["gptq"]), engine="fast", kernel="marlin")
 
 
 def test_engine_through_the_common_interface(pair):
     _, fast = pair
     rep = fast.kernel_report()
-    assert rep["engine"] == "fast" and rep["kernel"] == "torch-dequant-matmul" and rep["gpu"] is False
+    assert rep["engine"] == "fast" and rep["kernel"] == "fast_torch" and rep["gpu"] is False
+    assert rep["quant_linear_classes"] == ["torch-dequant-matmul"] and "first kernel" in rep["kernel_reason"]
     assert rep["decode_graph"] == "none" and rep["prompt_graph"] == "eager"  # no CUDA graphs on the CPU
     g = fast.generate("The capital of France is", GenerationParams(max_tokens=8, temperature=0))
     text = "".join(g)

@@ -39,8 +39,8 @@ def rows(models: Path | None, embedded: Path | None = None, embedded_fixtures: b
         Row("awq", d / "awq", e, "llama-8b AWQ · quantdeploy engine", {}),
         Row("gptq-int8-head", d / "gptq", e, "llama-8b GPTQ · quantdeploy engine, int8 lm_head (opt-in)",
             {"QUANTDEPLOY_LM_HEAD": "int8"}),
-        Row("gptq-triton", d / "gptq", e + ["--kernel", "triton"], "llama-8b GPTQ · quantdeploy engine, Triton GEMV",
-            {}),
+        Row("gptq-triton", d / "gptq", e + ["--kernel", "fast_triton"],
+            "llama-8b GPTQ · quantdeploy engine, Triton GEMV", {}),
         Row("gguf", d / "gguf" / "llama-8b-Q4_K_M.gguf", [], "llama-8b GGUF Q4_K_M · llama.cpp", {}),
     ]
     if embedded_fixtures:

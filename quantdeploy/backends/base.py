@@ -32,7 +32,7 @@ class ModelSpec:
     path: Path
     format: str
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    kernel: str | None = None  # force one kernel (gptq/awq: marlin, exllama_v2, torch, ...)
+    kernel: str | None = None  # force one kernel (gptq/awq: fast_cuda, marlin, ...; the engine follows from it)
     n_ctx: int | None = None  # context window to allocate; None = model's own (capped)
     allow_pickle: bool = False  # load *.bin / *.pt weights (arbitrary code on load): opt-in only
     trust_remote_code: bool = False
@@ -316,6 +316,17 @@ class PullOffer:
     default: bool = False
 
 
+@dataclass(frozen=True)
+class KernelStatus:
+    """One kernel as a backend's chooser sees it, for a model or for this machine (`inspect`, `backends`)."""
+
+    name: str  # what --kernel takes
+    engine: str  # what runs a model with this kernel
+    ok: bool  # it can run here
+    reason: str  # why not; "chosen" for the one the chooser picks
+    chosen: bool = False
+
+
 class Backend(abc.ABC):
     """A loader for one format. Register it under the `quantdeploy.backends` entry point group, named by the format.
 
@@ -350,7 +361,9 @@ class Backend(abc.ABC):
     def load(self, spec: ModelSpec) -> LoadedModel:
         """Load weights and return a ready model; raise QuantDeployError with a fix on failure."""
 
-    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
+    def kernels(self, spec: ModelSpec | None = None) -> list[KernelStatus]:
+        """The kernels that could run this format, in the order they are tried, each with whether it can run `spec`
+        (None: any model of the format) on this machine and why not; the one a load would use marked chosen."""
         return []
 
     def inspect(self, spec: ModelSpec) -> dict[str, Any]:

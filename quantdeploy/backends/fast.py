@@ -5,27 +5,27 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..engine.capability import ENGINE_KERNELS, engine_supports
 from ..engine.detok import IncrementalDetokenizer
-from ..errors import BackendUnavailable, UsageError
+from ..errors import UsageError
 from ..settings import get_settings
 from .base import GenerationParams, ModelSpec
 from .hf_quant import HFTokenizerModel
+from .kernels import Choice, FastKernel
 
 
 class FastQuantModel(HFTokenizerModel):
     backend = "quantdeploy-engine"
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, choice: Choice):
+        """choice: the kernel chooser's, one of the engine's kernels (backends/kernels.py FastKernel)."""
         super().__init__(spec)
         import torch
 
         from ..engine.runner import FastEngine
 
+        assert isinstance(choice.kernel, FastKernel), choice  # the chooser hands the engine its own kernels only
+        self.choice = choice
         cfg = self._init_common(spec)
-        ok, reason = engine_supports(cfg, self.quant_config)
-        if not ok:
-            raise BackendUnavailable(f"--engine fast: {reason}; use --engine hf")
         on_cuda = self._device.startswith("cuda")
         want = spec.extra.get("dtype")
         if want:
@@ -35,12 +35,8 @@ class FastQuantModel(HFTokenizerModel):
         else:
             dtype = self._pick_dtype(cfg, spec, torch)
         self.dtype = str(dtype).replace("torch.", "")
-        gemv = str(spec.extra.get("gemv") or spec.kernel or "auto").lower()
-        if gemv not in ENGINE_KERNELS:
-            raise UsageError(f"--engine fast runs the kernels {', '.join(ENGINE_KERNELS)}, not '{gemv}'; "
-                             "use --engine hf for gptqmodel's other kernels")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=gemv, files=spec.model_files(),
-                                 config=get_settings().engine)
+        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=choice.kernel.gemv,
+                                 files=spec.model_files(), config=get_settings().engine)
         self._ctx = self.engine.max_len
         self.scheduler = None
         if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler
@@ -119,14 +115,14 @@ class FastQuantModel(HFTokenizerModel):
 
     def kernel_report(self) -> dict[str, Any]:
         on_cuda = self._device.startswith("cuda")
-        kernel = self.engine.dec.gemv
+        linear = self.engine.dec.gemv  # what the engine's linears run: qd-w4a16-gemv, triton-w4a16-gemv, ...
         label = {"qd-w4a16-gemv": "W4A16 GEMV (quantdeploy CUDA)",
                  "triton-w4a16-gemv": "W4A16 GEMV (Triton)"}.get(
-            kernel, "dequantized matmul")
+            linear, "dequantized matmul")
         layers = {name: f"{label}, fused {name}" for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
-        return {"backend": self.backend, "format": self.format, "device": self._device, "kernel": kernel,
-                "kernel_reason": "--engine fast" if self.spec.engine == "fast" else "default engine on CUDA",
-                "quant_linear_classes": [kernel], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
+        return {"backend": self.backend, "format": self.format, "device": self._device,
+                "kernel": self.choice.kernel.name, "kernel_reason": self.choice.reason,
+                "quant_linear_classes": [linear], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
                 "quant": self.quant, "engine": "fast", "decode_graph": self.engine.graph_kind,
                 "prompt_graph": self.engine.prompt_kind, "gemv_tuning": self.engine.dec.tuning,
                 "lm_head": "int8 (QUANTDEPLOY_LM_HEAD)" if self.engine.dec.head is not None else "checkpoint"}

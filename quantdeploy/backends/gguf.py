@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 from ..errors import BackendUnavailable, InvalidModel, UsageError
 from . import gguf_quants
-from .base import (GRAMMAR_END, Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice,
-                   PullOffer, TemplateSource, TokenLogprob)
+from .base import (GRAMMAR_END, Backend, Confidence, GenerationParams, KernelStatus, LoadedModel, ModelFiles,
+                   ModelSpec, PullChoice, PullOffer, TemplateSource, TokenLogprob)
 from .gguf_check import GGUF_MAGIC, describe_gguf, validate_gguf
 from .gguf_split import device_map, llama_kwargs
 from .hw import cuda_device_count, pick_torch_device
@@ -91,8 +91,14 @@ class GGUFBackend(Backend):
             return False, f"llama-cpp-python is not installed ({e.name}); {INSTALL_HINT}"
         return True, ""
 
-    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
-        return ["llama.cpp-cuda", "llama.cpp-cpu"] if gpu_offload_supported() else ["llama.cpp-cpu"]
+    def kernels(self, spec: ModelSpec | None = None) -> list[KernelStatus]:
+        build, gpus = gpu_offload_supported(), cuda_device_count() > 0
+        why = "" if build and gpus else "no GPU here" if build else "llama-cpp-python is a CPU build"
+        gpu = build and gpus and (spec is None or spec.device != "cpu")
+        return [KernelStatus("llama.cpp-cuda", "llama.cpp", build and gpus, "chosen" if gpu else why or "--device cpu",
+                             chosen=gpu),
+                KernelStatus("llama.cpp-cpu", "llama.cpp", True, "the layers not offloaded" if gpu else "chosen",
+                             chosen=not gpu)]
 
     def check_files(self, spec: ModelSpec) -> None:
         _validated(gguf_main_file(spec))

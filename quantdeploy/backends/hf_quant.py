@@ -1,7 +1,8 @@
-"""Shared loader for HF-format quantized checkpoints (GPTQ and AWQ): transformers + gptqmodel.
+"""Shared loader for HF-format quantized checkpoints (GPTQ and AWQ).
 
-The kernel is chosen by backends/kernels.py and passed to transformers explicitly; the report reads back the
-QuantLinear class gptqmodel really installed in each layer.
+The kernel chooser (backends/kernels.py) picks the kernel, and with it the engine: quantdeploy's fast engine
+(fast.py) or transformers + gptqmodel (HFQuantModel here, the kernel passed to transformers explicitly; the report
+reads back the QuantLinear class gptqmodel really installed in each layer).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, Iterator
 from ..errors import BackendUnavailable, InvalidModel, QuantDeployError, UnsupportedFormat
 from ..settings import get_settings, prepare_process_env
 from . import hf_files
-from .base import Backend, Confidence, GenerationParams, LoadedModel, ModelFiles, ModelSpec, PullChoice, TemplateSource
+from .base import (Backend, Confidence, GenerationParams, KernelStatus, LoadedModel, ModelFiles, ModelSpec,
+                   PullChoice, TemplateSource)
 from .hw import pick_torch_device
-from .kernels import Kernel, choose_kernel, kernel_names
+from .kernels import Choice, Kernel, LayerConfig, Target, choose, survey
 
 log = logging.getLogger("quantdeploy.hf")
 DEFAULT_CTX = 8192
@@ -52,8 +54,26 @@ class HFQuantBackend(Backend):
             return False, f"missing {', '.join(missing)}: {self.install_hint}"
         return True, ""
 
-    def kernel_candidates(self, spec: ModelSpec | None = None) -> list[str]:
-        return kernel_names(self.formats[0])
+    def kernels(self, spec: ModelSpec | None = None) -> list[KernelStatus]:
+        engine = get_settings().engine
+        target = Target.of(pick_torch_device(spec.device if spec is not None else "auto"))
+        if spec is None:
+            return survey(self.formats[0], None, target, forced=engine.kernel, disabled=engine.disabled_kernels)
+        return survey(spec.format, self._layer(spec), target, forced=spec.kernel or engine.kernel,
+                      disabled=engine.disabled_kernels, engine=spec.engine)
+
+    def choose(self, spec: ModelSpec) -> Choice:
+        """The kernel for this model here (--kernel, QUANTDEPLOY_KERNEL, QUANTDEPLOY_DISABLED_KERNELS, --engine)."""
+        engine = get_settings().engine
+        forced, by = (spec.kernel, "--kernel") if spec.kernel else (engine.kernel, "QUANTDEPLOY_KERNEL")
+        target = Target.of(pick_torch_device(spec.device))
+        return choose(spec.format, self._layer(spec), target, forced=forced, forced_by=by,
+                      disabled=engine.disabled_kernels, engine=spec.engine)
+
+    @staticmethod
+    def _layer(spec: ModelSpec) -> LayerConfig:
+        cfg, quant = hf_files.require_config(spec.model_files(), spec.format)
+        return LayerConfig.from_checkpoint(spec.format, cfg, quant)
 
     def check_files(self, spec: ModelSpec) -> None:
         from .hf_check import check_checkpoint
@@ -65,33 +85,13 @@ class HFQuantBackend(Backend):
 
     def load(self, spec: ModelSpec) -> LoadedModel:
         prepare_process_env()
-        if self._use_fast_engine(spec):
+        choice = self.choose(spec)
+        log.info("kernel %s on the %s (%s)", choice.kernel.name, choice.kernel.engine, choice.reason)
+        if choice.engine == "fast":
             from .fast import FastQuantModel
 
-            return FastQuantModel(spec)
-        return HFQuantModel(spec, self)
-
-    @staticmethod
-    def _use_fast_engine(spec: ModelSpec) -> bool:
-        """--engine fast: always; hf: never; auto: on CUDA when the engine implements the architecture."""
-        if spec.engine == "fast":
-            return True
-        if spec.engine == "hf" or spec.kernel:  # forcing a gptqmodel kernel means the transformers path
-            return False
-        if pick_torch_device(spec.device) == "cpu":
-            return False
-        from ..engine.capability import engine_supports
-
-        cfg, quant = hf_files.require_config(spec.model_files(), spec.format)
-        return engine_supports(cfg, quant)[0]
-
-
-def _capability(device: str) -> tuple[int, int] | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    return torch.cuda.get_device_capability(torch.device(device))
+            return FastQuantModel(spec, choice)
+        return HFQuantModel(spec, self, choice)
 
 
 class HFTokenizerModel(LoadedModel):
@@ -186,7 +186,7 @@ class HFTokenizerModel(LoadedModel):
 
 
 class HFQuantModel(HFTokenizerModel):
-    def __init__(self, spec: ModelSpec, backend: HFQuantBackend):
+    def __init__(self, spec: ModelSpec, backend: HFQuantBackend, choice: Choice):
         super().__init__(spec)
         import torch
         from transformers import AutoModelForCausalLM
@@ -194,10 +194,7 @@ class HFQuantModel(HFTokenizerModel):
         self.backend = "transformers+gptqmodel"
         cfg = self._init_common(spec)
         path = spec.path
-        engine = get_settings().engine
-        self.kernel, self.kernel_why = choose_kernel(spec.format, self._device, _capability(self._device),
-                                                     spec.kernel or engine.kernel, engine.disabled_kernels)
-        log.info("kernel %s (%s)", self.kernel.name, self.kernel_why)
+        self.kernel, self.kernel_why = choice.kernel, choice.reason
         dtype = self._pick_dtype(cfg, spec, torch)
         qcfg = backend._config_class()(bits=self.quant["bits"], group_size=self.quant["group_size"],
                                        backend=self.kernel.backend_value)

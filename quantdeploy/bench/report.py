@@ -149,6 +149,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         kmap = (r.get("kernels") or {}).get("map") or {}
         if kmap:
             out.append("  - layers: " + ", ".join(f"{k}: {v}" for k, v in kmap.items()))
+        if (r.get("kernels") or {}).get("kernel_reason"):
+            out.append(f"  - kernel {_md_escape(str(r.get('kernel')))}: {_md_escape(r['kernels']['kernel_reason'])}")
         if (r.get("kernels") or {}).get("gemv_tuning"):
             out.append(f"  - GEMV tuning: {_md_escape(r['kernels']['gemv_tuning'])}")
         prof = (r.get("kernels") or {}).get("profile") or {}

@@ -20,12 +20,14 @@ ModelArg = Annotated[Optional[str], typer.Argument(
 FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help=f"Expected format: {FORMATS_TEXT}.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 KernelOpt = Annotated[Optional[str], typer.Option(
-    "--kernel", help="GPTQ/AWQ kernel: marlin, exllama_v2, triton, gemm, cpu, torch; with --engine fast: cuda, "
-                     "triton (default: best that fits).")]
+    "--kernel", help="GPTQ/AWQ: the kernel, and with it the engine (fast_cuda, fast_triton, fast_torch: quantdeploy's "
+                     "engine; marlin, exllama_v2, ...: gptqmodel's). Default: the first that can run the model; "
+                     "`quantdeploy backends` lists them in order.")]
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context window to allocate (tokens).", min=16)]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load *.bin/*.pt weights (can run code).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the repo.")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="GPTQ/AWQ decode loop: auto, hf or fast.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="GPTQ/AWQ: only this engine's kernels: auto, fast "
+                                                        "(quantdeploy's engine) or hf (transformers + gptqmodel).")]
 TensorSplitOpt = Annotated[Optional[str], typer.Option(
     "--tensor-split", help="GGUF on several GPUs: a proportion per GPU, e.g. 3,1 (default: by free memory).",
     show_default=False)]

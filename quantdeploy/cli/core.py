@@ -14,7 +14,8 @@ from .common import FormatOpt, ModelArg, build_spec
 
 
 def register(app: typer.Typer) -> None:
-    app.command("backends", help="List the backends, the formats they load, and whether they can run here.")(backends)
+    app.command("backends", help="List the backends, the formats they load, whether they can run here, and the "
+                "kernels each could use, in the order they are tried.")(backends)
     app.command("inspect", help="Show a model's format, quantization, architecture, context and stop tokens.")(
         inspect)
 
@@ -28,10 +29,18 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
         return
     from rich.markup import escape
 
-    t = Table("format", "backend", "available", "reason")
+    t = Table("format", "backend", "engines", "available", "reason")
     for r in rows:  # reasons name extras in brackets (quantdeploy[gptq]), which rich would take for markup
-        t.add_row(r.format, r.backend, "yes" if r.available else "no", escape(r.reason))
-    Console().print(t)
+        t.add_row(r.format, r.backend, ", ".join(r.engines), "yes" if r.available else "no", escape(r.reason))
+    k = Table("format", "kernel", "engine", "here", "why not", title="Kernels, in the order they are tried")
+    for r in rows:
+        for s in r.kernels:
+            here = "chosen" if s["chosen"] else "yes" if s["ok"] else "no"
+            k.add_row(r.format, s["name"], s["engine"], here, "" if s["chosen"] else escape(s["reason"]))
+    console = Console()
+    console.print(t)
+    if k.rows:
+        console.print(k)
 
 
 def inspect(model: ModelArg = None, fmt: FormatOpt = None,

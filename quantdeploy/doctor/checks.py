@@ -97,7 +97,7 @@ def check_torch_cuda(p: Probes) -> Check:
 
 
 def check_compute_capability(p: Probes) -> Check:
-    from ..backends.kernels import KERNELS
+    from ..backends.kernels import KERNELS, GptqmodelKernel, Target
 
     gs = gpus(p)
     if not gs:
@@ -107,9 +107,9 @@ def check_compute_capability(p: Probes) -> Check:
         cap = tuple(g["capability"]) if g.get("capability") else None
         kern = {}
         for fmt, table in KERNELS.items():
-            for k in table:
-                if k.cuda:
-                    ok, why = k.can_implement("cuda:0", cap)
+            for k in table:  # gptqmodel's GPU kernels (the engine's: the engine-gemv check)
+                if isinstance(k, GptqmodelKernel) and k.cuda:
+                    ok, why = k.can_implement(None, Target("cuda:0", cap))
                     kern[f"{fmt}:{k.name}"] = "yes" if ok else why
         per_gpu.append({"name": g.get("name"), "capability": ".".join(map(str, cap)) if cap else None,
                         "kernels": kern})

@@ -1,22 +1,18 @@
-"""What the fast engine can run (architectures, weight widths) and the kernels `--kernel` picks with it. Asked by
-the GPTQ/AWQ backends before they hand a checkpoint to the engine; no torch import here."""
+"""What the fast engine can run (architectures, weight widths), asked by the kernel chooser (backends/kernels.py)
+before it picks one of the engine's kernels; no torch import here."""
 
 from __future__ import annotations
 
-from ..checkpoint import QuantConfig
-
 ENGINE_BITS = 4  # the weight width every engine kernel unpacks
-# --kernel with --engine fast: auto (the CUDA GEMV, else the Triton GEMV), cuda, triton
-ENGINE_KERNELS = ("auto", "cuda", "triton")
 
 
-def engine_supports(config: dict, quant: QuantConfig) -> tuple[bool, str]:
-    """(True, "") when the fast engine runs this checkpoint (config.json and its parsed quantization config)."""
+def engine_supports(model_type: str | None, bits: int) -> tuple[bool, str]:
+    """(True, "") when the fast engine runs a checkpoint of this architecture (config.json's model_type) and
+    weight width; else (False, why)."""
     from .model import SUPPORTED
 
-    mt = config.get("model_type")
-    if mt not in SUPPORTED:
-        return False, f"the fast engine does not implement {mt} (supported: {', '.join(SUPPORTED)})"
-    if quant.bits != ENGINE_BITS:
-        return False, f"the fast engine runs {ENGINE_BITS}-bit weights only (this model has {quant.bits})"
+    if model_type not in SUPPORTED:
+        return False, f"the fast engine does not implement {model_type} (supported: {', '.join(SUPPORTED)})"
+    if bits != ENGINE_BITS:
+        return False, f"the fast engine runs {ENGINE_BITS}-bit weights only (this model has {bits})"
     return True, ""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import QuantConfig
+from ..errors import BackendUnavailable
 from ..settings import EngineConfig
 from . import head
 from .attention import StaticCache
@@ -194,7 +195,7 @@ class Decoder:
                           gate_up=fused([m + ".gate_proj", m + ".up_proj"]), down=fused([m + ".down_proj"]),
                           norms=norms)
             if ext is not None:
-                ext = self._hand_over(ext, layer, first=i == 0)
+                self._hand_over(ext, layer)
             self.layers.append(layer)
         self.gemv = "torch-dequant-matmul"
         self.tuning = "none"  # which tuned file chose the GEMV's variants (kernel reports)
@@ -219,34 +220,31 @@ class Decoder:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
     def _gemv_maker(self, gemv: str):
-        """The linears' kernels on CUDA: quantdeploy's CUDA GEMV (cuda_gemv), or None (our Triton GEMV). "auto" takes
-        the CUDA GEMV when it loads."""
+        """The linears' kernels on CUDA, as the kernel chooser (backends/kernels.py) picked them: "triton", our
+        Triton GEMV (None here); "cuda" or "auto", quantdeploy's CUDA GEMV (cuda_gemv). The engine never picks
+        another kernel itself: one that cannot run here is an error naming the way to the next."""
         from . import cuda_gemv
 
         if gemv == "triton":
             return None
         ok, why = cuda_gemv.available(self.device)
-        if ok:
-            return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
-        log.warning("CUDA GEMV kernels unavailable (%s); using the Triton GEMV", why)
-        return None
+        if not ok:
+            raise BackendUnavailable(f"the CUDA GEMV cannot run here ({why}); QUANTDEPLOY_DISABLED_KERNELS=fast_cuda "
+                                     "runs the next kernel")
+        return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
 
-    def _hand_over(self, maker, layer: Layer, first: bool):
+    def _hand_over(self, maker, layer: Layer) -> None:
         """Layer by layer, so the GPU never holds two copies of the weights: the maker repacks ours and our
-        QuantWeight is dropped. A weight it cannot take on the first layer (odd group sizes) means the Triton GEMV
-        for all; later there is no going back."""
+        QuantWeight is dropped."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
         act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None else None
         try:
             exts = [maker.make(q.w, act=act) if q is layer.gate_up and act else maker.make(q.w) for q in qs]
-        except ValueError as e:
-            if not first:
-                raise
-            log.warning("%s cannot take these weights (%s); using the Triton GEMV", type(maker).__name__, e)
-            return None
+        except ValueError as e:  # what the chooser cannot see in config.json (e.g. no integer zero points)
+            raise BackendUnavailable(f"the CUDA GEMV cannot take these weights ({e}); "
+                                     "QUANTDEPLOY_DISABLED_KERNELS=fast_cuda runs the next kernel") from None
         for q, e in zip(qs, exts):
             q.ext, q.w = e, None
-        return maker
 
     def _finish_kernels(self, maker, max_len: int) -> str:
         maker.finish(min(max_len, 2048))
