@@ -119,3 +119,20 @@ def test_routes_without_v1_and_the_system_fingerprint(client):
     assert client.post("/completions", json={"prompt": "x", "max_tokens": 1}).json()["system_fingerprint"] == \
         a["system_fingerprint"]
     assert client.get("/models", headers={"Authorization": "Bearer wrong"}).status_code == 401  # the key still holds
+
+
+def test_llama_cpp_constraint_extensions(client):
+    """llama.cpp's server takes a GBNF `grammar`, a top-level `json_schema` and a `schema` inside json_object;
+    so does this one (an ignored constraint would change the answer)."""
+    r = client.post("/v1/completions", json={"prompt": "Say a:", "max_tokens": 8, "grammar": 'root ::= "a"{5,5}'})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "aaaaa", r.text
+    r = chat(client, max_tokens=6, json_schema={"const": "42"})
+    assert r.json()["choices"][0]["message"]["content"] == '"42"', r.text
+    r = chat(client, max_tokens=6, response_format={"type": "json_object", "schema": {"enum": [1, 2]}})
+    assert r.json()["choices"][0]["message"]["content"] in ("1", "2"), r.text
+    for body, param in [({"grammar": "root ::= (oops"}, "grammar"),
+                        ({"response_format": {"type": "json_object", "schema": 123}}, "response_format.schema"),
+                        ({"json_schema": {"type": "hiccup"}}, "json_schema"),
+                        ({"grammar": 'root ::= "a"', "json_schema": {}}, "grammar")]:
+        r = chat(client, **body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)

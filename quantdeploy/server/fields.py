@@ -30,8 +30,7 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "guided_json": ((None,), "guided_json is not supported; send response_format {\"type\": \"json_schema\"}"),
     "guided_regex": ((None,), "guided_regex is not supported"),
     "guided_choice": ((None,), "guided_choice is not supported; use a json_schema with an enum"),
-    "guided_grammar": ((None,), "guided_grammar is not supported"),
-    "grammar": ((None, ""), "grammar is not supported; send response_format {\"type\": \"json_schema\"}"),
+    "guided_grammar": ((None,), "guided_grammar is not supported; send grammar (GBNF)"),
 }
 
 

@@ -62,6 +62,8 @@ class _Common(BaseModel):
     ignore_eos: bool | None = False  # extension (as in vLLM): benchmarks generate exactly max_tokens
     stop: Any = None
     stream_options: Any = None
+    json_schema: Any = None  # extension (as in llama.cpp's server): the output follows this JSON schema
+    grammar: Any = None  # extension (as in llama.cpp's server): the output follows this GBNF grammar
 
 
 class _Chat(_Common):
@@ -112,6 +114,23 @@ def _validate(cls: type[BaseModel], data: dict[str, Any]) -> Any:
         raise bad_request(msg, param=param) from None
 
 
+def _constraint(req: "_Common") -> tuple[dict | None, str | None]:
+    """The output constraint a request asks for: (response_format, GBNF grammar); at most one of response_format,
+    json_schema and grammar."""
+    from ..structured.grammar import gbnf_grammar
+
+    given = [k for k in ("response_format", "json_schema", "grammar") if getattr(req, k, None) is not None
+             and not (k == "response_format" and isinstance(req.response_format, dict)
+                      and req.response_format.get("type") in (None, "text"))]
+    if len(given) > 1:
+        raise bad_request(f"send one of {', '.join(given)}: each constrains the whole output", param=given[1])
+    if req.json_schema is not None:
+        return {"type": "json_schema", "json_schema": {"name": "json_schema", "schema": req.json_schema}}, None
+    if req.grammar is not None:
+        return None, _checked(gbnf_grammar, req.grammar)
+    return getattr(req, "response_format", None), None
+
+
 def _checked(fn, *args):
     """Run a model-independent check of chat/ or structured/; its RequestError becomes a 400 naming the field."""
     try:
@@ -129,7 +148,11 @@ def parse_chat(raw: bytes) -> Job:
     tools = _checked(check_tools, req.tools)
     tool_choice = _checked(check_tool_choice, req.tool_choice, tools)
     _checked(check_history, messages)
-    _checked(response_format_grammar, req.response_format)
+    response_format, gbnf = _constraint(req)
+    try:
+        response_format_grammar(response_format)
+    except RequestError as e:
+        raise bad_request(str(e), param="json_schema" if req.json_schema is not None else e.param) from None
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_LOGPROBS:
         raise bad_request(f"top_logprobs must be between 0 and {MAX_LOGPROBS}, got {req.top_logprobs}",
                           param="top_logprobs")
@@ -137,10 +160,11 @@ def parse_chat(raw: bytes) -> Job:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
     params, max_tokens = _params(req, default_max_tokens=None,
                                  logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+    params.grammar = gbnf
     return Job(kind="chat", model=req.model, params=params, max_tokens=max_tokens, stream=bool(req.stream),
                include_usage=_include_usage(req), messages=messages, n=_n(req), logprobs=bool(req.logprobs),
                tools=tools or None, tool_choice=tool_choice if tools else None,
-               parallel_tool_calls=req.parallel_tool_calls is True, response_format=req.response_format)
+               parallel_tool_calls=req.parallel_tool_calls is True, response_format=response_format)
 
 
 def parse_completion(raw: bytes) -> Job:
@@ -158,7 +182,11 @@ def parse_completion(raw: bytes) -> Job:
         raise bad_request(f"logprobs must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {req.logprobs}",
                           param="logprobs")
     prompt = _prompt(req.prompt)
-    grammar = _checked(response_format_grammar, req.response_format)
+    response_format, gbnf = _constraint(req)
+    try:
+        grammar = gbnf or response_format_grammar(response_format)
+    except RequestError as e:
+        raise bad_request(str(e), param="json_schema" if req.json_schema is not None else e.param) from None
     params, max_tokens = _params(req, default_max_tokens=16, logprobs=req.logprobs)  # OpenAI's default: 16
     params.grammar = grammar
     return Job(kind="completion", model=req.model, params=params, max_tokens=max_tokens, stream=bool(req.stream),

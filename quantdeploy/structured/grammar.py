@@ -96,6 +96,17 @@ def lark_grammar(lark: str, param: str = "grammar") -> str:
     return check(_llg().LLMatcher.grammar_from_lark(lark), param)
 
 
+def gbnf_grammar(gbnf: Any, param: str = "grammar") -> str:
+    """A grammar from GBNF text, llama.cpp's grammar format (llguidance converts it)."""
+    if not isinstance(gbnf, str) or not gbnf.strip():
+        raise RequestError(f"{param} must be a GBNF grammar (text such as 'root ::= \"yes\" | \"no\"')", param)
+    try:
+        grammar = _llg().grammar_from("gbnf", gbnf)
+    except ValueError as e:
+        raise RequestError(f"{param} is not a usable GBNF grammar: {str(e).splitlines()[0]}", param) from None
+    return check(grammar, param)
+
+
 def response_format_grammar(rf: Any, param: str = "response_format") -> str | None:
     """OpenAI's response_format -> a grammar, or None for plain text."""
     if rf is None:
@@ -105,7 +116,9 @@ def response_format_grammar(rf: Any, param: str = "response_format") -> str | No
     kind = rf.get("type")
     if kind in (None, "text"):
         return None
-    if kind == "json_object":
+    if kind == "json_object":  # with "schema": the extension of llama.cpp's server, Together and Fireworks
+        if "schema" in rf:
+            return json_schema_grammar(rf["schema"], f"{param}.schema")
         return json_schema_grammar({"type": "object"}, param)
     if kind != "json_schema":
         raise RequestError(f"{param}.type must be text, json_object or json_schema, not {json.dumps(kind)}",
@@ -114,7 +127,7 @@ def response_format_grammar(rf: Any, param: str = "response_format") -> str | No
     where = f"{param}.json_schema"
     if not isinstance(js, dict):
         raise RequestError(f"{where} is required with type json_schema: {{\"name\": ..., \"schema\": {{...}}}}", where)
-    name = js.get("name")
+    name = js.get("name", "response")
     if not isinstance(name, str) or not _NAME.match(name):
         raise RequestError(f"{where}.name must be 1-64 letters, digits, '_' or '-'", f"{where}.name")
     if not isinstance(js.get("strict", False), bool):
