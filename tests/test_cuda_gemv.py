@@ -275,10 +275,49 @@ def test_pdl_launch_structs_match_the_driver_abi():
     (cuda.h, CUDA 12 and 13)."""
     import ctypes
 
-    assert ctypes.sizeof(C._LaunchAttr) == 72 and C._LaunchAttr.value.offset == 8
-    assert ctypes.sizeof(C._LaunchConfig) == 56
-    assert (C._LaunchConfig.stream.offset, C._LaunchConfig.attrs.offset, C._LaunchConfig.num_attrs.offset) == \
-        (32, 40, 48)
+    from quantdeploy.engine.cuda_driver import LaunchAttr, LaunchConfig
+
+    assert ctypes.sizeof(LaunchAttr) == 72 and LaunchAttr.value.offset == 8
+    assert ctypes.sizeof(LaunchConfig) == 56
+    assert (LaunchConfig.stream.offset, LaunchConfig.attrs.offset, LaunchConfig.num_attrs.offset) == (32, 40, 48)
+
+
+@pytest.mark.parametrize("arch", ["80", "86", "89", "90", "100", "120"])
+def test_the_kernels_build_for_every_gpu_generation(arch):
+    """A100, RTX 30xx / A10, RTX 40xx / L4, H100 / H200, B200, RTX 50xx: the default variants and the prompt
+    dequantizer compile for each with the NVRTC torch ships (no GPU needed)."""
+    _nvrtc_or_skip()
+    names = {C.kernel_name(*C.default_variant(k, n)) for k, n in ((4096, 6144), (4096, 28672), (14336, 4096))}
+    for name in sorted(names) + [C.dequant_name(-1)]:
+        cubin, mangled = C.compile_cubin(name, arch)
+        assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, name)
+
+
+def test_a_torch_without_the_private_helpers_is_a_reason_not_a_crash(monkeypatch):
+    """torch's NVRTC and module loader are private (torch.cuda._utils): when a torch release renames or reshapes one,
+    the CUDA GEMV says so in one line and the kernel chooser takes the Triton GEMV with that reason."""
+    from torch.cuda import _utils
+
+    from quantdeploy.engine import cuda_driver
+
+    def reshaped(kernel_source):  # a release that takes fewer arguments
+        raise AssertionError("never called")
+
+    for patch, needle in ((lambda: monkeypatch.delattr(_utils, "_cuda_load_module"), "_cuda_load_module is gone"),
+                          (lambda: monkeypatch.setattr(_utils, "_nvrtc_compile", reshaped),
+                           "_nvrtc_compile(kernel_source) no longer takes 5 arguments")):
+        monkeypatch.undo()
+        patch()
+        cuda_driver.check.cache_clear()
+        try:
+            ok, why = cuda_driver.check()
+            assert not ok and needle in why and "tested with torch 2.9 to 2.14" in why and "\n" not in why, why
+            with pytest.raises(RuntimeError, match=needle.split("(")[0]):
+                C.compile_cubin(C.dequant_name(-1), "90")
+        finally:
+            monkeypatch.undo()
+            cuda_driver.check.cache_clear()
+    assert cuda_driver.check() == (True, "")
 
 
 def test_pdl_is_off_on_the_cpu():

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import pdl, tuning
+from . import cuda_driver, pdl, tuning
 from .nk_layout import MetaForm, NKWeight, repack
 
 log = logging.getLogger("quantdeploy.engine")
@@ -45,35 +45,19 @@ def _include_dirs() -> list[str]:
 
 def compile_cubin(name: str, arch: str) -> tuple[bytes, str]:
     """(cubin, mangled name) of one kernel, e.g. name="qd_w4a16_gemv<4, 2, 0>", arch="90"."""
-    from torch.cuda._utils import _nvrtc_compile
-
     try:
         inc = _include_dirs()
     except ImportError:
         inc = []
-    return _nvrtc_compile(SOURCE.read_text(), name, arch, inc, ["-std=c++17"])
+    return cuda_driver.compile_cubin(SOURCE.read_text(), name, arch, inc, ["-std=c++17"])
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(name: str, device_index: int):
-    from torch.cuda._utils import _cuda_load_module
-
     major, minor = torch.cuda.get_device_capability(device_index)
     with torch.cuda.device(device_index):
         cubin, mangled = compile_cubin(name, f"{major}{minor}")
-        return _cuda_load_module(cubin, [mangled])[mangled].func
-
-
-class _LaunchAttr(ctypes.Structure):  # CUlaunchAttribute
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int * 16)]
-
-
-class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
-    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
-                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttr)), ("num_attrs", ctypes.c_uint)]
-
-
-_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        return cuda_driver.load_function(cubin, mangled)
 
 
 class _Launch:
@@ -83,9 +67,7 @@ class _Launch:
 
     def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False,
                  threads: int = THREADS):
-        from torch.cuda._utils import _get_gpu_runtime_library
-
-        self.lib = _get_gpu_runtime_library()
+        self.lib = cuda_driver.driver()
         self.func = _kernel(name, device.index or 0)
         self.ptrs = [ctypes.c_void_p() for _ in range(n_ptr)]
         self.ints = [ctypes.c_int(v) for v in ints]
@@ -94,10 +76,10 @@ class _Launch:
         self.config = None
         self.threads = threads
         if pdl:
-            self.attr = _LaunchAttr(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+            self.attr = cuda_driver.LaunchAttr(id=cuda_driver.PROGRAMMATIC_STREAM_SERIALIZATION)
             self.attr.value[0] = 1
-            self.config = _LaunchConfig(block=(ctypes.c_uint * 3)(threads, 1, 1), num_attrs=1,
-                                        attrs=ctypes.pointer(self.attr))
+            self.config = cuda_driver.LaunchConfig(block=(ctypes.c_uint * 3)(threads, 1, 1), num_attrs=1,
+                                                   attrs=ctypes.pointer(self.attr))
             self.config.grid[1] = self.config.grid[2] = 1
 
     def __call__(self, grid: int, *tensors: torch.Tensor) -> None:
@@ -123,6 +105,9 @@ def available(device) -> tuple[bool, str]:
             return False, "not a CUDA device"
         if torch.cuda.get_device_capability(device) < (7, 0):
             return False, "needs compute capability 7.0+"
+        ok, why = cuda_driver.check()
+        if not ok:
+            return False, why
         for name in ("qd_w4a16_gemv<2, 4, 0>", "qd_w4a16_gemv_sk<8, 1, 0>", dequant_name(MetaForm.WORDS)):
             _kernel(name, device.index or 0)
         return True, ""
