@@ -31,4 +31,5 @@ def inspect_model(spec: ModelSpec) -> dict[str, Any]:
         info["kernel"] = f"{chosen[0].name} ({chosen[0].engine})"
     info["kernels"] = [f"{k.name} ({k.engine}): {k.reason or 'can run here'}" for k in kernels]
     info.update(backend.inspect(spec))
+    info["runs_on"], info["runs_on_why"] = backend.runs_on(spec)  # after the files' checks: it may import torch
     return info

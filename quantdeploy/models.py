@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends.base import LoadedModel, ModelSpec
-from .errors import ModelNotFound
+from .errors import ModelNotFound, QuantDeployError
 from .registry import get_backend, identify, local_files
 from .settings import quiet_third_party_env
 
@@ -90,8 +90,9 @@ def check_model(spec: ModelSpec) -> None:
     get_backend(spec.format).check_files(spec)
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load a resolved spec with the backend the registry maps its format to."""
+def load_model(spec: ModelSpec, announce=None) -> LoadedModel:
+    """Load a resolved spec with the backend the registry maps its format to. announce(line): told what runs the
+    model and why (runs_on_line, decided once the files are checked, before the load) when the load succeeded."""
     import time
 
     backend = get_backend(spec.format)
@@ -101,10 +102,24 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         from .errors import BackendUnavailable
 
         raise BackendUnavailable(reason)
+    line = None
+    if announce is not None:
+        try:
+            line = runs_on_line(spec)
+        except QuantDeployError:  # the load says what is wrong, better
+            pass
     t0 = time.perf_counter()
     model = backend.load(spec)
+    if line is not None:
+        announce(line)
     model.load_time_s = time.perf_counter() - t0
     return model
+
+
+def runs_on_line(spec: ModelSpec) -> str:
+    """The one line chat, serve and bench print as they load a model: what will run it and why."""
+    what, why = get_backend(spec.format).runs_on(spec)
+    return f"note: runs on {what}" + (f" — {why}" if why else "")
 
 
 def load_spec(spec: ModelSpec, *, verbose: bool = False) -> LoadedModel:
@@ -113,7 +128,7 @@ def load_spec(spec: ModelSpec, *, verbose: bool = False) -> LoadedModel:
     from .settings import get_settings
 
     with quiet_third_party(quiet=not (verbose or get_settings().debug)):
-        model = load_model(spec)
+        model = load_model(spec, announce=lambda line: print(line, file=sys.stderr, flush=True))
     warning = model.kernel_report().get("warning")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

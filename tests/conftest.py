@@ -69,6 +69,14 @@ def awq_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """Every tiny checkpoint (quantdeploy/testing/tiny_configs.py): name -> directory, built once and cached."""
+    from quantdeploy.testing.tiny import build_all
+
+    return build_all(log=lambda line: print(line, file=sys.stderr))
+
+
+@pytest.fixture(scope="session")
 def model_paths(gguf_path, gptq_path, awq_path) -> dict[str, Path]:
     return {"gguf": gguf_path, "gptq": gptq_path, "awq": awq_path}
 

@@ -86,6 +86,9 @@ def test_one_shot_stderr_holds_only_our_lines(model_paths, fmt):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert [line for line in proc.stderr.splitlines() if not OUR_LINE.match(line)] == [], proc.stderr
+    # what runs the model, in one line as it loads (the CPU's default: gptqmodel's CPU kernels)
+    assert f"note: runs on transformers + gptqmodel (cpu kernel) — first kernel in order that can run it on cpu\n" \
+        in proc.stderr, proc.stderr
     if fmt == "gptq":
         loud = run_cli("chat", str(model_paths[fmt]), "--prompt", "Say hello.", "-n", "4", *GREEDY, "-v")
         assert loud.returncode == 0, loud.stderr

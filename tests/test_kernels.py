@@ -34,8 +34,9 @@ CPU, T4, PASCAL, AMPERE, HOPPER = (Target("cpu"), Target("cuda:0", (7, 5)), Targ
     ("awq", layer("awq"), PASCAL, {}, "exllama_v2", "fast_triton: needs compute capability 7.0+"),
     ("gptq", layer(group=48), AMPERE, {}, "marlin", "fast_cuda: cannot take group size 48 with K 4096, 14336"),
     ("gptq", layer(group=48), AMPERE, {}, "marlin", "fast_triton: cannot take group size 48 with K 4096, 14336 (needs a power"),
-    ("gptq", layer(model_type="phi3"), HOPPER, {}, "marlin", "fast_cuda: the fast engine does not implement phi3"),
-    ("gptq", layer(bits=8), HOPPER, {}, "marlin", "fast_cuda: the fast engine runs 4-bit weights only"),
+    ("gptq", layer(model_type="mixtral"), HOPPER, {}, "marlin",
+     "fast_cuda: the fast engine does not implement mixtral (a mixture-of-experts model)"),
+    ("gptq", layer(bits=8), HOPPER, {}, "marlin", "fast_cuda: the fast engine's kernels unpack 4-bit weights"),
     ("gptq", layer(), T4, {"engine": "hf"}, "exllama_v2", "marlin: needs compute capability 8.0+ (this GPU is 7.5)"),
     # forced kernels
     ("gptq", layer(), CPU, {"forced": "fast_torch"}, "fast_torch", "forced with --kernel"),
@@ -61,11 +62,12 @@ def test_the_first_kernel_that_can_run_wins(fmt, lay, target, kw, want, why):
     ("gptq", layer(), CPU, {"disabled": ("marlln",)}, UsageError,
      ["QUANTDEPLOY_DISABLED_KERNELS: unknown kernel 'marlln'", "marlin"]),
     # nothing fits: one error with every kernel's reason
-    ("gptq", layer(model_type="phi3"), PASCAL, {"engine": "fast"}, BackendUnavailable,
-     ["no gptq kernel can run this model on cuda:0", "fast_cuda: the fast engine does not implement phi3",
-      "fast_triton: the fast engine does not implement phi3", "fast_torch: the fast engine does not implement phi3"]),
-    ("awq", layer("awq"), CPU, {"disabled": ("cpu", "fast_torch")}, BackendUnavailable,
-     ["fast_cuda: needs a CUDA GPU", "marlin: needs a CUDA GPU", "cpu: disabled", "fast_torch: disabled"]),
+    ("gptq", layer(model_type="mixtral"), PASCAL, {"engine": "fast"}, BackendUnavailable,
+     ["no gptq kernel can run this model on cuda:0", "fast_cuda: the fast engine does not implement mixtral (a mix",
+      "fast_triton: the fast engine does not implement mixtral", "fast_torch: the fast engine does not implement mixt"]),
+    ("awq", layer("awq"), CPU, {"disabled": ("cpu", "fast_torch", "torch")}, BackendUnavailable,
+     ["fast_cuda: needs a CUDA GPU", "marlin: needs a CUDA GPU", "cpu: disabled", "fast_torch: disabled",
+      "torch: disabled"]),
 ])
 def test_refusals_say_why(fmt, lay, target, kw, error, needles):
     with pytest.raises(error) as e:
@@ -81,7 +83,9 @@ def test_survey_asks_every_kernel_in_order():
     by = {r.name: r for r in rows}
     assert by["fast_torch"].ok and by["fast_torch"].engine == "quantdeploy fast engine"
     assert not by["marlin"].ok and by["marlin"].engine == "transformers + gptqmodel"
-    assert by["torch"].ok and by["torch"].reason == "only when forced (--kernel)"
+    assert by["torch"].ok and by["machete"].reason == "needs a CUDA GPU (device is cpu)"
+    on_gpu = {r.name: r for r in survey("gptq", layer(), HOPPER)}  # torch dequantizes every step there
+    assert on_gpu["torch"].ok and on_gpu["torch"].reason == "only when forced (--kernel)"
     forced = survey("gptq", layer(), CPU, forced="fast_torch")
     assert [r.name for r in forced if r.chosen] == ["fast_torch"]
 
@@ -105,6 +109,7 @@ def test_cli_shows_the_choice(gptq_path):
 
     info = json.loads(run_cli("inspect", str(gptq_path), "--json").stdout)
     assert info["kernel"] == "cpu (transformers + gptqmodel)"
+    assert info["runs_on"] == "transformers + gptqmodel (cpu kernel)" and "first kernel" in info["runs_on_why"]
     assert "fast_cuda (quantdeploy fast engine): needs a CUDA GPU (device is cpu)" in info["kernels"]
     rows = {r["format"]: r for r in json.loads(run_cli("backends", "--json").stdout)}
     gptq = rows["gptq"]

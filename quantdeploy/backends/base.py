@@ -366,6 +366,11 @@ class Backend(abc.ABC):
         (None: any model of the format) on this machine and why not; the one a load would use marked chosen."""
         return []
 
+    def runs_on(self, spec: ModelSpec) -> tuple[str, str]:
+        """(what will run this model, why), without loading it: `inspect` shows it, chat / serve / bench print it
+        as they load."""
+        return self.name, ""
+
     def inspect(self, spec: ModelSpec) -> dict[str, Any]:
         """What `quantdeploy inspect` shows beyond the common fields, read from the files (no weights loaded):
         architecture, context_length, quantization, chat_template, stop_tokens, ..."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from ..engine.detok import IncrementalDetokenizer
-from ..errors import UsageError
+from ..errors import BackendUnavailable, UsageError
 from ..settings import get_settings
 from .base import GenerationParams, ModelSpec
 from .hf_quant import HFTokenizerModel
@@ -35,8 +35,14 @@ class FastQuantModel(HFTokenizerModel):
         else:
             dtype = self._pick_dtype(cfg, spec, torch)
         self.dtype = str(dtype).replace("torch.", "")
-        self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=choice.kernel.gemv,
-                                 files=spec.model_files(), config=get_settings().engine)
+        from ..engine.arch import Unsupported
+
+        try:
+            self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=choice.kernel.gemv,
+                                     files=spec.model_files(), config=get_settings().engine)
+        except Unsupported as e:  # found only in the weights (a module quantized apart, missing projections)
+            raise BackendUnavailable(f"the fast engine cannot run this model: {e}; --engine hf runs it on "
+                                     "transformers + gptqmodel") from None
         self._ctx = self.engine.max_len
         self.scheduler = None
         if spec.max_seqs > 1:  # many sequences at once: the paged engine behind the batching scheduler

@@ -103,6 +103,10 @@ class GGUFBackend(Backend):
     def check_files(self, spec: ModelSpec) -> None:
         _validated(gguf_main_file(spec))
 
+    def runs_on(self, spec: ModelSpec) -> tuple[str, str]:
+        where = "on the CPU" if spec.device == "cpu" else "its layers on the GPU when this build and a GPU allow"
+        return "llama.cpp", f"GGUF runs on llama.cpp, {where}"
+
     def inspect(self, spec: ModelSpec) -> dict[str, Any]:
         f = gguf_main_file(spec)
         return describe_gguf(f, _validated(f))

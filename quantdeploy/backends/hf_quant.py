@@ -93,6 +93,19 @@ class HFQuantBackend(Backend):
             return FastQuantModel(spec, choice)
         return HFQuantModel(spec, self, choice)
 
+    def runs_on(self, spec: ModelSpec) -> tuple[str, str]:
+        """What runs the model here and why: the engine of the kernel the chooser picks (backends/kernels.py)."""
+        env_ok, missing = self.check_environment()
+        if not env_ok:
+            return "transformers + gptqmodel", f"not installed here: {missing}"
+        c = self.choose(spec)
+        if c.engine == "fast":
+            return f"{FAST_ENGINE} ({c.kernel.name} kernel)", c.summary
+        return f"transformers + gptqmodel ({c.kernel.name} kernel)", c.summary
+
+
+FAST_ENGINE = "quantdeploy's fast engine"
+
 
 class HFTokenizerModel(LoadedModel):
     """What every HF-format quantized model shares: config, quantization, device, tokenizer, stop tokens, template.
@@ -198,13 +211,37 @@ class HFQuantModel(HFTokenizerModel):
         dtype = self._pick_dtype(cfg, spec, torch)
         qcfg = backend._config_class()(bits=self.quant["bits"], group_size=self.quant["group_size"],
                                        backend=self.kernel.backend_value)
+        from .hf_layout import gptqmodel_backend, layout_mismatch, missing_weights, unfilled_layers
+
+        if self.quant_config.method == "awq" and self.quant_config.checkpoint_format == "gemv" \
+                and not self._device.startswith("cuda"):
+            raise BackendUnavailable(f"{path.name} is in AWQ's GEMV layout, which gptqmodel runs on CUDA GPUs only; "
+                                     "on this device use --engine fast")
+        apart = layout_mismatch(path, cfg, spec.trust_remote_code)
+        self.loader, missing = "transformers", []
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                str(path), quantization_config=qcfg, device_map=self._device, dtype=dtype,
-                use_safetensors=not spec.allow_pickle, trust_remote_code=spec.trust_remote_code)
+            if apart:  # a layout transformers' model has no place for: gptqmodel's loader knows it
+                from gptqmodel import GPTQModel
+
+                self.loader = f"gptqmodel's loader ({apart} has no layer in transformers' {self._model_type})"
+                self.model = GPTQModel.load(str(path), device=self._device, dtype=dtype,
+                                            backend=gptqmodel_backend(spec.format, self.kernel.backend_value),
+                                            trust_remote_code=spec.trust_remote_code).model
+            else:
+                self.model, info = AutoModelForCausalLM.from_pretrained(
+                    str(path), quantization_config=qcfg, device_map=self._device, dtype=dtype,
+                    use_safetensors=not spec.allow_pickle, trust_remote_code=spec.trust_remote_code,
+                    output_loading_info=True)
+                missing = missing_weights(info, bool(getattr(self.model.config, "tie_word_embeddings", False)))
+            empty, unused = unfilled_layers(self.model, path)
+            if missing or empty or unused:
+                what = f"no weights for {(missing or empty)[0]}" if missing or empty else \
+                    f"no layer for the checkpoint's {unused[0]}"
+                raise InvalidModel(f"{path.name}: the loaded {self._model_type} model has {what} (names that do not "
+                                   "match its layers); it would run uninitialized memory")
         except QuantDeployError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError, AttributeError) as e:
             raise _explain_load_error(e, path, self.kernel, self._model_type) from None
         self.model.eval()
         self.dtype = str(dtype).replace("torch.", "")
@@ -235,7 +272,7 @@ class HFQuantModel(HFTokenizerModel):
         return {"backend": self.backend, "format": self.format, "device": self._device,
                 "kernel": self.kernel.name, "kernel_reason": self.kernel_why, "requested_backend":
                 self.kernel.backend_value, "quant_linear_classes": quant_classes, "layers": layers,
-                "gpu": gpu_kernel, "dtype": self.dtype, "quant": self.quant}
+                "gpu": gpu_kernel, "dtype": self.dtype, "quant": self.quant, "loader": self.loader}
 
     def logits(self, token_ids: list[int]) -> Any:
         """Next-token logits after each position (one forward over the whole input), float32 numpy."""

@@ -23,6 +23,7 @@ from .base import KernelStatus
 # What runs a model whose kernel is of this engine (`--engine` names the keys).
 ENGINES = {"fast": "quantdeploy fast engine", "hf": "transformers + gptqmodel"}
 DISABLED_BY = "QUANTDEPLOY_DISABLED_KERNELS"
+CPU_KERNEL_GROUPS = (32, 64, 128, 256)  # what gptqmodel's CPU kernels (ATen int4pack, AVX-512) take
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class LayerConfig:
     group_size: int  # PER_CHANNEL (-1): one group per output channel
     desc_act: bool
     model_type: str | None
+    checkpoint_format: str | None = None  # gptq | gptq_v2 (GPTQ), gemm | gemv (AWQ)
     in_features: tuple[int, ...] = ()  # K of the model's linears: hidden, attention output, intermediate
+    config: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # config.json, for the engine
 
     @classmethod
     def from_checkpoint(cls, fmt: str, config: dict[str, Any], quant: QuantConfig) -> "LayerConfig":
@@ -43,7 +46,7 @@ class LayerConfig:
         head_dim = text.get("head_dim") or (hidden // heads if hidden and heads else None)
         ks = (hidden, heads * head_dim if heads and head_dim else None, text.get("intermediate_size"))
         return cls(format=fmt, bits=quant.bits, group_size=quant.group_size, desc_act=bool(quant.desc_act),
-                   model_type=config.get("model_type"),
+                   model_type=config.get("model_type"), checkpoint_format=quant.checkpoint_format, config=config,
                    in_features=tuple(sorted({int(k) for k in ks if isinstance(k, int) and k > 0})))
 
     def groups(self) -> list[tuple[int, int]]:
@@ -80,7 +83,7 @@ class Kernel:
     name: str  # what users type (--kernel)
     engine: str  # a key of ENGINES
     note: str = ""  # what it is, for `backends`
-    auto: bool = True  # chosen automatically (False: only when forced)
+    auto: str = "always"  # chosen automatically: always, "cpu" (on the CPU only) or "never" (only when forced)
 
     def can_implement(self, layer: LayerConfig | None, target: Target) -> tuple[bool, str]:
         """(True, "") when this kernel can run `layer` (None: any model) on `target`; else (False, why not)."""
@@ -104,6 +107,12 @@ class GptqmodelKernel(Kernel):
         if self.cuda and target.capability and target.capability < self.min_capability:
             return False, (f"needs compute capability {_sm(self.min_capability)}+ (this GPU is "
                            f"{_sm(target.capability)})")
+        if layer is not None and not target.cuda:
+            if layer.format == "awq" and layer.checkpoint_format == "gemv":
+                return False, "gptqmodel runs AWQ's GEMV layout on CUDA GPUs only; --engine fast runs it on this device"
+            if self.name == "cpu" and layer.group_size not in CPU_KERNEL_GROUPS:  # e.g. per channel (-1)
+                return False, (f"takes groups of {'/'.join(map(str, CPU_KERNEL_GROUPS))}; this model's is "
+                               f"{layer.group_size}")
         return True, ""
 
 
@@ -119,7 +128,7 @@ class FastKernel(Kernel):
         if layer is not None:
             from ..engine.capability import engine_supports
 
-            ok, why = engine_supports(layer.model_type, layer.bits)
+            ok, why = engine_supports(layer.config or {"model_type": layer.model_type}, layer.bits)
             if not ok:
                 return False, why
         if self.gemv == "auto":  # dequantize + matmul: the engine's path on the CPU
@@ -168,7 +177,7 @@ _NOTE_MARLIN = "gptqmodel's fastest batch-1 GEMV on Ampere and newer"
 _NOTE_MACHETE = "downloads CUTLASS at first use: fails offline"
 _NOTE_TORCH = "dequantize + matmul in torch: slow on a GPU"
 
-# The chooser's order, per format. Kernels with auto=False run only when forced.
+# The chooser's order, per format. machete runs only when forced; torch is chosen on the CPU only (slow on a GPU).
 KERNELS: dict[str, tuple[Kernel, ...]] = {
     "gptq": (
         FAST_CUDA, FAST_TRITON,
@@ -177,8 +186,8 @@ KERNELS: dict[str, tuple[Kernel, ...]] = {
         GptqmodelKernel("triton", backend_value="gptq_triton", min_capability=(6, 0)),
         _CPU, FAST_TORCH,
         GptqmodelKernel("machete", backend_value="gptq_machete", min_capability=(9, 0), note=_NOTE_MACHETE,
-                        auto=False),
-        GptqmodelKernel("torch", backend_value="gptq_torch", cuda=False, note=_NOTE_TORCH, auto=False),
+                        auto="never"),
+        GptqmodelKernel("torch", backend_value="gptq_torch", cuda=False, note=_NOTE_TORCH, auto="cpu"),
     ),
     "awq": (
         FAST_CUDA, FAST_TRITON,
@@ -186,8 +195,8 @@ KERNELS: dict[str, tuple[Kernel, ...]] = {
         GptqmodelKernel("exllama_v2", backend_value="exllama_v2", min_capability=(6, 0)),
         GptqmodelKernel("gemm", backend_value="gemm", min_capability=(6, 0)),
         _CPU, FAST_TORCH,
-        GptqmodelKernel("machete", backend_value="machete", min_capability=(9, 0), note=_NOTE_MACHETE, auto=False),
-        GptqmodelKernel("torch", backend_value="torch_awq", cuda=False, note=_NOTE_TORCH, auto=False),
+        GptqmodelKernel("machete", backend_value="machete", min_capability=(9, 0), note=_NOTE_MACHETE, auto="never"),
+        GptqmodelKernel("torch", backend_value="torch_awq", cuda=False, note=_NOTE_TORCH, auto="cpu"),
     ),
 }
 
@@ -203,6 +212,7 @@ class Choice:
     kernel: Kernel
     reason: str
     statuses: tuple[KernelStatus, ...] = field(default=())
+    summary: str = ""  # the reason without the kernels skipped before it (the line chat prints at load)
 
     @property
     def engine(self) -> str:
@@ -225,7 +235,7 @@ def choose(fmt: str, layer: LayerConfig | None, target: Target, *, forced: str |
     if chosen is None:
         raise BackendUnavailable(f"no {fmt} kernel can run this model on {target.device}: " + "; ".join(reasons))
     why = f"first kernel in order that can run it on {target.device}"
-    return Choice(chosen, why + (f" (skipped {'; '.join(reasons)})" if reasons else ""), tuple(statuses))
+    return Choice(chosen, why + (f" (skipped {'; '.join(reasons)})" if reasons else ""), tuple(statuses), why)
 
 
 def survey(fmt: str, layer: LayerConfig | None, target: Target, *, forced: str | None = None,
@@ -264,7 +274,7 @@ def _walk(table, layer, target, disabled, engine, survey: bool):
             reasons.append(f"{k.name}: disabled by {DISABLED_BY}")
             continue
         ok, why = k.can_implement(layer, target)
-        if not k.auto:  # never a candidate: its status only
+        if k.auto == "never" or (k.auto == "cpu" and target.cuda):  # not a candidate here: its status only
             statuses.append(_status(k, ok, "only when forced (--kernel)" if ok else why))
         elif ok and chosen is None:
             chosen = k
@@ -288,4 +298,5 @@ def _forced(fmt, table, layer, target, name, forced_by, engine) -> Choice:
     ok, why = k.can_implement(layer, target)
     if not ok:
         raise BackendUnavailable(f"{forced_by} {name} cannot run this model on {target.device}: {why}")
-    return Choice(k, f"forced with {forced_by}", (_status(k, True, f"forced with {forced_by}", chosen=True),))
+    return Choice(k, f"forced with {forced_by}", (_status(k, True, f"forced with {forced_by}", chosen=True),),
+                  f"forced with {forced_by}")

@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
-def sdpa(q, k, v, mask, causal: bool, scale: float, gqa: bool):
-    """q [M, H, D], k / v [KVH, L, D] -> [M, H*D]."""
+def sdpa(q, k, v, mask, causal: bool, scale: float, gqa: bool, cap: float | None = None):
+    """q [M, H, D], k / v [KVH, L, D] -> [M, H*D]; cap: Gemma-2's attention soft-cap (arch.attention)."""
+    from .arch_ops import attention
+
     m, h, d = q.shape
-    att = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-                                         attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
+    att = attention(q.transpose(0, 1).unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask, causal, scale, cap, gqa)
     return att[0].transpose(0, 1).reshape(m, h * d)
 
 
@@ -45,7 +45,7 @@ class StaticCache:
         else:
             kv = self.kv_len
             k, v, mask, causal = self.k[i][:, :kv], self.v[i][:, :kv], self.masks[window], False
-        return sdpa(q, k, v, mask, causal, cfg.scale, cfg.kv_heads != q.shape[1])
+        return sdpa(q, k, v, mask, causal, cfg.scale, cfg.kv_heads != q.shape[1], cfg.attn_softcap)
 
     def rope_store(self, i: int, qkv, cos, sin, q_norm, k_norm):
         from . import triton_ops as T
@@ -136,10 +136,10 @@ class PagedBatch:
             k, v = self._gather(self.kv.k[i], c.table, length), self._gather(self.kv.v[i], c.table, length)
             qc = q[c.first:c.first + c.n]
             if c.start == 0 and (window == 0 or window >= c.n):
-                out.append(sdpa(qc, k, v, None, True, cfg.scale, gqa))
+                out.append(sdpa(qc, k, v, None, True, cfg.scale, gqa, cfg.attn_softcap))
             else:
                 mask = self._window_mask(self.positions[c.first:c.first + c.n], length, window)
-                out.append(sdpa(qc, k, v, mask, False, cfg.scale, gqa))
+                out.append(sdpa(qc, k, v, mask, False, cfg.scale, gqa, cfg.attn_softcap))
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def _decode_rows(self, i: int, q: torch.Tensor, gqa: bool, window: int) -> torch.Tensor:
@@ -154,8 +154,9 @@ class PagedBatch:
         j = torch.arange(k.shape[2], device=q.device)[None, :]
         p = self.positions[:nd, None]
         mask = (j <= p) & (j > p - window) if window else j <= p
-        att = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask[:, None, None, :],
-                                             scale=cfg.scale, enable_gqa=gqa)
+        from .arch_ops import attention
+
+        att = attention(q.unsqueeze(2), k, v, mask[:, None, None, :], False, cfg.scale, cfg.attn_softcap, gqa)
         return att.reshape(nd, h * d)
 
     def rope_store(self, i: int, qkv, cos, sin, q_norm, k_norm):

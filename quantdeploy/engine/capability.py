@@ -6,13 +6,12 @@ from __future__ import annotations
 ENGINE_BITS = 4  # the weight width every engine kernel unpacks
 
 
-def engine_supports(model_type: str | None, bits: int) -> tuple[bool, str]:
-    """(True, "") when the fast engine runs a checkpoint of this architecture (config.json's model_type) and
-    weight width; else (False, why)."""
-    from .model import SUPPORTED
-
-    if model_type not in SUPPORTED:
-        return False, f"the fast engine does not implement {model_type} (supported: {', '.join(SUPPORTED)})"
+def engine_supports(config: dict, bits: int) -> tuple[bool, str]:
+    """(True, "") when the fast engine runs a checkpoint of this config.json and weight width; else (False, why in
+    one line)."""
     if bits != ENGINE_BITS:
-        return False, f"the fast engine runs {ENGINE_BITS}-bit weights only (this model has {bits})"
-    return True, ""
+        return False, (f"the fast engine's kernels unpack {ENGINE_BITS}-bit weights; this model has {bits}-bit "
+                       "weights")
+    from .arch import check_supported
+
+    return check_supported(config)

@@ -1,4 +1,4 @@
-"""The fast engine's decoder: Llama-family and Gemma-3 text models over QuantWeight linears.
+"""The fast engine's decoder: Llama-family and Gemma-2/3 text models over QuantWeight linears (arch.py: what differs).
 
 One decode step = embedding, every layer, final norm and lm_head, written so it can be captured in a CUDA graph:
 static KV cache, the position in a device tensor, no host syncs and no shape changes. Prefill runs eagerly.
@@ -7,7 +7,6 @@ static KV cache, the position in a device tensor, no host syncs and no shape cha
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,84 +17,12 @@ from ..checkpoint import QuantConfig
 from ..errors import BackendUnavailable
 from ..settings import EngineConfig
 from . import head
+from .arch import SUPPORTED, DecoderConfig, Unsupported, long_prompt_threshold, rope_table
+from .arch_ops import act, rms_norm, softcap
 from .attention import StaticCache
-from .quant import QuantWeight, concat_n, dequantize, from_awq, from_gptq
+from .quant import QuantWeight, concat_n, dequantize, dequantize_gptq, from_awq, from_awq_gemv, from_gptq
 
 log = logging.getLogger("quantdeploy.engine")
-
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
-
-
-@dataclass
-class DecoderConfig:
-    arch: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    inter: int
-    vocab: int
-    eps: float
-    rope_theta: list[float]  # per layer
-    rope_scaling: dict | None
-    window: list[int]  # per layer: 0 = global attention
-    tie: bool
-    gemma: bool
-    act: str
-    scale: float
-    max_position: int
-    qk_norm: bool
-    bias: bool
-
-    @classmethod
-    def from_hf(cls, cfg: dict) -> "DecoderConfig":
-        cfg = dict(cfg.get("text_config") or cfg) | {"model_type": cfg.get("model_type")}
-        mt = cfg.get("model_type") or "llama"
-        if mt not in SUPPORTED:
-            raise NotImplementedError(f"the fast engine does not implement {mt} yet")
-        gemma = mt.startswith("gemma3")
-        hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        head_dim = cfg.get("head_dim") or hidden // heads
-        n = cfg["num_hidden_layers"]
-        types = cfg.get("layer_types") or ["full_attention"] * n
-        rp = cfg.get("rope_parameters") or {}
-        base = cfg.get("rope_theta") or rp.get("rope_theta") or 10000.0
-
-        def theta(t):
-            sub = rp.get(t) if isinstance(rp.get(t), dict) else None
-            return float((sub or {}).get("rope_theta", base if not gemma else (10000.0 if "sliding" in t else base)))
-
-        scaling = cfg.get("rope_scaling") or (rp if rp.get("rope_type") not in (None, "default") else None)
-        sw = cfg.get("sliding_window") or 0
-        return cls(
-            arch=mt, hidden=hidden, layers=n, heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=head_dim, inter=cfg["intermediate_size"], vocab=cfg["vocab_size"],
-            eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=[theta(t) for t in types],
-            rope_scaling=scaling if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type"))
-            not in (None, "default") else None,
-            window=[sw if "sliding" in t and sw else 0 for t in types],
-            tie=bool(cfg.get("tie_word_embeddings", gemma)), gemma=gemma,
-            act="gelu_tanh" if gemma else "silu",
-            scale=(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5 if gemma else head_dim ** -0.5,
-            max_position=int(cfg.get("max_position_embeddings", 4096)), qk_norm=gemma or mt == "qwen3",
-            bias=bool(cfg.get("attention_bias", mt == "qwen2")))
-
-
-def _inv_freq(dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
-    if kind == "llama3":
-        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv
-        smooth = (old / wavelen - lo) / (hi - lo)
-        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
-        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
-        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
-    elif kind == "linear":
-        inv = inv / scaling["factor"]
-    return inv.float()
 
 
 class QLinear:
@@ -154,6 +81,7 @@ class Decoder:
         fmt, group = quant.method, quant.group_size
         # GPTQ's v1 checkpoints store zero points minus one (gptq_v2 and AWQ store them as they are)
         zero_offset = 1 if fmt == "gptq" and quant.checkpoint_format == "gptq" else 0
+        awq_gemv = fmt == "awq" and quant.checkpoint_format == "gemv"
 
         def t(name):
             return tensors[name].to(self.device, dtype)
@@ -163,6 +91,12 @@ class Decoder:
             return None if v is None else v.to(self.device)
 
         def qw(prefix) -> QuantWeight:
+            if module_quant(quant, prefix) != (4, group):
+                raise Unsupported(f"{prefix} is quantized apart from the rest ({module_quant(quant, prefix)} bits and "
+                                  "group); the fast engine runs one 4-bit layout")
+            if awq_gemv:
+                return from_awq_gemv(raw(prefix + ".qweight"), raw(prefix + ".qzeros"), raw(prefix + ".scales"),
+                                     group)
             if fmt == "awq":
                 return from_awq(raw(prefix + ".qweight"), raw(prefix + ".qzeros"), raw(prefix + ".scales"), group)
             return from_gptq(raw(prefix + ".qweight"), raw(prefix + ".qzeros"), raw(prefix + ".scales"),
@@ -175,8 +109,24 @@ class Decoder:
                 else None
             return QLinear(concat_n(ws).to(self.device, dtype), bias, cache_dense)
 
+        def one_of(*forms):  # the projections as the checkpoint stores them: fused (Phi-3) or apart
+            for form in forms:
+                if all(p + ".qweight" in tensors for p in form):
+                    return fused(form)
+            raise Unsupported(f"the checkpoint has no quantized weights for {forms[-1][0]} (or {forms[0][0]}); "
+                              "the fast engine reads GPTQ / AWQ linears")
+
         self.embed = t("model.embed_tokens.weight")
-        self.lm_head = self.embed if cfg.tie or "lm_head.weight" not in tensors else t("lm_head.weight")
+        if "lm_head.qweight" in tensors:  # a quantized head (8-bit from gptqmodel): dequantized once, runs dense
+            if fmt != "gptq":
+                raise Unsupported("the fast engine reads a quantized lm_head in GPTQ checkpoints only")
+            bits, hgroup = module_quant(quant, "lm_head") or (quant.bits, group)
+            self.lm_head = dequantize_gptq(raw("lm_head.qweight"), raw("lm_head.qzeros"), raw("lm_head.scales"),
+                                           raw("lm_head.g_idx"), bits, hgroup, zero_offset).t().to(dtype).contiguous()
+        elif cfg.tie or "lm_head.weight" not in tensors:
+            self.lm_head = self.embed
+        else:
+            self.lm_head = t("lm_head.weight")
         self.head = None  # the int8 lm_head (head.py), opt-in
         if head.wanted(config.lm_head, self.lm_head is self.embed):
             self.head, self.lm_head = head.Int8Head(self.lm_head), None
@@ -191,9 +141,9 @@ class Decoder:
                      if f"{p}.{k}.weight" in tensors}
             if cfg.qk_norm:
                 norms["q_norm"], norms["k_norm"] = t(a + ".q_norm.weight"), t(a + ".k_norm.weight")
-            layer = Layer(qkv=fused([a + ".q_proj", a + ".k_proj", a + ".v_proj"]), o=fused([a + ".o_proj"]),
-                          gate_up=fused([m + ".gate_proj", m + ".up_proj"]), down=fused([m + ".down_proj"]),
-                          norms=norms)
+            layer = Layer(qkv=one_of([a + ".qkv_proj"], [a + ".q_proj", a + ".k_proj", a + ".v_proj"]),
+                          o=fused([a + ".o_proj"]), down=fused([m + ".down_proj"]), norms=norms,
+                          gate_up=one_of([m + ".gate_up_proj"], [m + ".gate_proj", m + ".up_proj"]))
             if ext is not None:
                 self._hand_over(ext, layer)
             self.layers.append(layer)
@@ -201,17 +151,16 @@ class Decoder:
         self.tuning = "none"  # which tuned file chose the GEMV's variants (kernel reports)
         if self.device.type == "cuda":
             self.gemv = self._finish_kernels(ext, max_len) if ext is not None else self._triton_gemv()
-        d = cfg.head_dim
-        pos = torch.arange(max_len, dtype=torch.float32)
-        self.rope = {}
-        for th in sorted(set(cfg.rope_theta)):
-            freqs = torch.outer(pos, _inv_freq(d, th, cfg.rope_scaling))
-            emb = torch.cat([freqs, freqs], -1)
-            self.rope[th] = (emb.cos().to(self.device, dtype), emb.sin().to(self.device, dtype))
+        # rotary tables per key (layer type); longrope also all-long ones, for a prompt past its original length
+        self.rope = {k: tuple(x.to(self.device, dtype) for x in rope_table(cfg, k, max_len))
+                     for k in sorted(set(cfg.rope_key))}
+        self.long_prompt = long_prompt_threshold(cfg)
+        self.rope_long = {} if self.long_prompt is None else {
+            k: tuple(x.to(self.device, dtype) for x in rope_table(cfg, k, max_len, long=True)) for k in self.rope}
         self._static: tuple[list, list] | None = None  # the single-sequence KV cache, made on first use
         self.embed_scale = torch.tensor(cfg.hidden ** 0.5, dtype=dtype, device=self.device) if cfg.gemma else None
         self.arange = torch.arange(max_len, device=self.device)
-        self.fused = fused_ops_enabled(self.device, config.fused_ops)
+        self.fused = fused_ops_enabled(self.device, config.fused_ops) and fused_ops_cover(cfg)
 
     def __repr__(self) -> str:
         return f"Decoder({self.cfg.arch}, {self.cfg.layers} layers, {self.device}, gemv={self.gemv})"
@@ -271,14 +220,17 @@ class Decoder:
 
     # --- math ------------------------------------------------------------------------------------
     def norm(self, x, w):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.cfg.eps)
-        if self.cfg.gemma:
-            return (xf * (1.0 + w.float())).to(x.dtype)
-        return w * xf.to(x.dtype)
+        return rms_norm(x, w, self.cfg.eps, self.cfg.gemma)
 
     def act(self, g):
-        return F.gelu(g, approximate="tanh") if self.cfg.act == "gelu_tanh" else F.silu(g)
+        return act(g, self.cfg.act)
+
+    def rope_for(self, i: int, m: int, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's (cos, sin) tables: longrope's long ones for a whole single prompt past its original length."""
+        key = self.cfg.rope_key[i]
+        if self.long_prompt is not None and getattr(ctx, "causal_from_zero", False) and m > self.long_prompt:
+            return self.rope_long[key]
+        return self.rope[key]
 
     @staticmethod
     def rotate(x, cos, sin):
@@ -327,7 +279,7 @@ class Decoder:
             q, k, v = q.view(m, h, d), k.view(m, kvh, d), v.view(m, kvh, d)
             if cfg.qk_norm:
                 q, k = self.norm(q, n["q_norm"]), self.norm(k, n["k_norm"])
-            cos, sin = self.rope[cfg.rope_theta[i]]
+            cos, sin = self.rope_for(i, m, ctx)
             c, s = cos.index_select(0, positions)[:, None], sin.index_select(0, positions)[:, None]
             q, k = self.rotate(q, c, s), self.rotate(k, c, s)
             ctx.store(i, k, v)
@@ -386,7 +338,7 @@ class Decoder:
             L = self.layers[i]
             n = L.norms
             y = T.add_rmsnorm(x, n["input_layernorm"], eps, gemma, pending, pending_w)
-            cos, sin = self.rope[cfg.rope_theta[i]]
+            cos, sin = self.rope_for(i, m, ctx)
             q = ctx.rope_store(i, L.qkv(y), cos, sin, n.get("q_norm"), n.get("k_norm"))
             o = L.o(ctx.attend_fused(i, q))
             if "pre_feedforward_layernorm" in n:  # gemma: x += norm(o); y = norm(x)
@@ -406,8 +358,9 @@ class Decoder:
         return self.logits(y)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Normed hidden states [M, hidden] -> fp32 logits [M, vocab]."""
-        return self.head(x) if self.head is not None else (x @ self.lm_head.t()).float()
+        """Normed hidden states [M, hidden] -> fp32 logits [M, vocab] (soft-capped for Gemma-2)."""
+        logits = self.head(x) if self.head is not None else (x @ self.lm_head.t()).float()
+        return softcap(logits, self.cfg.final_softcap)
 
     def masks(self, positions: torch.Tensor, kv_len: int) -> dict:
         """Causal (and sliding-window) masks over the first kv_len cache slots for queries at `positions`."""
@@ -430,6 +383,30 @@ def fused_ops_enabled(device: torch.device, flag: bool | None) -> bool:
         log.warning("fused Triton kernels unavailable (%s); using torch ops", e)
         return False
     return True
+
+
+def fused_ops_cover(cfg: DecoderConfig) -> bool:
+    """Whether the fused Triton step implements this architecture: it has no attention soft-capping (Gemma-2) and
+    takes power-of-two head sizes (Phi-3's 96 is not). Otherwise the step runs torch ops around the GEMV kernels."""
+    why = "attention soft-capping" if cfg.attn_softcap else \
+        f"head size {cfg.head_dim}" if cfg.head_dim & (cfg.head_dim - 1) else ""
+    if why:
+        log.info("fused Triton step off for %s (%s); torch ops around the linears", cfg.arch, why)
+    return not why
+
+
+def module_quant(quant: QuantConfig, name: str) -> tuple[int, int] | None:
+    """Module `name`'s (bits, group size): the checkpoint's, or the first of gptqmodel's `dynamic` rules whose regex
+    matches it ("-:" rules: the module is left unquantized, None)."""
+    import re
+
+    for key, over in (quant.raw.get("dynamic") or {}).items():
+        pattern = key[2:] if key.startswith(("+:", "-:")) else key
+        if re.match(pattern, name):
+            if key.startswith("-:"):
+                return None
+            return int(over.get("bits", quant.bits)), int(over.get("group_size", quant.group_size))
+    return quant.bits, quant.group_size
 
 
 def load_tensors(path: Path) -> dict:

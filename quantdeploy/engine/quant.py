@@ -71,6 +71,7 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int)
     import torch
 
     k = qweight.shape[0] * 8
+    group_size = group_size if group_size > 0 else k  # -1: one group per output channel
     izeros = unpack_rows(qzeros) + zero_offset  # [G, N]
     zeros = izeros.float()
     sc = scales.float()
@@ -97,6 +98,20 @@ def from_awq(qweight, qzeros, scales, group_size: int) -> QuantWeight:
                         for r in range(0, qweight.shape[0], 1024)])
     izeros = unpack_rows(qzeros, AWQ_ORDER)
     sc = scales.float()
+    group_size = group_size if group_size > 0 else qweight.shape[0]
+    return QuantWeight(packed, sc, izeros.float() * sc, group_size, None, _pack_n(izeros))
+
+
+def from_awq_gemv(qweight, qzeros, scales, group_size: int) -> QuantWeight:
+    """AWQ GEMV: qweight [N, K/8] packed along K in sequential order; qzeros [N, >= G/8] and scales [N, >= G]
+    along the groups (padded); W = (q - z) * s."""
+    k = qweight.shape[1] * 8
+    group_size = group_size if group_size > 0 else k
+    g = k // group_size
+    q = unpack_rows(qweight)  # [N, K]
+    packed = pack_cols_k(q.t().contiguous())
+    izeros = unpack_rows(qzeros)[:, :g].t().contiguous()  # [G, N]
+    sc = scales[:, :g].t().float().contiguous()
     return QuantWeight(packed, sc, izeros.float() * sc, group_size, None, _pack_n(izeros))
 
 
@@ -130,3 +145,26 @@ def concat_n(ws: list[QuantWeight]) -> QuantWeight:
     zs = None if any(w.qzeros is None for w in ws) else torch.cat([w.qzeros for w in ws], 1)
     return QuantWeight(torch.cat([w.qweight for w in ws], 1), torch.cat([w.scales for w in ws], 1),
                        torch.cat([w.szeros for w in ws], 1), ws[0].group_size, perms[0], zs)
+
+
+def unpack_bits(packed, bits: int):
+    """int32 [R, C] -> int32 [R, C * 32 / bits]: the values packed low bits first along the last dim."""
+    import torch
+
+    shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
+    return ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)
+
+
+def dequantize_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int, zero_offset: int):
+    """Any GPTQ weight of 2, 4 or 8 bits -> dense float32 [K, N] (the engine's kernels take 4 bits; this is for
+    weights it runs dense, such as a quantized lm_head, and for references)."""
+    import torch
+
+    if 32 % bits:
+        raise ValueError(f"{bits}-bit GPTQ packing is not supported")
+    q = unpack_bits(qweight.t().contiguous(), bits).t()  # [K, N]
+    k = q.shape[0]
+    group_size = group_size if group_size > 0 else k
+    z = unpack_bits(qzeros, bits)[:, :q.shape[1]] + zero_offset  # [G, N]
+    g = g_idx.long() if g_idx is not None else torch.arange(k, device=q.device) // group_size
+    return (q.float() - z.float()[g]) * scales.float()[g]

@@ -85,3 +85,44 @@ def pack_awq_checkpoint(src: Path, out: Path, *, bits: int = 4, group_size: int 
         if f.name not in ("config.json",) and not f.name.endswith(".safetensors") and f.is_file() \
                 and f.name != "model.safetensors.index.json" and not f.name.startswith("."):
             shutil.copy2(f, out / f.name)
+
+
+def _gemv_width(groups: int, group_size: int) -> int:
+    """Packed zero-point words per row in the GEMV layout (AutoAWQ's calculate_zeros_width)."""
+    mult = {128: 1, 64: 2, 32: 4, 16: 8}[min(group_size, 128)]
+    base = -(-groups // 8)
+    return -(-base // mult) * mult
+
+
+def gemm_to_gemv(ckpt: Path) -> None:
+    """Rewrite an AWQ GEMM checkpoint in place as AutoAWQ's GEMV layout: per output row, qweight [N, K/8] packed
+    along K in plain order, qzeros [N, W] and fp16 scales [N, 8W] along the groups (zero-padded to W words)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ..engine.quant import unpack_rows
+
+    files = sorted(ckpt.glob("*.safetensors"))
+    cfg = json.loads((ckpt / "config.json").read_text())
+    qc = cfg["quantization_config"]
+    for f in files:
+        t = load_file(str(f))
+        for name in [n for n in t if n.endswith(".qweight")]:
+            base = name[: -len(".qweight")]
+            q = unpack_rows(t[name], AWQ_ORDER)  # [K, N]
+            k = q.shape[0]
+            group = qc["group_size"] if qc["group_size"] > 0 else k
+            zeros = unpack_rows(t[base + ".qzeros"], AWQ_ORDER)  # [G, N]
+            scales = t[base + ".scales"]
+            g, n = scales.shape
+            width = _gemv_width(g, group)
+            zpad = torch.zeros(n, width * 8, dtype=torch.int32)
+            zpad[:, :g] = zeros.t()
+            spad = torch.zeros(n, width * 8, dtype=torch.float16)
+            spad[:, :g] = scales.t().half()
+            t[name] = pack_int4(q.t().contiguous(), order=tuple(range(8)))
+            t[base + ".qzeros"] = pack_int4(zpad, order=tuple(range(8)))
+            t[base + ".scales"] = spad
+        save_file(t, str(f), metadata={"format": "pt"})
+    qc["version"] = qc["format"] = qc["checkpoint_format"] = "gemv"
+    (ckpt / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -131,7 +131,23 @@ def _build_awq(out: Path) -> None:
     pack_awq_checkpoint(reference_model(), out, bits=4, group_size=128)
 
 
-FIXTURES = {"gguf": gemma_gguf, "reference": reference_model, "gptq": gptq_model, "awq": awq_model}
+def tiny_checkpoints() -> Path:
+    """Every tiny architecture and quantization variant (tiny.py), float and quantized."""
+    from .tiny import build_all, tiny_dir
+
+    build_all(log=lambda line: None)
+    return tiny_dir()
+
+
+def tiny_gguf() -> Path:
+    """GGUF copies of the tiny float checkpoints, made by llama.cpp's own converter (gguf_convert.py)."""
+    from .gguf_convert import gguf_models
+
+    return next(iter(next(iter(gguf_models().values())).values())).parent
+
+
+FIXTURES = {"gguf": gemma_gguf, "reference": reference_model, "gptq": gptq_model, "awq": awq_model,
+            "tiny": tiny_checkpoints, "tiny-gguf": tiny_gguf}
 
 
 def build_all() -> dict[str, Path]:
@@ -139,6 +155,10 @@ def build_all() -> dict[str, Path]:
 
 
 def _is_built(name: str) -> bool:
+    if name.startswith("tiny"):
+        from .tiny import is_built
+
+        return is_built(gguf=name == "tiny-gguf")
     return name == "gguf" or (fixtures_dir() / name / ".complete").exists()
 
 
