@@ -139,3 +139,24 @@ def test_structured_output_and_logprobs_in_a_batch(pair):
     got, want = out["lp"][1].logprobs, lp_alone.logprobs
     assert [t.token for t in got] == [t.token for t in want]
     assert all(abs(a.logprob - b.logprob) < 1e-3 and len(a.top) == 2 for a, b in zip(got, want))
+
+
+def test_the_cpu_kv_pool_fits_in_a_quarter_of_the_available_memory():
+    """64 slots at 128k tokens of a wide model would want far more RAM than a machine has (serve's default on the CPU
+    was killed by the OOM killer): the pool is capped, and still holds one full sequence."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from quantdeploy.engine.attention import PagedKV
+    from quantdeploy.engine.stepper import pool_blocks
+
+    cfg = SimpleNamespace(layers=32, kv_heads=8, head_dim=128)
+    dec = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), dtype=torch.float32)
+    per_block = PagedKV.bytes_per_block(cfg.layers, 16, cfg.kv_heads, cfg.head_dim, torch.float32)
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    blocks = pool_blocks(dec, max_seqs=64, max_len=131072, block_size=16, memory_fraction=None)
+    one = 131072 // 16
+    assert one <= blocks < 64 * one and blocks * per_block <= max(available // 4, one * per_block)
+    assert pool_blocks(dec, max_seqs=2, max_len=256, block_size=16, memory_fraction=None) == 2 * 256 // 16  # small: all

@@ -302,7 +302,9 @@ def test_resume_after_ctrl_c_and_after_a_kill(tmp_path, gguf_path, gguf_model):
              for i in range(n)]
     inp = write_lines(tmp_path / "in.jsonl", lines)
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "quantdeploy", "generate", str(gguf_path), "--input", str(inp), "--output", str(out)]
+    # one request at a time, so the stops land between lines (a batch of them would finish together)
+    cmd = [sys.executable, "-m", "quantdeploy", "generate", str(gguf_path), "--input", str(inp), "--output", str(out),
+           "--max-concurrency", "1"]
 
     stopped = stop_midway(cmd, out, 2, signal.SIGINT)  # Ctrl-C: the work in flight stops, whole lines stay
     assert stopped.returncode == 130, stopped.stderr[-2000:]

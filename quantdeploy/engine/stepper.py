@@ -11,6 +11,7 @@ step and read by collect().
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -27,16 +28,21 @@ log = logging.getLogger("quantdeploy.engine")
 BLOCK_SIZE = 32
 GREEDY = SimpleNamespace(temperature=0.0, top_p=1.0, top_k=0, logprobs=None)  # a sequence submitted without params
 MAX_GRAPH_BATCH = 256
+CPU_POOL_SHARE = 0.25  # of the RAM available at load: the KV pool's cap off the GPU
 
 
 def pool_blocks(dec, max_seqs: int, max_len: int, block_size: int, memory_fraction: float | None) -> int:
     """KV blocks to allocate: on CUDA what `memory_fraction` of the GPU leaves after the weights (less a margin for
-    activations and graphs); elsewhere enough for every slot at full context."""
+    activations and graphs); elsewhere every slot at full context, but at most a quarter of the memory available
+    now (64 slots of 8k tokens would take most of a small machine's RAM; a pool that runs full makes new sequences
+    wait) and at least one sequence."""
     cfg = dec.cfg
     per_block = PagedKV.bytes_per_block(cfg.layers, block_size, cfg.kv_heads, cfg.head_dim, dec.dtype)
-    full = max_seqs * -(-max_len // block_size)
+    one = -(-max_len // block_size)
+    full = max_seqs * one
     if dec.device.type != "cuda":
-        return full
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(one, min(full, int(available * CPU_POOL_SHARE // per_block)))
     free, total = torch.cuda.mem_get_info(dec.device)
     used = total - free
     margin = 1.5 * 2 ** 30 + max_seqs * (cfg.vocab * 4 * 3 + cfg.hidden * 64)
