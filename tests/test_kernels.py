@@ -76,6 +76,18 @@ def test_refusals_say_why(fmt, lay, target, kw, error, needles):
         assert n in str(e.value), (n, str(e.value))
 
 
+def test_the_summary_says_why_the_fast_engine_was_passed_over():
+    """The line chat / serve / bench print at load: the first kernel's engine, when none of its kernels can run the
+    model, with the reason; nothing more when the order alone decided (the CPU's gptqmodel kernels before fast_torch)."""
+    moe = choose("gptq", layer(model_type="mixtral"), HOPPER)
+    assert moe.kernel.name == "marlin" and moe.summary == (
+        "first kernel in order that can run it on cuda:0; not the quantdeploy fast engine: the fast engine does not "
+        "implement mixtral (a mixture-of-experts model); it runs llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, "
+        "gemma3_text")
+    assert "not the quantdeploy fast engine: needs compute capability 7.0+" in choose("gptq", layer(), PASCAL).summary
+    assert choose("gptq", layer(), CPU).summary == "first kernel in order that can run it on cpu"
+
+
 def test_survey_asks_every_kernel_in_order():
     rows = survey("gptq", layer(), CPU)
     assert [r.name for r in rows] == [k.name for k in KERNELS["gptq"]]

@@ -231,11 +231,15 @@ def choose(fmt: str, layer: LayerConfig | None, target: Target, *, forced: str |
     table = KERNELS[fmt]
     if forced:
         return _forced(fmt, table, layer, target, forced.lower(), forced_by, engine)
-    chosen, statuses, reasons = _walk(table, layer, target, disabled, engine, survey=False)
+    chosen, statuses, reasons = _walk(table, layer, target, disabled, engine)
     if chosen is None:
         raise BackendUnavailable(f"no {fmt} kernel can run this model on {target.device}: " + "; ".join(reasons))
     why = f"first kernel in order that can run it on {target.device}"
-    return Choice(chosen, why + (f" (skipped {'; '.join(reasons)})" if reasons else ""), tuple(statuses), why)
+    # the one-line summary says why the engine first in the order cannot run it, when none of its kernels can
+    first = [s for s in statuses if s.engine == statuses[0].engine]
+    summary = why if first[0].engine == ENGINES[chosen.engine] or any(s.ok for s in first) else \
+        f"{why}; not the {first[0].engine}: {first[0].reason}"
+    return Choice(chosen, why + (f" (skipped {'; '.join(reasons)})" if reasons else ""), tuple(statuses), summary)
 
 
 def survey(fmt: str, layer: LayerConfig | None, target: Target, *, forced: str | None = None,
@@ -243,7 +247,7 @@ def survey(fmt: str, layer: LayerConfig | None, target: Target, *, forced: str |
     """What every kernel says of `layer` (None: any model) on `target`, in the chooser's order, the one it would
     choose marked: `quantdeploy inspect` and `quantdeploy backends`."""
     _check_disabled(disabled)
-    statuses = _walk(KERNELS[fmt], layer, target, disabled, engine, survey=True)[1]
+    statuses = _walk(KERNELS[fmt], layer, target, disabled, engine)[1]
     if forced:  # the forced kernel is the one chosen, when it can run
         statuses = [replace(s, chosen=s.ok and s.name == forced.lower(),
                             reason="forced" if s.ok and s.name == forced.lower() else
@@ -258,14 +262,12 @@ def _check_disabled(disabled: tuple[str, ...]) -> None:
         raise UsageError(f"{DISABLED_BY}: unknown kernel '{unknown[0]}'; choose from: {', '.join(sorted(names))}")
 
 
-def _walk(table, layer, target, disabled, engine, survey: bool):
+def _walk(table, layer, target, disabled, engine):
     """(the first kernel that fits or None, a status per kernel asked, the reasons of those skipped before it)."""
     statuses: list[KernelStatus] = []
     reasons: list[str] = []
     chosen = None
     for k in table:
-        if chosen is not None and not survey:
-            break
         if engine != "auto" and k.engine != engine:
             statuses.append(_status(k, False, f"runs on the {ENGINES[k.engine]}, not --engine {engine}"))
             continue
