@@ -47,9 +47,11 @@ def run_batch(model, prompts: list[list[int]], out_tokens: int) -> dict:
     steps = s1.get("steps", 0) - s0.get("steps", 0)
     total = sum(counts)
     decode_s = wall - max(first)
+    host_s = s1.get("host_s", 0.0) - s0.get("host_s", 0.0)
     return {"batch": len(prompts), "tokens": total, "wall_s": round(wall, 3), "tok_s": round(total / wall, 1),
             "decode_tok_s": round((total - len(prompts)) / decode_s, 1) if decode_s > 0 else None,
-            "ttft_max_s": round(max(first), 3), "steps": steps, "host_ms_per_step": s1.get("host_ms_per_step")}
+            "ttft_max_s": round(max(first), 3), "steps": steps,
+            "host_ms_per_step": round(1e3 * host_s / steps, 3) if steps else None}
 
 
 def main() -> None:

@@ -172,7 +172,7 @@ class Scheduler:
         self.steps = 0
         self.step_tokens = 0
         self.preemptions = 0
-        self.host_s = 0.0  # time spent planning and reading back, for the per-step host cost
+        self.host_s = 0.0  # time spent planning, launching and handing tokens out (not waiting for the device)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -214,8 +214,8 @@ class Scheduler:
         return {"running": len(self.running), "waiting": len(self.waiting) + len(self._inbox),
                 "kv_blocks_used": self.pool.used, "kv_blocks_total": self.pool.num_blocks,
                 "prefix_cache_hit_tokens": self.pool.hits, "prefix_cache_query_tokens": self.pool.queries,
-                "steps": self.steps, "preemptions": self.preemptions, "host_ms_per_step": round(1e3 * self.host_s / self.steps, 3)
-                if self.steps else None}
+                "steps": self.steps, "preemptions": self.preemptions, "host_s": round(self.host_s, 6),
+                "host_ms_per_step": round(1e3 * self.host_s / self.steps, 3) if self.steps else None}
 
     # --- the loop -------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -242,7 +242,10 @@ class Scheduler:
                 # read the previous step back while this one runs; with nothing new launched, drain
                 while inflight and (len(inflight) > 1 or not (decodes or prefills)):
                     handle, works = inflight.popleft()
-                    self._absorb(works, self.stepper.collect(handle))
+                    t1 = time.perf_counter()
+                    sampled = self.stepper.collect(handle)  # waits for the device: not host time
+                    t0 += time.perf_counter() - t1
+                    self._absorb(works, sampled)
             except Exception as e:  # a failed step fails the sequences in it, not the server
                 log.exception("a batched step failed")
                 inflight.clear()
