@@ -88,6 +88,21 @@ def test_the_summary_says_why_the_fast_engine_was_passed_over():
     assert choose("gptq", layer(), CPU).summary == "first kernel in order that can run it on cpu"
 
 
+def test_a_gguf_says_where_llama_cpp_runs_it(gguf_path):
+    """The runs-on line for GGUF: llama.cpp on the CPU here (this machine's llama-cpp-python is a CPU build, or it
+    has no GPU, or --device cpu asked for it), with the reason."""
+    from pathlib import Path
+
+    from quantdeploy.backends.base import ModelSpec
+    from quantdeploy.registry import get_backend
+
+    backend = get_backend("gguf")
+    what, why = backend.runs_on(ModelSpec(path=Path(gguf_path), format="gguf", device="cpu"))
+    assert what == "llama.cpp (CPU)" and why in ("--device cpu", "no GPU here", "llama-cpp-python is a CPU build")
+    what, why = backend.runs_on(ModelSpec(path=Path(gguf_path), format="gguf"))
+    assert what in ("llama.cpp (CPU)", "llama.cpp (CUDA)") and why
+
+
 def test_survey_asks_every_kernel_in_order():
     rows = survey("gptq", layer(), CPU)
     assert [r.name for r in rows] == [k.name for k in KERNELS["gptq"]]

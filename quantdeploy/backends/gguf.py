@@ -104,8 +104,10 @@ class GGUFBackend(Backend):
         _validated(gguf_main_file(spec))
 
     def runs_on(self, spec: ModelSpec) -> tuple[str, str]:
-        where = "on the CPU" if spec.device == "cpu" else "its layers on the GPU when this build and a GPU allow"
-        return "llama.cpp", f"GGUF runs on llama.cpp, {where}"
+        cuda = self.kernels(spec)[0]
+        if cuda.chosen:
+            return "llama.cpp (CUDA)", "its layers offloaded to the GPU (--gpu-layers; default: all)"
+        return "llama.cpp (CPU)", cuda.reason
 
     def inspect(self, spec: ModelSpec) -> dict[str, Any]:
         f = gguf_main_file(spec)
