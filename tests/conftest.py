@@ -127,3 +127,27 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 
 def tool_exists(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+def in_threads(fn, n: int, timeout: float = 600) -> list:
+    """[fn(0), ..., fn(n - 1)], each called on a thread of its own, all at once (concurrent requests to one model)."""
+    import threading
+
+    out: list = [None] * n
+
+    def one(i: int) -> None:
+        out[i] = fn(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return out
+
+
+def openai_client(server, *, api_key: str = "unused", timeout: float = 300):
+    """The real `openai` client against a ServerProcess (no retries: a test sees every failure)."""
+    import openai
+
+    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0, timeout=timeout)

@@ -88,17 +88,23 @@ def test_model_files_find_the_quant_config(tmp_path, files, method, source):
     assert (q.method, q.source) == (method, source) if method else q is None
 
 
-def test_each_config_file_is_read_once(tmp_path, monkeypatch):
-    root = _model(tmp_path / "m", {"config.json": {"model_type": "llama", "quantization_config": GPTQMODEL}})
-    files = LocalFiles(root)
-    reads = []
+@pytest.fixture()
+def reads(monkeypatch) -> list[str]:
+    """The names of the files LocalFiles reads from here on, in order."""
+    names: list[str] = []
     real = LocalFiles.read
 
     def counting(self, name, limit=None):
-        reads.append(name)
+        names.append(name)
         return real(self, name, limit)
 
     monkeypatch.setattr(LocalFiles, "read", counting)
+    return names
+
+
+def test_each_config_file_is_read_once(tmp_path, reads):
+    root = _model(tmp_path / "m", {"config.json": {"model_type": "llama", "quantization_config": GPTQMODEL}})
+    files = LocalFiles(root)
     for _ in range(3):
         assert files.config["model_type"] == "llama" and files.quant.method == "gptq"
     assert reads == ["config.json"]
@@ -110,19 +116,11 @@ def test_broken_config_json_is_one_line(tmp_path):
         files.quant
 
 
-def test_a_load_reads_config_json_once(gptq_path, monkeypatch):
+def test_a_load_reads_config_json_once(gptq_path, reads):
     """Detection, the backend and the engine check share one parse: config.json is read once per load."""
     import quantdeploy
     from quantdeploy.models import resolve_model
 
-    reads = []
-    real = LocalFiles.read
-
-    def counting(self, name, limit=None):
-        reads.append(name)
-        return real(self, name, limit)
-
-    monkeypatch.setattr(LocalFiles, "read", counting)
     spec = resolve_model(str(gptq_path), device="cpu", engine="hf")
     model = quantdeploy.load_model(spec)
     try:

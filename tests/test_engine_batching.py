@@ -10,21 +10,13 @@ import pytest
 import quantdeploy
 from quantdeploy import GenerationParams
 
+from conftest import in_threads
+
 PROMPTS = ["The capital of France is", "Once upon a time, there was", "1, 2, 3, 4,", "def fibonacci(n):"]
 
 
 def concurrently(model, prompts, params):
-    out = [None] * len(prompts)
-
-    def one(i):
-        out[i] = "".join(model.generate(prompts[i], params))
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(600)
-    return out
+    return in_threads(lambda i: "".join(model.generate(prompts[i], params)), len(prompts))
 
 
 @pytest.fixture(scope="module", params=["gptq"])

@@ -19,6 +19,8 @@ from quantdeploy.backends.base import GenerationParams
 from quantdeploy.backends.gguf_batch import Request
 from quantdeploy.errors import UsageError
 
+from conftest import in_threads
+
 TIE = 2.0  # log-probability gap below which two candidates count as a near tie
 PROMPTS = ["The capital of France is", "1, 2, 3, 4, 5,", "Once upon a time, in a land far away, there lived a",
            "def fib(n):", "Water boils at", "The three primary colors are red,"]
@@ -72,17 +74,7 @@ def tokens(model, prompt: str | list[int], p: GenerationParams) -> list[int]:
 
 
 def concurrently(model, texts: list[str], p: GenerationParams) -> list[list[int]]:
-    out: list = [None] * len(texts)
-
-    def one(i: int) -> None:
-        out[i] = tokens(model, texts[i], p)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(texts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    return out
+    return in_threads(lambda i: tokens(model, texts[i], p), len(texts), timeout=300)
 
 
 def wait_until(check, timeout: float = 10) -> None:

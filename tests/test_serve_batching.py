@@ -8,11 +8,12 @@ import threading
 import time
 import urllib.request
 
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantdeploy.server.process import ServerProcess
+
+from conftest import openai_client
 
 # Confident continuations: at every step the likeliest token leads the next by more than 2.5 in log-probability,
 # far above the float noise by which llama.cpp's batched kernels move a row's logits (test_gguf_batch.py), so the
@@ -32,7 +33,7 @@ def server(gguf_path):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(server)
 
 
 def gauge(server, name: str) -> float:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 
 from quantdeploy.server.process import ServerProcess
 
+from conftest import openai_client
+
 NAME = "gemma-gguf"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -45,7 +47,7 @@ def server(gguf_path):
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    return openai_client(server)
 
 
 def test_parse_with_a_pydantic_model(client):
