@@ -17,7 +17,7 @@ from . import hf_files
 from .base import (Backend, Confidence, GenerationParams, KernelStatus, LoadedModel, ModelFiles, ModelSpec,
                    PullChoice, TemplateSource)
 from .hw import pick_torch_device
-from .kernels import Choice, Kernel, LayerConfig, Target, choose, survey
+from .kernels import ENGINES, Choice, Kernel, LayerConfig, Target, choose, survey
 
 log = logging.getLogger("quantdeploy.hf")
 DEFAULT_CTX = 8192
@@ -97,14 +97,9 @@ class HFQuantBackend(Backend):
         """What runs the model here and why: the engine of the kernel the chooser picks (backends/kernels.py)."""
         env_ok, missing = self.check_environment()
         if not env_ok:
-            return "transformers + gptqmodel", f"not installed here: {missing}"
+            return ENGINES["hf"], f"not installed here: {missing}"
         c = self.choose(spec)
-        if c.engine == "fast":
-            return f"{FAST_ENGINE} ({c.kernel.name} kernel)", c.summary
-        return f"transformers + gptqmodel ({c.kernel.name} kernel)", c.summary
-
-
-FAST_ENGINE = "quantdeploy's fast engine"
+        return f"{ENGINES[c.engine]} ({c.kernel.name} kernel)", c.summary
 
 
 class HFTokenizerModel(LoadedModel):
@@ -213,10 +208,6 @@ class HFQuantModel(HFTokenizerModel):
                                        backend=self.kernel.backend_value)
         from .hf_layout import gptqmodel_backend, layout_mismatch, missing_weights, unfilled_layers
 
-        if self.quant_config.method == "awq" and self.quant_config.checkpoint_format == "gemv" \
-                and not self._device.startswith("cuda"):
-            raise BackendUnavailable(f"{path.name} is in AWQ's GEMV layout, which gptqmodel runs on CUDA GPUs only; "
-                                     "on this device use --engine fast")
         apart = layout_mismatch(path, cfg, spec.trust_remote_code)
         self.loader, missing = "transformers", []
         try:
