@@ -81,6 +81,9 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device):
     kw = dict(max_new=24, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
     alone = [list(eng.generate(p, **kw)) for p in prompts]
     stepper = FastStepper(eng.dec, max_seqs=3, max_len=1024, num_blocks=64)
+    assert stepper.graph_buckets() == [(r, k) for r in (1, 2, 4) for k in (256, 512, 1024)]
+    warmed = stepper.warm()
+    assert warmed == (9 if on_cuda else 0)
     sched = Scheduler(stepper)
     try:
         out = [None] * len(prompts)
@@ -92,7 +95,7 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device):
         [t.start() for t in threads]
         [t.join(300) for t in threads]
         assert out == alone
-        assert bool(stepper.graphs) == on_cuda  # on CUDA the decode rows ran from batch graphs
+        assert len(stepper.graphs) == warmed  # every decode ran from a graph captured before the first request
     finally:
         sched.close()
 

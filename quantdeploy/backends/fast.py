@@ -3,6 +3,8 @@ tokenizer, stop tokens and template every HF-format model shares (hf_quant.HFTok
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Iterator
 
 from ..engine.detok import IncrementalDetokenizer
@@ -11,6 +13,8 @@ from ..settings import get_settings
 from .base import GenerationParams, ModelSpec
 from .hf_quant import HFTokenizerModel
 from .kernels import Choice, FastKernel
+
+log = logging.getLogger("quantdeploy.engine")
 
 
 class FastQuantModel(HFTokenizerModel):
@@ -51,6 +55,10 @@ class FastQuantModel(HFTokenizerModel):
 
             self.stepper = FastStepper(self.engine.dec, max_seqs=spec.max_seqs, max_len=self._ctx,
                                        memory_fraction=spec.gpu_memory_utilization)
+            t0 = time.perf_counter()
+            if self.stepper.warm():
+                log.info("batching: %d decode graphs captured in %.1f s", len(self.stepper.graphs),
+                         time.perf_counter() - t0)
             self.scheduler = Scheduler(self.stepper)
 
     @property

@@ -184,6 +184,28 @@ class FastStepper:
             b *= 2
         return min(b, self.max_blocks * self.block_size)
 
+    def graph_buckets(self) -> list[tuple[int, int]]:
+        """Every (rows, kv_len) a decode step can run as a graph: rows a power of two up to the one that holds
+        max_seqs, kv_len every context bucket up to max_len."""
+        rows = [1]
+        while rows[-1] < min(self.max_seqs, MAX_GRAPH_BATCH):
+            rows.append(rows[-1] * 2)
+        kv = [self.kv_bucket(1)]
+        while kv[-1] < self.max_blocks * self.block_size:
+            kv.append(self.kv_bucket(kv[-1] + 1))
+        return [(r, k) for r in rows for k in kv]
+
+    def warm(self) -> int:
+        """Capture every decode graph now (graph_buckets), so that no step pays for a capture, and the Triton
+        compiles behind it, while sequences stream: a capture mid-stream stalls every sequence for tens to
+        hundreds of milliseconds. Returns the graphs captured; none off CUDA."""
+        for rows, kv_len in self.graph_buckets():
+            if not self.use_graph:
+                break
+            if (rows, kv_len) not in self.graphs:
+                self._capture(rows, kv_len)
+        return len(self.graphs)
+
     def _decode_inputs(self, decodes: list[Work], rows: int):
         pad = rows - len(decodes)
         slots = np.array([w.seq.slot for w in decodes] + [self.scratch_slot] * pad, dtype=np.int64)
