@@ -16,6 +16,18 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 
+def to_device(values, dtype, device):
+    """Host values (a list, a numpy array or a CPU tensor) as a tensor on `device`, without waiting for the device:
+    on CUDA through pinned memory and an asynchronous copy. A plain `torch.tensor(values, device="cuda")`
+    synchronizes the stream, so the host would wait for every step already queued."""
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return t.to(device=device, dtype=dtype)
+    return t.to(dtype).pin_memory().to(device, non_blocking=True)
+
+
 def make_generator(device, seed: int | None):
     import torch
 
@@ -70,7 +82,7 @@ def _per_row(values: Sequence[float], logits, default) -> Any:
 
     if all(v == values[0] for v in values):
         return values[0] if values else default
-    return torch.tensor(list(values), dtype=logits.dtype, device=logits.device).unsqueeze(1)
+    return to_device(list(values), logits.dtype, logits.device).unsqueeze(1)
 
 
 def sample_rows(logits, rows: Rows, bitmask=None) -> Sampled:
@@ -100,7 +112,7 @@ def sample_rows(logits, rows: Rows, bitmask=None) -> Sampled:
                 noise[i].exponential_(generator=g)
         tokens = torch.argmax(probs / noise, -1)
         if any(greedy):
-            mask = torch.tensor(greedy, device=logits.device)
+            mask = to_device(greedy, torch.bool, logits.device)
             tokens = torch.where(mask, torch.argmax(logits, -1), tokens)
         out.tokens = tokens
     if rows.logprobs is not None:

@@ -21,7 +21,7 @@ import torch
 
 from ..batching import Sampled, Sequence, Work
 from .attention import Chunk, PagedBatch, PagedKV
-from .sampling import Rows, make_generator, sample_rows
+from .sampling import Rows, make_generator, sample_rows, to_device
 
 log = logging.getLogger("quantdeploy.engine")
 
@@ -128,7 +128,7 @@ class FastStepper:
             return _Step(None, None, rows, [])
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
         out = self._sample(logits, works_sampled)
-        slots = torch.tensor([w.seq.slot for w in works_sampled], dtype=torch.long, device=self.device)
+        slots = to_device([w.seq.slot for w in works_sampled], torch.long, self.device)
         self.last.index_copy_(0, slots, out.tokens)
         extra = () if out.logprobs is None else (out.logprobs, out.top_ids, out.top_logprobs)
         if self.device.type == "cuda":  # read back behind the step, into pinned memory
@@ -225,10 +225,10 @@ class FastStepper:
             if g is not None:
                 graph, inputs, out = g
                 for dst, src in zip(inputs, self._decode_inputs(decodes, rows)):
-                    dst.copy_(src, non_blocking=True)
+                    dst.copy_(src.pin_memory(), non_blocking=True)  # pageable memory could make the host wait
                 graph.replay()
                 return out[:n]
-        slots, pos, kvs, tables = (t.to(self.device) for t in self._decode_inputs(decodes, n))
+        slots, pos, kvs, tables = (to_device(t, t.dtype, self.device) for t in self._decode_inputs(decodes, n))
         return self._decode_body(slots, pos, kvs, tables, kv_len)
 
     def _decode_body(self, slots, pos, kvs, tables, kv_len: int) -> torch.Tensor:
@@ -261,12 +261,12 @@ class FastStepper:
             toks += w.tokens
             pos += range(w.start, w.start + len(w.tokens))
             kvs += [self._kv_slot(w.seq, p) for p in range(w.start, w.start + len(w.tokens))]
-            table = torch.tensor(w.seq.blocks, dtype=torch.int32, device=self.device)
+            table = to_device(w.seq.blocks, torch.int32, self.device)
             chunks.append(Chunk(first, len(w.tokens), w.start, table))
             if w.sample:
                 rows.append(len(toks) - 1)
         dev = self.device
-        as_long = lambda v: torch.tensor(v, dtype=torch.long, device=dev)  # noqa: E731
+        as_long = lambda v: to_device(v, torch.long, dev)  # noqa: E731
         positions = as_long(pos)
         ctx = PagedBatch(self.dec, self.kv, positions, as_long(kvs), 0, None, chunks, 0)
         if not rows:
@@ -288,5 +288,5 @@ class FastStepper:
             for i, m in enumerate(masks):
                 if m is not None:
                     full[i] = m[0]
-            bitmask = torch.from_numpy(full).to(self.device)
+            bitmask = to_device(full, torch.int32, self.device)
         return sample_rows(logits, rows, bitmask)
