@@ -102,7 +102,8 @@ def main() -> None:
         agree = [next((j for j, (x, y) in enumerate(zip(u, v)) if x != y), len(u)) for u, v in zip(alone, together)]
         check = {"sequences": n, "tokens": a.check, "same_prefix_len": agree}
         print(json.dumps({"greedy_check": check}), flush=True)
-    out = {"model": str(path), "gpu": torch.cuda.get_device_name(), "prompt_tokens": a.prompt,
+    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+           "model": str(path), "gpu": torch.cuda.get_device_name(), "prompt_tokens": a.prompt,
            "output_tokens": a.out, "kernel": model.kernel_report().get("kernel"), "rows": rows, "greedy_check": check}
     model.close()
     if a.json:
