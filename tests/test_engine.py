@@ -226,8 +226,9 @@ def test_greedy_graph_gives_the_tokens_of_the_argmax_outside_it(model_paths):
     assert len(a) == 300 and a == b
 
 
-def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000, layers=2, seed=0):
-    """A random Llama-shaped GPTQ checkpoint (no tokenizer): the engine's Llama decode path on a GPU in seconds."""
+def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000, layers=2, seed=0, asym=False):
+    """A random Llama-shaped GPTQ checkpoint (no tokenizer): the engine's Llama decode path on a GPU in seconds.
+    asym: random zero points (sym false), which the engine keeps in the same meta form as AWQ's."""
     import json
 
     import torch
@@ -248,7 +249,9 @@ def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000
                            (".mlp.down_proj", inter, hidden)):
             t[p + name + ".qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), generator=g,
                                                      dtype=torch.int32)
-            t[p + name + ".qzeros"] = torch.full((k // 128, n // 8), 0x77777777, dtype=torch.int32)
+            t[p + name + ".qzeros"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 128, n // 8), generator=g,
+                                                    dtype=torch.int32) if asym else \
+                torch.full((k // 128, n // 8), 0x77777777, dtype=torch.int32)
             t[p + name + ".scales"] = (torch.rand(k // 128, n, generator=g) * 0.02 + 0.01).half()
             t[p + name + ".g_idx"] = (torch.arange(k) // 128).int()
     out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +262,7 @@ def _tiny_llama_gptq(out, hidden=256, inter=512, heads=4, kv_heads=2, vocab=1000
         "num_hidden_layers": layers, "vocab_size": vocab, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
         "rope_theta": 500000.0, "tie_word_embeddings": False, "hidden_act": "silu", "torch_dtype": "float16",
         "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
-                                "sym": True, "checkpoint_format": "gptq"}}))
+                                "sym": not asym, "checkpoint_format": "gptq"}}))
     return out
 
 

@@ -62,11 +62,13 @@ def test_a_seed_reproduces_whatever_else_is_in_the_batch(pair):
     assert together[0] == first
 
 
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device):
+def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device, asym):
     """The Llama path the 8B benchmarks take, 4 prompts at once on 3 slots (one waits and joins mid-way). On CUDA
     the batch runs through the W4A16 GEMM, the paged kernels and the batch graphs, a sequence alone through the
-    GEMV and the single-sequence graphs: the greedy tokens must still agree."""
+    GEMV and the single-sequence graphs: the greedy tokens must still agree. asym: zero points per group, in the
+    meta form AWQ's weights take."""
     import torch
 
     from quantdeploy.batching import Scheduler
@@ -75,7 +77,7 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device):
     from test_engine import _tiny_llama_gptq
 
     on_cuda = device == "cuda"
-    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), device, torch.float16 if on_cuda else torch.float32, 1024,
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m", asym=asym), device, torch.float16 if on_cuda else torch.float32, 1024,
                      gemv="cuda" if on_cuda else "auto")
     prompts = [list(range(10 + i, 30 + 3 * i)) for i in range(4)]
     kw = dict(max_new=24, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
