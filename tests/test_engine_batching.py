@@ -3,7 +3,6 @@ of a batch decodes the tokens it decodes alone; shared prompt prefixes reuse KV 
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
@@ -77,25 +76,20 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device, 
     from test_engine import _tiny_llama_gptq
 
     on_cuda = device == "cuda"
-    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m", asym=asym), device, torch.float16 if on_cuda else torch.float32, 1024,
-                     gemv="cuda" if on_cuda else "auto")
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m", asym=asym), device,
+                     torch.float16 if on_cuda else torch.float32, 1024, gemv="cuda" if on_cuda else "auto")
     prompts = [list(range(10 + i, 30 + 3 * i)) for i in range(4)]
     kw = dict(max_new=24, temperature=0, top_p=1, top_k=0, seed=None, stop_ids=set())
     alone = [list(eng.generate(p, **kw)) for p in prompts]
     stepper = FastStepper(eng.dec, max_seqs=3, max_len=1024, num_blocks=64)
+    assert [stepper.row_bucket(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
     assert stepper.graph_buckets() == [(r, k) for r in (1, 2, 4) for k in (256, 512, 1024)]
     warmed = stepper.warm()
     assert warmed == (9 if on_cuda else 0)
     sched = Scheduler(stepper)
     try:
-        out = [None] * len(prompts)
-
-        def one(i):
-            out[i] = [s.token for s in sched.submit(prompts[i], GenerationParams(temperature=0), max_new=24)]
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-        [t.start() for t in threads]
-        [t.join(300) for t in threads]
+        out = in_threads(lambda i: [s.token for s in sched.submit(prompts[i], GenerationParams(temperature=0),
+                                                                  max_new=24)], len(prompts), timeout=300)
         assert out == alone
         assert len(stepper.graphs) == warmed  # every decode ran from a graph captured before the first request
     finally:
@@ -118,18 +112,15 @@ def test_structured_output_and_logprobs_in_a_batch(pair):
     plain_alone = "".join(solo.generate(PROMPTS[0], GenerationParams(max_tokens=12, temperature=0)))
     lp_alone = solo.generate(PROMPTS[1], with_lp)
     list(lp_alone)
-    out = {}
-
-    def run(name, fn):
-        g = fn()
-        out[name] = ("".join(g), g)
-
     jobs = {"json": lambda: batched.chat(msgs, greedy, response_format=fmt),
             "lp": lambda: batched.generate(PROMPTS[1], with_lp),
             "plain": lambda: batched.generate(PROMPTS[0], GenerationParams(max_tokens=12, temperature=0))}
-    threads = [threading.Thread(target=run, args=(k, f)) for k, f in jobs.items()]
-    [t.start() for t in threads]
-    [t.join(600) for t in threads]
+
+    def run(name):
+        g = jobs[name]()
+        return "".join(g), g
+
+    out = dict(zip(jobs, in_threads(lambda i: run(list(jobs)[i]), len(jobs))))
     reply = json.loads(out["json"][0])
     assert set(reply) == {"city", "year"} and isinstance(reply["year"], int)
     assert out["plain"][0] == plain_alone
@@ -157,3 +148,26 @@ def test_the_cpu_kv_pool_fits_in_a_quarter_of_the_available_memory():
     one = 131072 // 16
     assert one <= blocks < 64 * one and blocks * per_block <= max(available // 4, one * per_block)
     assert pool_blocks(dec, max_seqs=2, max_len=256, block_size=16, memory_fraction=None) == 2 * 256 // 16  # small: all
+
+
+def test_running_out_of_gpu_memory_while_capturing_the_graphs_says_what_to_lower(tmp_path, monkeypatch):
+    """A capture that runs out of GPU memory at load is one usage line naming the options that make room, not a
+    traceback (the out-of-memory error itself is raised by hand: this machine may have no GPU)."""
+    import torch
+
+    from quantdeploy.engine.runner import FastEngine
+    from quantdeploy.engine.stepper import FastStepper
+    from quantdeploy.errors import UsageError
+    from test_engine import _tiny_llama_gptq
+
+    eng = FastEngine(_tiny_llama_gptq(tmp_path / "m"), "cpu", torch.float32, 1024)
+    stepper = FastStepper(eng.dec, max_seqs=4, max_len=1024, num_blocks=16, use_graph=True)
+
+    def no_room(rows, kv_len):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(stepper, "_capture", no_room)
+    with pytest.raises(UsageError, match="capturing the decode graphs for 4 sequences of up to 1024 tokens; "
+                                         "lower --max-concurrency, --ctx or --gpu-memory-utilization"):
+        stepper.warm()
+    assert not stepper.graphs

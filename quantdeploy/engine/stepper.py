@@ -184,11 +184,16 @@ class FastStepper:
             b *= 2
         return min(b, self.max_blocks * self.block_size)
 
+    @staticmethod
+    def row_bucket(n: int) -> int:
+        """The rows of the graph that decodes n sequences: the power of two that holds them."""
+        return 1 << max(0, n - 1).bit_length()
+
     def graph_buckets(self) -> list[tuple[int, int]]:
-        """Every (rows, kv_len) a decode step can run as a graph: rows a power of two up to the one that holds
-        max_seqs, kv_len every context bucket up to max_len."""
+        """Every (rows, kv_len) a decode step can run as a graph: each row bucket up to the one that holds
+        max_seqs, each context bucket up to max_len."""
         rows = [1]
-        while rows[-1] < min(self.max_seqs, MAX_GRAPH_BATCH):
+        while rows[-1] < self.row_bucket(min(self.max_seqs, MAX_GRAPH_BATCH)):
             rows.append(rows[-1] * 2)
         kv = [self.kv_bucket(1)]
         while kv[-1] < self.max_blocks * self.block_size:
@@ -199,11 +204,19 @@ class FastStepper:
         """Capture every decode graph now (graph_buckets), so that no step pays for a capture, and the Triton
         compiles behind it, while sequences stream: a capture mid-stream stalls every sequence for tens to
         hundreds of milliseconds. Returns the graphs captured; none off CUDA."""
-        for rows, kv_len in self.graph_buckets():
-            if not self.use_graph:
-                break
-            if (rows, kv_len) not in self.graphs:
-                self._capture(rows, kv_len)
+        try:
+            for rows, kv_len in self.graph_buckets():
+                if not self.use_graph:
+                    break
+                if (rows, kv_len) not in self.graphs:
+                    self._capture(rows, kv_len)
+        except torch.OutOfMemoryError:
+            self.reset()
+            from ..errors import UsageError
+
+            raise UsageError(f"the GPU ran out of memory capturing the decode graphs for {self.max_seqs} sequences of "
+                             f"up to {self.max_len} tokens; lower --max-concurrency, --ctx or "
+                             "--gpu-memory-utilization") from None
         return len(self.graphs)
 
     def _decode_inputs(self, decodes: list[Work], rows: int):
@@ -218,9 +231,7 @@ class FastStepper:
         n = len(decodes)
         kv_len = self.kv_bucket(max(w.start for w in decodes) + 1)
         if self.use_graph and n <= MAX_GRAPH_BATCH:
-            rows = 1
-            while rows < n:
-                rows *= 2
+            rows = self.row_bucket(n)
             g = self.graphs.get((rows, kv_len)) or self._capture(rows, kv_len)
             if g is not None:
                 graph, inputs, out = g
