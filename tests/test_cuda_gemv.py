@@ -19,16 +19,16 @@ from quantdeploy.engine.quant import dequantize, from_awq, from_gptq, pack_cols_
 from test_engine import _pack_awq, _random_case
 
 
-def _weight(layout, k=512, n=192, seed=0):
+def _weight(layout, k=512, n=192, seed=0, g=128):
     """layout: gptq, act (act-order GPTQ), awq (zero points random per group), sym (GPTQ sym=True: every zero 8)."""
-    q, z, s, g_idx, ref, qz = _random_case(k, n, act_order=layout == "act", seed=seed)
+    q, z, s, g_idx, ref, qz = _random_case(k, n, g, act_order=layout == "act", seed=seed)
     if layout == "sym":
         z = torch.full_like(z, 8)
         ref = (q.float() - 8.0) * s.half().float()[g_idx]
         qz = pack_cols_k((z - 1).t().contiguous()).t().contiguous()
     if layout == "awq":
-        return from_awq(_pack_awq(q), _pack_awq(z), s.half(), 128), ref
-    return from_gptq(pack_cols_k(q), qz, s.half(), g_idx, 128, 1), ref
+        return from_awq(_pack_awq(q), _pack_awq(z), s.half(), g), ref
+    return from_gptq(pack_cols_k(q), qz, s.half(), g_idx, g, 1), ref
 
 
 def _unpermute(dense_nk, perm):
@@ -324,3 +324,51 @@ def test_pdl_is_off_on_the_cpu():
     from quantdeploy.engine import pdl
 
     assert not pdl.enabled("cpu")
+
+
+def test_batched_kernel_buckets():
+    """Tokens go in tiles of 8, a power of two of them per batch bucket; K is split over 8 warps, fewer for a short
+    K; the kernel takes up to 32 tokens of a weight with the scales alone, 64 with zero points."""
+    assert [C.mma_tiles(m) for m in (1, 2, 8, 9, 16, 17, 32, 33, 64)] == [1, 1, 1, 2, 2, 4, 4, 8, 8]
+    assert [C.mma_warps(k) for k in (14336, 4096, 1024, 640, 128)] == [8, 8, 4, 2, 1]
+    assert C.mma_name(8, 4, MetaForm.ZERO_BYTES) == "qd_w4a16_mma<8, 4, -5>"
+    assert C.mma_max_tokens(MetaForm.SCALES_ONLY) == 32 and C.mma_max_tokens(MetaForm.ZERO_BYTES) == 64
+
+
+@pytest.mark.parametrize("arch", ["80", "90", "120"])
+def test_the_batched_kernel_builds(arch):
+    """Every batched-decode instance the engine can launch compiles with NVRTC (no GPU needed)."""
+    _nvrtc_or_skip()
+    for tiles in (1, 2, 4, 8):
+        for warps in (1, 2, 4, 8):
+            for z in (-1, -5, 8):
+                cubin, mangled = C.compile_cubin(C.mma_name(tiles, warps, z), arch)
+                assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
+def test_batched_kernel_matches_the_reference_on_the_gpu(layout, monkeypatch):
+    """The tensor-core kernel for 2..100 tokens (two launches past 64), every K split, against the layout's
+    reference; K = 1792 (14 steps of 128) and 1056 (33 chunks: a last step past the end of K); a gate|up weight's rows
+    come back in the original order."""
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability(dev) < (8, 0):
+        pytest.skip("the batched kernel needs compute capability 8.0+")
+    for k, inter in ((1792, False), (1056, False), (1024, True)):
+        w, _ = _weight(layout, k=k, n=320, g=32 if k == 1056 else 128)
+        w = w.to(dev, torch.float16)
+        nk = L.repack(w, interleave=inter)
+        ref = _unpermute(L.reference(L.repack(w)), nk.perm)  # [N, K] in x's order, rows in the original order
+        lin = C.CudaLinear(nk, dev)
+        assert lin.mma_ok
+        for warps in (1, 2, 4, 8):
+            lin.mma_launch.clear()
+            monkeypatch.setattr(C, "mma_warps", lambda k, s=warps: s)
+            for m in (2, 3, 8, 9, 17, 33, 64, 100):
+                x = torch.randn(m, w.k, device=dev).half()
+                want = x.float() @ ref.t()
+                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm))  # x in the weight's K order
+                err = float((got.float() - want).norm() / want.norm())
+                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, m, err)
+

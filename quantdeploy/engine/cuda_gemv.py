@@ -82,6 +82,10 @@ class _Launch:
                                                    attrs=ctypes.pointer(self.attr))
             self.config.grid[1] = self.config.grid[2] = 1
 
+    def set_int(self, i: int, value: int) -> None:
+        """The i-th integer argument from now on (e.g. the batched kernel's token count)."""
+        self.ints[i].value = value
+
     def __call__(self, grid: int, *tensors: torch.Tensor) -> None:
         for p, t in zip(self.ptrs, tensors):
             p.value = t.data_ptr()
@@ -160,6 +164,29 @@ def kernel_name(r: int, u: int, s: int, act: int = 0, z: int = MetaForm.WORDS) -
     return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{z}>"
 
 
+def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS) -> str:
+    """The batched kernel for up to 8 `tiles` tokens, K split over `warps` warps per 16 rows."""
+    return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}>"
+
+
+def mma_tiles(m: int) -> int:
+    """Tiles of 8 tokens for m tokens, a power of two (one kernel per batch bucket)."""
+    return 1 << max(0, (m - 1) // 8).bit_length()
+
+
+def mma_warps(k: int) -> int:
+    """Warps that split K per 16 rows: 8, fewer when K has under 16 steps of 128 (on an H100, 8 was the best or within
+    a few percent of it for every 8B shape up to 64 tokens; benchmarks/gpu/gemm_ab.py)."""
+    steps = -(-k // 128)
+    return max(1, min(8, 1 << (max(1, steps // 2).bit_length() - 1)))
+
+
+def mma_max_tokens(form: MetaForm) -> int:
+    """Up to how many tokens the batched kernel beats the Triton GEMM (H100, 8B shapes, gemm_ab.py): 32 with the
+    scales alone (the GEMM's dequantization is cheap there); 64 with zero points, where the GEMM's is not."""
+    return 32 if form is MetaForm.SCALES_ONLY else 64
+
+
 def dequant_name(z: int = MetaForm.WORDS) -> str:
     return f"qd_w4a16_dequant<{int(z)}>"
 
@@ -174,8 +201,11 @@ def grid(n: int, r: int, s: int, sms: int) -> int:
 
 
 ACTS = {"silu": 1, "gelu_tanh": 2}
-# Up to this many tokens a product runs as the W4A16 GEMM (triton_gemm) on the packed weights; longer prompts
-# dequantize the weight once and run one cuBLAS matmul.
+# Up to mma_max_tokens() tokens (the decode rows of a batch, short prompt chunks) a product runs as the tensor-core
+# kernel qd_w4a16_mma on the packed weights, MMA_TOKENS per launch (compute capability 8.0+, N a multiple of 16); else
+# up to GEMM_MAX_TOKENS as the Triton W4A16 GEMM (triton_gemm); longer prompts dequantize the weight once and run one
+# cuBLAS matmul.
+MMA_TOKENS = 64
 GEMM_MAX_TOKENS = 256
 
 
@@ -198,6 +228,9 @@ class CudaLinear:
         self.pdl = pdl.enabled(self.device) if pdl_launch is None else pdl_launch
         self.deq = _Launch(dequant_name(w.z), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, w.z, {}))
+        self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
+        self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
+        self.mma_launch: dict[int, _Launch] = {}
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -224,11 +257,41 @@ class CudaLinear:
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
             self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
+        if x.shape[0] <= self.mma_max:
+            return self.mma(x)
         if x.shape[0] <= GEMM_MAX_TOKENS:  # a batch of decode rows: the tensor-core GEMM on these same weights
             from .triton_gemm import gemm
 
             return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
+
+    def mma(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column
+        order (a gate|up weight de-interleaved; the caller applies the activation)."""
+        w = self.w
+        m = x.shape[0]
+        x = x.half().contiguous()
+        if x.data_ptr() % 16:
+            x = x.clone()
+        y = torch.empty(m, w.n, dtype=torch.float16, device=x.device)
+        for i in range(0, m, MMA_TOKENS):  # one launch per 64 tokens (the weights are read once per launch)
+            part = min(MMA_TOKENS, m - i)
+            self._mma_launch(part)(w.n // 16, w.q, w.meta, x[i:i + part], y[i:i + part])
+        return y
+
+    def _mma_launch(self, m: int) -> _Launch:
+        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per tile count, its token count set to m."""
+        w = self.w
+        tiles = mma_tiles(m)
+        launch = self.mma_launch.get(tiles)
+        if launch is None:
+            warps = mma_warps(w.k)
+            gshift = (w.group_size // 32).bit_length() - 1
+            launch = _Launch(mma_name(tiles, warps, w.z), self.device, 4,
+                             (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl, threads=32 * warps)
+            self.mma_launch[tiles] = launch
+        launch.set_int(0, m)
+        return launch
 
     def dense(self) -> torch.Tensor:
         """The fp16 weight [N, K], rows in the original order."""

@@ -392,3 +392,121 @@ __global__ void qd_w4a16_dequant(const unsigned *__restrict__ q, const unsigned 
     const long long row = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
     out[row * per_row + j] = o;
 }
+
+// ---- Batched decode: up to 8 T tokens at once on the tensor cores (mma.sync m16n8k16, sm_80+) ----------------
+// A warp takes 16 rows (lane 4 g + c holds rows g and g + 8) times 8 T tokens, over 128 weights of K per step: lane c
+// of a row streams that row's 16-byte chunk 4 j + c, the same loads and meta as the GEMV. The 16 "columns" of one mma
+// are a permutation of K that A (weights) and B (x) share: lane c's columns 2c, 2c + 1 are k = 32 ch + 8 i + 4 s + (0,
+// 1) and its columns 2c + 8, 2c + 9 are k + 2, + 3 (ch = 4 j + c, word i of the chunk, half s of the word), so a lane's
+// A fragments are its own dequantized pairs and its B fragments its own 16-byte loads of x, with no shuffles. Weights
+// are (q - zero) * scale rounded to fp16 (as the prompt path's dequantized matrix); products sum in fp32.
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the chooser takes this kernel on compute capability 8.0+ only
+#endif
+}
+
+// Rows g (wa) and g + 8 (wb) of one chunk as the A fragments of its 8 mma steps: a[i][s] for word i, half s.
+template <int Z>
+__device__ __forceinline__ void mma_a(const uint4 &wa, const uint4 &wb, const Meta<1> &ma, const Meta<1> &mb,
+                                      unsigned (&a)[4][2][4]) {
+    half2 zla, zha, zlb, zhb;
+    float sa, sb;
+    row_consts<1, Z>(ma, 0, zla, zha, sa);
+    row_consts<1, Z>(mb, 0, zlb, zhb, sb);
+    const half2 s2a = __float2half2_rn(sa), s2b = __float2half2_rn(sb);
+    const unsigned xa[4] = {wa.x, wa.y, wa.z, wa.w}, xb[4] = {wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        half2 da[4], db[4];
+        dequant8(xa[i], zla, zha, da);
+        dequant8(xb[i], zlb, zhb, db);
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            a[i][s][0] = as_u(__hmul2(da[2 * s], s2a));
+            a[i][s][1] = as_u(__hmul2(db[2 * s], s2b));
+            a[i][s][2] = as_u(__hmul2(da[2 * s + 1], s2a));
+            a[i][s][3] = as_u(__hmul2(db[2 * s + 1], s2b));
+        }
+    }
+}
+
+// Chunk ch of rows ra / rb and their meta (zeros past the last chunk, where x is zero too).
+template <int Z>
+__device__ __forceinline__ void mma_load(const uint4 *qa, const uint4 *qb, const MetaRows &ra, const MetaRows &rb,
+                                         int chunks, int G, int gshift, int ch, uint4 &wa, uint4 &wb, Meta<1> &ma,
+                                         Meta<1> &mb) {
+    if (ch < chunks) {
+        load_rows<1, Z>(qa, ra, chunks, G, gshift, ch, *reinterpret_cast<uint4(*)[1]>(&wa), ma);
+        load_rows<1, Z>(qb, rb, chunks, G, gshift, ch, *reinterpret_cast<uint4(*)[1]>(&wb), mb);
+    } else {
+        wa = wb = make_uint4(0, 0, 0, 0);
+        ma.w[0] = mb.w[0] = ma.z[0] = mb.z[0] = 0;
+    }
+}
+
+// y[m, n] = x[m, :] . W[n, :] for m < M <= 8 T: a block of S warps takes 16 rows, each warp an S-th of K, summed
+// through shared memory. split > 0: rows interleaved (gate j, up j), written as columns j and split + j.
+template <int T, int S, int Z = META_WORDS>
+__global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                                       const uint4 *__restrict__ x, half *__restrict__ y, int M,
+                                                       int N, int K, int G, int gshift, int split) {
+    __shared__ float part[S][T][32][4];
+    pdl_launch_dependents();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int n0 = blockIdx.x * 16;
+    const int chunks = K >> 5, steps = (chunks + 3) >> 2;
+    const int beg = warp * steps / S, end = (warp + 1) * steps / S;
+    const uint4 *qa = q + (size_t)(n0 + g) * chunks, *qb = q + (size_t)(n0 + g + 8) * chunks;
+    const MetaRows ra = meta_rows<Z>(meta, G, n0 + g), rb = meta_rows<Z>(meta, G, n0 + g + 8);
+    float acc[T][4];
+#pragma unroll
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    uint4 wa, wb;
+    Meta<1> ma, mb;
+    if (beg < end) mma_load<Z>(qa, qb, ra, rb, chunks, G, gshift, 4 * beg + c, wa, wb, ma, mb);
+    pdl_wait();
+    for (int j = beg; j < end; ++j) {
+        const int ch = 4 * j + c;
+        uint4 na, nb;  // the next step's weights, in flight while this one computes
+        Meta<1> nma, nmb;
+        if (j + 1 < end) mma_load<Z>(qa, qb, ra, rb, chunks, G, gshift, ch + 4, na, nb, nma, nmb);
+        unsigned a[4][2][4];
+        mma_a<Z>(wa, wb, ma, mb, a);
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+            const int tok = 8 * t + g;
+            uint4 xv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                xv[i] = tok < M && ch < chunks ? __ldca(x + ((size_t)tok * chunks + ch) * 4 + i) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                mma16816(acc[t], a[i][0], xv[i].x, xv[i].y);
+                mma16816(acc[t], a[i][1], xv[i].z, xv[i].w);
+            }
+        }
+        wa = na, wb = nb, ma = nma, mb = nmb;
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[warp][t][lane][e] = acc[t][e];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < T * 128; idx += 32 * S) {  // (t, lane, e): row g + 8 (e / 2), token 2c + e % 2
+        const int t = idx >> 7, l = (idx >> 2) & 31, e = idx & 3;
+        const int tok = 8 * t + 2 * (l & 3) + (e & 1);
+        if (tok >= M) continue;
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < S; ++w) v += part[w][t][l][e];
+        const int n = n0 + (l >> 2) + 8 * (e >> 1);
+        const int col = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
+        y[(size_t)tok * N + col] = __float2half_rn(v);
+    }
+}

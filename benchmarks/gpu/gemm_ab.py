@@ -1,0 +1,113 @@
+"""Batched W4A16 products on the GPU for Llama-3-8B shapes, M = 2..64 decode rows: quantdeploy's tensor-core kernel
+(qd_w4a16_mma, every K split) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same packed weights.
+Each kernel is checked against the dequantized reference first (both meta forms: GPTQ's one zero point, AWQ's zero
+point per group; a gate|up weight with interleaved rows). Times are CUDA-graph replays over enough copies of each
+weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once per product.
+
+    python benchmarks/gpu/gemm_ab.py [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from quantdeploy.engine import cuda_gemv, nk_layout
+from quantdeploy.engine.quant import QuantWeight
+from quantdeploy.engine.triton_gemm import gemm
+
+from gemv_tune import SHAPES, bench, rel, rotating
+
+TOKENS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def weight(k, n, dev, sym: bool, group=128):
+    q = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32, device=dev)
+    if sym:  # every zero point 8 (stored as 7): the scales alone
+        qz = torch.full((k // group, n // 8), 0x77777777, dtype=torch.int32, device=dev)
+    else:
+        qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // group, n // 8), dtype=torch.int32, device=dev)
+    s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
+    z = nk_layout.unpack_zeros(qz, n).half() * s
+    return QuantWeight(q, s, z, group, None, qz)
+
+
+def check(dev) -> bool:
+    """Whether the batched kernel matches the reference on every case (each case's errors are printed)."""
+    bad = []
+    cases = [(4096, 6144, False), (640, 1536, False), (576, 960, False), (2048, 640, True)]
+    for sym in (True, False):
+        for k, n, inter in cases + [(1024, 512, True)]:
+            group = 32 if k in (640, 2048) else 64 if k == 576 else 128
+            w = weight(k, n, dev, sym, group)
+            nk = nk_layout.repack(w, interleave=inter)
+            ref = nk_layout.reference(nk_layout.repack(w))  # [N, K], rows in the original order
+            lin = cuda_gemv.CudaLinear(nk, dev, pdl_launch=False)
+            assert lin.mma_ok, (k, n)
+            errs = []
+            for m in (1, 2, 3, 8, 9, 16, 31, 64, 100):
+                x = torch.randn(m, k, device=dev).half()
+                errs.append(rel(lin.mma(x), x.float() @ ref.t()))
+            verdict = "ok" if max(errs) < 3e-3 else "MISMATCH"
+            bad.append(verdict != "ok")
+            print(f"check {k}x{n} g{group} form {nk.z} interleaved={inter}: mma {verdict}, relative error at "
+                  f"M = 1, 2, 3, 8, 9, 16, 31, 64, 100: {', '.join(f'{e:.1e}' for e in errs)}", flush=True)
+    return not any(bad)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    print(torch.cuda.get_device_name(dev), flush=True)
+    ok = check(dev)
+    rows = []
+    for sym in (True, False):
+        for name, (k, n) in SHAPES.items():
+            w0 = weight(k, n, dev, sym)
+            count = max(4, -(-256 * 2 ** 20 // w0.nbytes()))
+            nks = [nk_layout.repack(w0)] + [nk_layout.repack(weight(k, n, dev, sym)) for _ in range(count - 1)]
+            nbytes = nks[0].nbytes()
+            lins = [cuda_gemv.CudaLinear(nk, dev, pdl_launch=False) for nk in nks]
+            x1 = torch.randn(1, k, device=dev).half()
+            t1 = bench(rotating(lambda lin: lin(x1), lins))
+            for m in TOKENS:
+                x = torch.randn(m, k, device=dev).half()
+                row = dict(shape=name, k=k, n=n, form=nks[0].z, m=m, gemv_us=round(t1 * 1e3, 1))
+                row["triton_us"] = round(bench(rotating(lambda lin: gemm(x, lin.w, sms), lins)) * 1e3, 1)
+                for s in (1, 2, 4, 8):
+                    for lin in lins:
+                        lin.mma_launch.clear()
+                    orig = cuda_gemv.mma_warps
+                    cuda_gemv.mma_warps = lambda k_, s=s: s
+                    try:
+                        for lin in lins:
+                            lin.mma(x)
+                    finally:
+                        cuda_gemv.mma_warps = orig
+                    row[f"mma_s{s}_us"] = round(bench(rotating(lambda lin: lin.mma(x), lins)) * 1e3, 1)
+                for lin in lins:
+                    lin.mma_launch.clear()
+                best = min(v for key, v in row.items() if key.startswith("mma_s"))
+                row["mma_best_gbs"] = round(nbytes / best / 1e3)
+                row["gemv_gbs"] = round(nbytes / row["gemv_us"] / 1e3)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del lins, nks
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=torch.cuda.get_device_name(dev), date=time.strftime("%Y-%m-%d"),
+                           command="python benchmarks/gpu/gemm_ab.py --json OUT", torch=torch.__version__,
+                           python=platform.python_version(), matches_reference=ok, rows=rows), f, indent=1)
+    if not ok:
+        raise SystemExit("gemm_ab.py: the batched kernel does not match the reference (MISMATCH above)")
+
+
+if __name__ == "__main__":
+    main()
