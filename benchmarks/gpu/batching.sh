@@ -11,7 +11,7 @@
 #    (128-token prompts, 256 new tokens): aggregate tok/s, TTFT and inter-token latency p50/p95, and batch 1 of the
 #    model loaded as serve loads it beside it; the GGUF model is llama.cpp's batched decode behind the same server.
 # Writes benchmarks/results/gpu/<gpu>-batching-<format>.json (step 2) and <gpu>-serving.{json,md,html} (step 3).
-# Environment: FORMATS=gptq,awq,gguf; LEVELS=1,8,32,64; VOCAB_GGUF=FILE (llama.cpp's ggml-vocab-llama-bpe.gguf,
+# Environment: FORMATS=gptq,awq,gguf; LEVELS=1,8,32,64; STEPS=decode,serve (step 2, step 3); VOCAB_GGUF=FILE (llama.cpp's ggml-vocab-llama-bpe.gguf,
 # else fetched with pip); PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +20,7 @@ MODELS=build/gpu-models
 RECORDS=benchmarks/results/gpu
 FORMATS=${FORMATS:-gptq,awq,gguf}
 LEVELS=${LEVELS:-1,8,32,64}
+STEPS=${STEPS:-decode,serve}
 step() { echo "==> $*" >&2; }
 GPU=$($PY -c "import sys, torch; sys.path.insert(0, 'benchmarks/gpu'); from bench_all import slug
 print(slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else '')")
@@ -32,10 +33,11 @@ $PY benchmarks/gpu/synth.py --out "$MODELS" "${only[@]}" ${VOCAB_GGUF:+--vocab-g
 
 reports=()
 for f in ${FORMATS//,/ }; do
-  [ "$f" = gguf ] && continue
+  [ "$f" = gguf ] || [[ ",$STEPS," != *,decode,* ]] && continue
   step "the engine in-process, $f: $RECORDS/$GPU-batching-$f.json"
   $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --json "$RECORDS/$GPU-batching-$f.json"
 done
+[[ ",$STEPS," == *,serve,* ]] || { echo "batching.sh: done" >&2; exit 0; }
 models=()
 for f in ${FORMATS//,/ }; do
   if [ "$f" = gguf ]; then models+=("$MODELS"/gguf/*.gguf); else models+=("$MODELS/$f"); fi
