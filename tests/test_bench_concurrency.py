@@ -127,3 +127,16 @@ def test_bad_options_fail_before_anything_runs(args, needle):
     proc = run_cli("bench", *args, timeout=120)
     assert_clean_error(proc, needle)
     assert proc.returncode == 2
+
+
+def test_a_server_that_dies_at_start_is_named_with_its_exit_status(tmp_path):
+    """A serve that dies while loading (a crash in native code prints no traceback) is one error with its exit
+    status and its last line, not only the line it printed last."""
+    from quantdeploy.bench.concurrency import serve_bench
+    from quantdeploy.errors import QuantDeployError
+
+    spec = ModelSpec(path=tmp_path / "missing.gguf", format="gguf", device="cpu", engine="auto")
+    with pytest.raises(QuantDeployError) as e:
+        serve_bench(spec, [1], 1, ["hi"], 4, api_key=None, log=lambda line: None)
+    msg = str(e.value)
+    assert "did not start for --concurrency: the server exited with 1; its last line: error: no such model" in msg, msg

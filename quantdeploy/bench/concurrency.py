@@ -190,8 +190,9 @@ def serve_bench(spec: ModelSpec, levels: list[int], per_client: int, prompts: li
         try:
             server.start(timeout=SERVER_START_TIMEOUT_S)
         except RuntimeError as e:
+            lines = str(e).strip().splitlines()
             raise QuantDeployError(f"{name}: `quantdeploy serve` did not start for --concurrency: "
-                                   f"{str(e).strip().splitlines()[-1]}") from None
+                                   f"{lines[0].rstrip(':')}; its last line: {lines[-1]}") from None
         source = iter(prompts)
         warm = [next(source) for _ in range(top)]
         log(f"[{name}] serving: warm-up, {top} requests at once")

@@ -50,12 +50,20 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+                raise RuntimeError(f"the server {self._exit_status()}:\n{self.logs()[-3000:]}")
             if self.health() == 200:
                 return self
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the server was not ready after {timeout:.0f}s:\n{self.logs()[-3000:]}")
+
+    def _exit_status(self) -> str:
+        """'exited with 2', or 'was killed by SIGSEGV' (a crash in native code leaves no Python traceback)."""
+        code = self.proc.returncode
+        try:
+            return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        except ValueError:
+            return f"exited with {code}"
 
     def health(self) -> int | None:
         try:
