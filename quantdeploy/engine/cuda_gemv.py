@@ -230,7 +230,7 @@ class CudaLinear:
         self.use(variant or variant_for(w.k, w.n, w.z, {}))
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
         self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
-        self.mma_launch: dict[int, _Launch] = {}
+        self.mma_launch: dict[tuple[int, int], _Launch] = {}
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -265,9 +265,10 @@ class CudaLinear:
             return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
 
-    def mma(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column
-        order (a gate|up weight de-interleaved; the caller applies the activation)."""
+    def mma(self, x: torch.Tensor, warps: int | None = None) -> torch.Tensor:
+        """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
+        weight de-interleaved; the caller applies the activation). warps: K split over that many (default
+        mma_warps)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
@@ -276,20 +277,20 @@ class CudaLinear:
         y = torch.empty(m, w.n, dtype=torch.float16, device=x.device)
         for i in range(0, m, MMA_TOKENS):  # one launch per 64 tokens (the weights are read once per launch)
             part = min(MMA_TOKENS, m - i)
-            self._mma_launch(part)(w.n // 16, w.q, w.meta, x[i:i + part], y[i:i + part])
+            self._mma_launch(part, warps or mma_warps(w.k))(w.n // 16, w.q, w.meta, x[i:i + part], y[i:i + part])
         return y
 
-    def _mma_launch(self, m: int) -> _Launch:
-        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per tile count, its token count set to m."""
+    def _mma_launch(self, m: int, warps: int) -> _Launch:
+        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps), its token count set
+        to m."""
         w = self.w
-        tiles = mma_tiles(m)
-        launch = self.mma_launch.get(tiles)
+        key = (mma_tiles(m), warps)
+        launch = self.mma_launch.get(key)
         if launch is None:
-            warps = mma_warps(w.k)
             gshift = (w.group_size // 32).bit_length() - 1
-            launch = _Launch(mma_name(tiles, warps, w.z), self.device, 4,
+            launch = _Launch(mma_name(*key, w.z), self.device, 4,
                              (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl, threads=32 * warps)
-            self.mma_launch[tiles] = launch
+            self.mma_launch[key] = launch
         launch.set_int(0, m)
         return launch
 
