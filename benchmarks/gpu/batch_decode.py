@@ -4,6 +4,7 @@ the scheduler's host time per step and the weights' GB/s per step. Also checks t
 tokens in a batch equal the same sequence decoded alone.
 
     python benchmarks/gpu/batch_decode.py MODEL_DIR [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
+        [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
 """
 
 from __future__ import annotations
@@ -62,11 +63,18 @@ def main() -> None:
     ap.add_argument("--out", type=int, default=256)
     ap.add_argument("--check", type=int, default=32, help="greedy tokens compared with each sequence alone")
     ap.add_argument("--json")
+    ap.add_argument("--triton-gemm", action="store_true",
+                    help="decode rows through the Triton W4A16 GEMM, not qd_w4a16_mma (the batched kernel's A/B)")
     a = ap.parse_args()
     import torch
 
     import quantdeploy
     from quantdeploy import GenerationParams
+
+    if a.triton_gemm:
+        from quantdeploy.engine import cuda_gemv
+
+        cuda_gemv.mma_max_tokens = lambda form: 0
 
     batches = [int(b) for b in a.batches.split(",")]
     path = Path(a.model)
