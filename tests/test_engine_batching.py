@@ -84,8 +84,11 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device, 
     stepper = FastStepper(eng.dec, max_seqs=3, max_len=1024, num_blocks=64)
     assert [stepper.row_bucket(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
     assert stepper.graph_buckets() == [(r, k) for r in (1, 2, 4) for k in (256, 512, 1024)]
-    warmed = stepper.warm()
+    pool = [t[:-1].clone() for t in stepper.kv.k + stepper.kv.v]  # every block but the scratch one
+    warmed = stepper.warm(prompts=True)  # the prompt chunks too, off CUDA as well: they must leave no trace
+    assert all(torch.equal(a, b[:-1]) for a, b in zip(pool, stepper.kv.k + stepper.kv.v))
     assert warmed == (9 if on_cuda else 0)
+    assert stepper.warmed_prompts == [1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 511, 512]
     sched = Scheduler(stepper)
     try:
         out = in_threads(lambda i: [s.token for s in sched.submit(prompts[i], GenerationParams(temperature=0),

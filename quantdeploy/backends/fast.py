@@ -57,7 +57,8 @@ class FastQuantModel(HFTokenizerModel):
                                        memory_fraction=spec.gpu_memory_utilization)
             t0 = time.perf_counter()
             if self.stepper.warm():
-                log.info("batching: %d decode graphs captured in %.1f s", len(self.stepper.graphs),
+                log.info("batching: %d decode graphs captured, prompt chunks of %s tokens run, in %.1f s",
+                         len(self.stepper.graphs), "/".join(map(str, self.stepper.warmed_prompts)),
                          time.perf_counter() - t0)
             self.scheduler = Scheduler(self.stepper)
 

@@ -91,6 +91,7 @@ class FastStepper:
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[tuple[int, int], tuple] = {}
         self._pool = None
+        self.warmed_prompts: list[int] = []  # the prompt-chunk sizes warm() ran
         log.info("batching: %d slots, KV pool of %d blocks x %d tokens (%.2f GiB)", max_seqs, self.num_blocks,
                  block_size, self.num_blocks * PagedKV.bytes_per_block(cfg.layers, block_size, cfg.kv_heads,
                                                                         cfg.head_dim, dec.dtype) / 2 ** 30)
@@ -200,16 +201,32 @@ class FastStepper:
             kv.append(self.kv_bucket(kv[-1] + 1))
         return [(r, k) for r in rows for k in kv]
 
-    def warm(self) -> int:
+    def prompt_warm_sizes(self) -> list[int]:
+        """The prompt-chunk token counts warm() runs once: each power of two up to chunk_tokens and the count just
+        below it, and chunk_tokens and one less (at most max_len). Between them they take every path a product can
+        take (the GEMV, each tile count of the batched kernel, each row block of the Triton GEMM, dequantize +
+        cuBLAS) and both of Triton's specializations of a row count (a multiple of 16 or not)."""
+        top = min(self.chunk_tokens, self.max_len)
+        sizes, p = {top, max(1, top - 1)}, 1
+        while p <= top:
+            sizes |= {p, max(1, p - 1)}
+            p *= 2
+        return sorted(sizes)
+
+    def warm(self, prompts: bool | None = None) -> int:
         """Capture every decode graph now (graph_buckets), so that no step pays for a capture, and the Triton
         compiles behind it, while sequences stream: a capture mid-stream stalls every sequence for tens to
-        hundreds of milliseconds. Returns the graphs captured; none off CUDA."""
+        hundreds of milliseconds. prompts (default: on CUDA): also run a prompt chunk of every size in
+        prompt_warm_sizes and sample from it, so that the kernels prompts take are compiled and loaded before the
+        first request, not inside its time to first token. Returns the graphs captured; none off CUDA."""
         try:
             for rows, kv_len in self.graph_buckets():
                 if not self.use_graph:
                     break
                 if (rows, kv_len) not in self.graphs:
                     self._capture(rows, kv_len)
+            if self.device.type == "cuda" if prompts is None else prompts:
+                self._warm_prompts()
         except torch.OutOfMemoryError:
             self.reset()
             from ..errors import UsageError
@@ -218,6 +235,27 @@ class FastStepper:
                              f"up to {self.max_len} tokens; lower --max-concurrency, --ctx or "
                              "--gpu-memory-utilization") from None
         return len(self.graphs)
+
+    @torch.inference_mode()
+    def _warm_prompts(self) -> None:
+        sizes = self.prompt_warm_sizes()
+        for m in sizes:
+            logits = self._scratch_chunk(m, 0)
+        if self.max_len >= 2 * sizes[-1]:  # a later chunk of a long prompt attends through a mask
+            self._scratch_chunk(sizes[-1], sizes[-1])
+        sample_rows(logits.expand(2, -1), Rows([0.0, 0.7], [1.0, 0.9], [0, 40], logprobs=2))
+        self.warmed_prompts = sizes
+
+    def _scratch_chunk(self, m: int, start: int) -> torch.Tensor:
+        """One prompt chunk of m dummy tokens from position `start` that writes and reads the scratch block only
+        (every position wraps into it): it runs every kernel a real chunk of that size runs and touches no
+        sequence's KV. Returns its last token's logits [1, vocab]."""
+        bs, dev = self.block_size, self.device
+        pos = torch.arange(start, start + m, device=dev)
+        table = torch.full((-(-(start + m) // bs),), self.scratch_block, dtype=torch.int32, device=dev)
+        ctx = PagedBatch(self.dec, self.kv, pos, self.scratch_block * bs + pos % bs, 0, None,
+                         [Chunk(0, m, start, table)], 0)
+        return self.dec.run(torch.zeros(m, dtype=torch.long, device=dev), pos, ctx, rows=pos[-1:] - start)
 
     def _decode_inputs(self, decodes: list[Work], rows: int):
         pad = rows - len(decodes)
