@@ -94,6 +94,10 @@ def test_long_prompt_is_prefilled_in_chunks_between_decodes(sched_factory):
     assert first + [s.token for s in it] == solo([1, 2], 200)
     assert all(p <= 8 for _, p in sched.stepper.steps)
     assert any(d == 1 and p == 8 for d, p in sched.stepper.steps)  # chunks shared steps with the decode
+    stats = sched.stats()  # the host time of steps with prompt chunks, apart
+    assert stats["steps"] == len(sched.stepper.steps)
+    assert stats["prompt_steps"] == sum(1 for _, p in sched.stepper.steps if p) >= 10
+    assert 0 < stats["prompt_host_s"] < stats["host_s"]
 
 
 def test_cancel_frees_the_sequence(sched_factory):

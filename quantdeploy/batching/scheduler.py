@@ -173,6 +173,10 @@ class Scheduler:
         self.step_tokens = 0
         self.preemptions = 0
         self.host_s = 0.0  # time spent planning, launching and handing tokens out (not waiting for the device)
+        # the part of it in steps that carried prompt chunks (their eager launches can wait for the device), and
+        # how many such steps there were: the rest is the decode steps' own cost
+        self.prompt_host_s = 0.0
+        self.prompt_steps = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -215,7 +219,8 @@ class Scheduler:
                 "kv_blocks_used": self.pool.used, "kv_blocks_total": self.pool.num_blocks,
                 "prefix_cache_hit_tokens": self.pool.hits, "prefix_cache_query_tokens": self.pool.queries,
                 "steps": self.steps, "preemptions": self.preemptions, "host_s": round(self.host_s, 6),
-                "host_ms_per_step": round(1e3 * self.host_s / self.steps, 3) if self.steps else None}
+                "host_ms_per_step": round(1e3 * self.host_s / self.steps, 3) if self.steps else None,
+                "prompt_steps": self.prompt_steps, "prompt_host_s": round(self.prompt_host_s, 6)}
 
     # --- the loop -------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -233,6 +238,7 @@ class Scheduler:
             t0 = time.perf_counter()
             for seq in cancels:
                 self._finish(seq, "cancelled")
+            decodes, prefills = [], []
             try:
                 decodes, prefills = self._plan()
                 if decodes or prefills:
@@ -250,7 +256,11 @@ class Scheduler:
                 log.exception("a batched step failed")
                 inflight.clear()
                 self._fail_all(e)
-            self.host_s += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            self.host_s += spent
+            if prefills:
+                self.prompt_host_s += spent
+                self.prompt_steps += 1
         for seq in list(self.running) + list(self.waiting) + self._inbox:
             self._finish(seq, "cancelled")
 
