@@ -225,7 +225,7 @@ class FastStepper:
                     break
                 if (rows, kv_len) not in self.graphs:
                     self._capture(rows, kv_len)
-            if self.device.type == "cuda" if prompts is None else prompts:
+            if (self.device.type == "cuda") if prompts is None else prompts:
                 self._warm_prompts()
         except torch.OutOfMemoryError:
             self.reset()
