@@ -92,12 +92,12 @@ def test_statistics():
 
 def test_serve_args_load_what_the_spec_names():
     spec = ModelSpec(path=Path("/m/gptq"), format="gptq", device="cuda:1", kernel="marlin", n_ctx=4096,
-                     engine="fast", allow_pickle=True, trust_remote_code=True)
+                     engine="fast", allow_pickle=True, trust_remote_code=True, prompt_chunk=1024)
     args = serve_args(spec, 64, 128)
     pairs = dict(zip(args[1::2], args[2::2]))
     assert args[0] == "/m/gptq" and "--allow-pickle" in args and "--trust-remote-code" in args
     for k, v in {"--format": "gptq", "--device": "cuda:1", "--kernel": "marlin", "--ctx": "4096", "--engine": "fast",
-                 "--max-concurrency": "64", "--max-queue": "128"}.items():
+                 "--max-concurrency": "64", "--max-queue": "128", "--prompt-chunk": "1024"}.items():
         assert args[args.index(k) + 1] == v, (k, pairs)
 
 

@@ -25,6 +25,7 @@ BOX = "╭│╰─"
     (["serve", "--port", "70000"], ["--port", "65535"]),
     (["serve", "--gpu-memory-utilization", "2"], ["--gpu-memory-utilization", "1"]),
     (["serve", "--max-concurrency", "0"], ["--max-concurrency"]),
+    (["serve", "--prompt-chunk", "8"], ["--prompt-chunk", "16"]),
     (["pull"], ["missing argument", "name", "quantdeploy pull --help"]),
     (["bench", "--repeat", "x"], ["--repeat", "integer"]),
     (["nosuchcommand"], ["no such command", "nosuchcommand", "quantdeploy --help"]),

@@ -61,6 +61,21 @@ def test_a_seed_reproduces_whatever_else_is_in_the_batch(pair):
     assert together[0] == first
 
 
+@pytest.mark.slow
+def test_the_prompt_chunk_reaches_the_engine(pair, model_paths):
+    """--prompt-chunk 16: a prompt of about 40 tokens takes three steps, and the tokens do not change."""
+    solo, _ = pair
+    prompt = "The quick brown fox jumps over the lazy dog. " * 4
+    params = GenerationParams(max_tokens=8, temperature=0)
+    m = quantdeploy.load(str(model_paths["gptq"]), engine="fast", device="cpu", max_seqs=2, prompt_chunk=16)
+    try:
+        assert m.stepper.chunk_tokens == 16
+        assert "".join(m.generate(prompt, params)) == "".join(solo.generate(prompt, params))
+        assert m.batch_stats()["prompt_steps"] >= 3
+    finally:
+        m.close()
+
+
 @pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device, asym):

@@ -224,6 +224,22 @@ def test_a_full_context_makes_sequences_wait_and_all_complete(gguf_path):
         m.close()
 
 
+def test_the_prompt_chunk_sets_the_prompt_tokens_per_step(gguf_path):
+    """--prompt-chunk 32: a 200-token prompt is prefilled over at least 7 steps, and decodes what it decodes alone."""
+    m = quantdeploy.load(str(gguf_path), max_seqs=2, n_ctx=512, prompt_chunk=32)
+    try:
+        assert m._sched.stepper.chunk_tokens == 32
+        p = params(max_tokens=8, temperature=0)
+        ids = m.tokenize(", ".join(str(i) for i in range(200)))[:200]
+        ref = alone(m, ids, p)
+        before = m.batch_stats()["prompt_steps"]
+        got = [s.token for s in submit(m, ids, p)]
+        assert m.batch_stats()["prompt_steps"] - before >= 200 // 32
+        assert_same_up_to_ties(ref, got)
+    finally:
+        m.close()
+
+
 def test_too_small_a_context_batches_fewer_sequences(gguf_path):
     m = quantdeploy.load(str(gguf_path), max_seqs=8, n_ctx=512)
     try:

@@ -41,6 +41,7 @@ class ModelSpec:
     engine: str = "auto"  # auto | hf | fast (GPTQ/AWQ decode loop)
     max_seqs: int = 1  # sequences decoded together (serve: --max-concurrency); backends that batch size for it
     gpu_memory_utilization: float | None = None  # share of the GPU's memory for weights + KV pool (None: default)
+    prompt_chunk: int | None = None  # prompt tokens one batching step takes beside its decodes (None: the default)
     extra: dict[str, Any] = field(default_factory=dict)
     files: ModelFiles | None = field(default=None, repr=False, compare=False)  # what detection already read
 

@@ -53,8 +53,9 @@ class FastQuantModel(HFTokenizerModel):
             from ..batching import Scheduler
             from ..engine.stepper import FastStepper
 
+            chunk = {"chunk_tokens": spec.prompt_chunk} if spec.prompt_chunk else {}
             self.stepper = FastStepper(self.engine.dec, max_seqs=spec.max_seqs, max_len=self._ctx,
-                                       memory_fraction=spec.gpu_memory_utilization)
+                                       memory_fraction=spec.gpu_memory_utilization, **chunk)
             t0 = time.perf_counter()
             if self.stepper.warm():
                 log.info("batching: %d decode graphs captured, prompt chunks of %s tokens run, in %.1f s",

@@ -206,10 +206,11 @@ class GGUFModel(LoadedModel):
     def _start_batching(self, llama_cpp, n_ctx: int, threads: int) -> None:
         """One llama.cpp context whose KV cells every sequence shares, and the scheduler that fills its steps."""
         from ..batching import Scheduler
-        from .gguf_batch import GGUFStepper
+        from .gguf_batch import CHUNK_TOKENS, GGUFStepper
 
         stepper = GGUFStepper(llama_cpp, self.llm.model, n_ctx=n_ctx, max_seqs=self._max_seqs, n_threads=threads,
                               offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
+                              chunk_tokens=self.spec.prompt_chunk or CHUNK_TOKENS,
                               sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
         self._n_ctx = stepper.max_len
         self._sched = Scheduler(stepper, name="quantdeploy-gguf-batch")

@@ -113,19 +113,19 @@ class GGUFStepper:
     prefix_caching = False
 
     def __init__(self, lc, model, *, n_ctx: int, max_seqs: int, n_threads: int, offloaded: bool, n_vocab: int,
-                 sampler_chain: Callable[[Any], Any]):
+                 sampler_chain: Callable[[Any], Any], chunk_tokens: int = CHUNK_TOKENS):
         """sampler_chain(params): a llama.cpp sampler chain for one sequence's sampling parameters (the one the
         unbatched path uses, so that a seed gives the same tokens either way)."""
         self.lc = lc
         self._chain_for = sampler_chain
         self.n_vocab = n_vocab
         self.max_seqs = max_seqs
-        self.chunk_tokens = CHUNK_TOKENS
+        self.chunk_tokens = chunk_tokens
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
         p.n_seq_max = max_seqs
         p.kv_unified = True
-        p.n_batch = CHUNK_TOKENS + max_seqs  # one step is one llama_decode
+        p.n_batch = chunk_tokens + max_seqs  # one step is one llama_decode
         p.n_ubatch = min(UBATCH, p.n_batch)
         p.n_threads = p.n_threads_batch = n_threads
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if offloaded else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED

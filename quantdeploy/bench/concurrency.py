@@ -80,6 +80,8 @@ def serve_args(spec: ModelSpec, max_concurrency: int, max_queue: int) -> list[st
         args += ["--kernel", spec.kernel]
     if spec.n_ctx:
         args += ["--ctx", str(spec.n_ctx)]
+    if spec.prompt_chunk:
+        args += ["--prompt-chunk", str(spec.prompt_chunk)]
     if spec.allow_pickle:
         args.append("--allow-pickle")
     if spec.trust_remote_code:

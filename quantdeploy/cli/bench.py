@@ -11,8 +11,8 @@ import typer
 
 from ..errors import UsageError
 from ..models import load_spec
-from .common import (FORMATS_TEXT, CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, RemoteOpt, SplitModeOpt,
-                     TensorSplitOpt, apply_split, build_spec)
+from .common import (FORMATS_TEXT, CtxOpt, DeviceOpt, EngineOpt, KernelOpt, PickleOpt, PromptChunkOpt, RemoteOpt,
+                     SplitModeOpt, TensorSplitOpt, apply_split, build_spec)
 
 HELP = ("Benchmark models (speed, memory, GB/s vs the roofline, kernel evidence, optional quality) in one report. "
         "Exit 3 when --require-gpu / --require-kernel is not met.")
@@ -70,6 +70,7 @@ def bench(
         "level, e.g. 1,8,32,64: aggregate tok/s, TTFT and inter-token latency per N.", show_default=False)] = None,
     requests_per_client: Annotated[int, typer.Option(
         "--requests-per-client", help="With --concurrency: streamed requests each client sends per level.")] = 2,
+    prompt_chunk: PromptChunkOpt = None,
     ctx: CtxOpt = None,
     allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
@@ -93,6 +94,7 @@ def bench(
         spec = build_spec(model, f, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, engine=engine)
         apply_split(spec, tensor_split, split_mode)
+        spec.prompt_chunk = prompt_chunk  # the server of --concurrency batches with it
         if gpu_layers is not None:
             if cfg.concurrency:
                 raise UsageError("--gpu-layers does not apply with --concurrency (the server offloads every layer "

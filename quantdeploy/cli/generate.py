@@ -10,7 +10,8 @@ import typer
 
 from ..backends.base import GenerationParams
 from ..models import load_spec
-from .common import CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt, build_spec
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, PromptChunkOpt,
+                     RemoteOpt, build_spec)
 
 HELP = ("Generate for every request of a JSONL file (one {\"prompt\"} or {\"messages\"} object per line, optional "
         "sampling fields and id) into a JSONL file of results in input order. Rerun the same command to resume: "
@@ -40,6 +41,7 @@ def generate(
     max_concurrency: Annotated[Optional[int], typer.Option(
         "--max-concurrency", min=1, help="Requests generated at once (default: what the model decodes together).",
         show_default=False)] = None,
+    prompt_chunk: PromptChunkOpt = None,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="Run the requests whose output line is an error again.")] = False,
     template: Annotated[Optional[str], typer.Option(
@@ -65,7 +67,9 @@ def generate(
                       max_concurrency=max_concurrency, template=template, retry_errors=retry_errors)
 
     def resolve():
-        return build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
+        spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                           trust_remote_code=trust_remote_code, engine=engine)
+        spec.prompt_chunk = prompt_chunk
+        return spec
 
     run_file(opts, resolve, load=load_spec, log=lambda msg: print(msg, file=sys.stderr, flush=True))

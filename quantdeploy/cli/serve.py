@@ -8,8 +8,8 @@ import typer
 
 from ..backends.base import BATCH_CAP
 from ..models import load_spec
-from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, RemoteOpt,
-                     SplitModeOpt, TensorSplitOpt, apply_split, build_spec)
+from .common import (CtxOpt, DeviceOpt, EngineOpt, FormatOpt, KernelOpt, ModelArg, PickleOpt, PromptChunkOpt,
+                     RemoteOpt, SplitModeOpt, TensorSplitOpt, apply_split, build_spec)
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +45,7 @@ def serve(
         "--gpu-memory-utilization", min=0.05, max=1.0,
         help="GPTQ/AWQ on a GPU: the share of the GPU's memory for the weights and the KV cache pool "
              "(default 0.9); the pool gets what the weights leave.", show_default=False)] = None,
+    prompt_chunk: PromptChunkOpt = None,
     template: Annotated[Optional[str], typer.Option(
         "--template", help="Chat template: gemma, llama3, chatml, mistral, or a Jinja file.")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="critical, error, warning, info or debug.")] = "info",
@@ -86,6 +87,7 @@ def serve(
     spec = build_spec(model, fmt, device=device, kernel=kernel, ctx=ctx, allow_pickle=allow_pickle,
                       trust_remote_code=trust_remote_code, engine=engine)
     spec.gpu_memory_utilization = gpu_memory_utilization
+    spec.prompt_chunk = prompt_chunk
     apply_split(spec, tensor_split, split_mode)
     check_model(spec)
     from ..server import ServerSettings
