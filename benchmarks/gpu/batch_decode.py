@@ -3,7 +3,7 @@ from a P-token prompt for O tokens (ignore_eos), all at once; aggregate output t
 the scheduler's host time per step and the weights' GB/s per step. Also checks that each sequence's greedy
 tokens in a batch equal the same sequence decoded alone.
 
-    python benchmarks/gpu/batch_decode.py MODEL_DIR [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
+    python benchmarks/gpu/batch_decode.py MODEL_DIR [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F] [--prompt-chunk N]
         [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
 """
 
@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--out", type=int, default=256)
     ap.add_argument("--check", type=int, default=32, help="greedy tokens compared with each sequence alone")
     ap.add_argument("--json")
+    ap.add_argument("--prompt-chunk", type=int, help="prompt tokens per batched step (default: the engine's, 512)")
     ap.add_argument("--triton-gemm", action="store_true",
                     help="decode rows through the Triton W4A16 GEMM, not qd_w4a16_mma (the batched kernel's A/B)")
     a = ap.parse_args()
@@ -87,7 +88,7 @@ def main() -> None:
 
     batches = [int(b) for b in a.batches.split(",")]
     path = Path(a.model)
-    model = quantdeploy.load(str(path), engine="fast", max_seqs=max(batches))
+    model = quantdeploy.load(str(path), engine="fast", max_seqs=max(batches), prompt_chunk=a.prompt_chunk)
     vocab = model.engine.cfg.vocab
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1000, min(vocab, 30000), (a.prompt,), generator=g).tolist() for _ in range(max(batches))]

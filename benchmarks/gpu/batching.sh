@@ -11,7 +11,8 @@
 #    (128-token prompts, 256 new tokens): aggregate tok/s, TTFT and inter-token latency p50/p95, and batch 1 of the
 #    model loaded as serve loads it beside it; the GGUF model is llama.cpp's batched decode behind the same server.
 # Writes benchmarks/results/gpu/<gpu>-batching-<format>.json (step 2) and <gpu>-serving.{json,md,html} (step 3).
-# Environment: FORMATS=gptq,awq,gguf; LEVELS=1,8,32,64; STEPS=decode,serve (step 2, step 3); VOCAB_GGUF=FILE (llama.cpp's ggml-vocab-llama-bpe.gguf,
+# Environment: FORMATS=gptq,awq,gguf; LEVELS=1,8,32,64; STEPS=decode,serve (step 2, step 3); PROMPT_CHUNK=N (prompt
+# tokens per batched step, both steps; default the engine's); VOCAB_GGUF=FILE (llama.cpp's ggml-vocab-llama-bpe.gguf,
 # else fetched with pip); PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +36,8 @@ reports=()
 for f in ${FORMATS//,/ }; do
   [ "$f" = gguf ] || [[ ",$STEPS," != *,decode,* ]] && continue
   step "the engine in-process, $f: $RECORDS/$GPU-batching-$f.json"
-  $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --json "$RECORDS/$GPU-batching-$f.json"
+  $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --json "$RECORDS/$GPU-batching-$f.json" \
+    ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"}
 done
 [[ ",$STEPS," == *,serve,* ]] || { echo "batching.sh: done" >&2; exit 0; }
 models=()
@@ -49,7 +51,7 @@ mkdir -p build/serving
 for m in "${models[@]}"; do
   out="build/serving/$(basename "$m").json"
   $PY -m quantdeploy bench "$m" --concurrency "$LEVELS" --prompt-tokens 128 --new-tokens 256 --repeat 1 \
-    --requests-per-client 1 --no-warm-load -o "$out"
+    --requests-per-client 1 --no-warm-load ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"} -o "$out"
   reports+=("$out")
 done
 $PY benchmarks/gpu/merge_reports.py "${reports[@]}" -o "$RECORDS/$GPU-serving.json" -o "$RECORDS/$GPU-serving.md" \
