@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -92,13 +93,16 @@ def measure(a) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, __file__, "--serve", str(port), "--levels", ",".join(map(str, a.levels)),
            "--step-ms", str(a.step_ms), "--per-seq-ms", str(a.per_seq_ms), "--prompt-token-ms", str(a.prompt_token_ms)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would stall the server
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if server.poll() is not None:
-                sys.exit(f"serve_overhead.py: the server exited: {server.stderr.read().strip().splitlines()[-1:]}")
+                log.seek(0)
+                last = (log.read().strip().splitlines() or ["no output"])[-1]
+                sys.exit(f"serve_overhead.py: the server exited with {server.returncode}: {last}")
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -122,6 +126,7 @@ def measure(a) -> list[dict]:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
 
 
 def markdown(rows: list[dict], command: str, env: dict) -> str:

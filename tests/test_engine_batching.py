@@ -185,7 +185,8 @@ def test_running_out_of_gpu_memory_while_capturing_the_graphs_says_what_to_lower
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(stepper, "_capture", no_room)
-    with pytest.raises(UsageError, match="capturing the decode graphs for 4 sequences of up to 1024 tokens; "
-                                         "lower --max-concurrency, --ctx or --gpu-memory-utilization"):
+    with pytest.raises(UsageError, match="warming up \\(decode graphs, prompt chunks of up to 512 tokens\\) for 4 "
+                                         "sequences of up to 1024 tokens; "
+                                         "lower --max-concurrency, --ctx, --prompt-chunk or --gpu-memory-utilization"):
         stepper.warm()
     assert not stepper.graphs

@@ -231,9 +231,10 @@ class FastStepper:
             self.reset()
             from ..errors import UsageError
 
-            raise UsageError(f"the GPU ran out of memory capturing the decode graphs for {self.max_seqs} sequences of "
-                             f"up to {self.max_len} tokens; lower --max-concurrency, --ctx or "
-                             "--gpu-memory-utilization") from None
+            raise UsageError(f"the GPU ran out of memory warming up (decode graphs, prompt chunks of up to "
+                             f"{self.chunk_tokens} tokens) for {self.max_seqs} sequences of up to {self.max_len} "
+                             "tokens; lower --max-concurrency, --ctx, --prompt-chunk or --gpu-memory-utilization"
+                             ) from None
         return len(self.graphs)
 
     @torch.inference_mode()
