@@ -332,7 +332,31 @@ def test_batched_kernel_buckets():
     assert [C.mma_tiles(m) for m in (1, 2, 8, 9, 16, 17, 32, 33, 64)] == [1, 1, 1, 2, 2, 4, 4, 8, 8]
     assert [C.mma_warps(k) for k in (14336, 4096, 1024, 640, 128)] == [8, 8, 4, 2, 1]
     assert C.mma_name(8, 4, MetaForm.ZERO_BYTES) == "qd_w4a16_mma<8, 4, -5>"
-    assert C.mma_max_tokens(MetaForm.SCALES_ONLY) == 32 and C.mma_max_tokens(MetaForm.ZERO_BYTES) == 64
+    assert C.mma_name(8, 4, MetaForm.ZERO_BYTES, 2) == "qd_w4a16_mma<8, 4, -5, 2>"
+    assert [C.fit_mma_rows(4, n) for n in (6144, 320, 96, 48, 16)] == [4, 4, 2, 1, 1]
+    assert C.mma_max_tokens(MetaForm.SCALES_ONLY) == C.mma_max_tokens(MetaForm.ZERO_BYTES) == C.MMA_TOKENS == 64
+
+
+def test_batched_kernel_defaults_share_x_from_16_tokens_on():
+    """Without a tuned file: one tile per block up to 8 tokens; from 16 on, x feeds 2-4 tiles, a wide gate|up with K
+    over fewer warps; every choice is legal for the weight (rows divide N, warps 1-8)."""
+    assert C.mma_default(1, 4096, 28672) == (8, 1)
+    assert C.mma_default(8, 4096, 28672) == (2, 4) and C.mma_default(8, 14336, 4096) == (8, 2)
+    assert C.mma_default(4, 4096, 6144) == (8, 4) and C.mma_default(8, 4096, 6144) == (4, 2)
+    for k, n in ((4096, 6144), (4096, 28672), (14336, 4096), (640, 1536), (576, 960), (1024, 1000), (128, 48)):
+        for tiles in (1, 2, 4, 8):
+            warps, rows = C.mma_default(tiles, k, n)
+            assert 1 <= warps <= 8 and rows in (1, 2, 4), (k, n, tiles)
+            r = C.fit_mma_rows(rows, n)
+            assert n % (16 * r) == 0 or r == 1, (k, n, tiles)
+
+
+def test_batched_kernel_tuned_keys_name_the_meta_form():
+    """A tuned (warps, rows) is keyed by shape, meta form and tile count; a scales-only weight's zero point (7 or 8,
+    as stored) does not split its keys, and the two zero point forms do not share them."""
+    key = C.mma_tuned_key(4096, 6144, MetaForm.SCALES_ONLY, 8)
+    assert key == "mma:4096x6144:scales_only:8"
+    assert key != C.mma_tuned_key(4096, 6144, MetaForm.ZERO_BYTES, 8) != C.mma_tuned_key(4096, 6144, MetaForm.WORDS, 8)
 
 
 @pytest.mark.parametrize("arch", ["80", "90", "120"])
@@ -342,14 +366,16 @@ def test_the_batched_kernel_builds(arch):
     for tiles in (1, 2, 4, 8):
         for warps in (1, 2, 4, 8):
             for z in (-1, -5, 8):
-                cubin, mangled = C.compile_cubin(C.mma_name(tiles, warps, z), arch)
-                assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z)
+                for rows in (1, 2, 4) if warps in (2, 4, 8) and z != -1 else (1,):
+                    cubin, mangled = C.compile_cubin(C.mma_name(tiles, warps, z, rows), arch)
+                    assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z, rows)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
-    """The tensor-core kernel for 2..100 tokens (two launches past 64), every K split, against the layout's
+    """The tensor-core kernel for 2..100 tokens (two launches past 64), every K split, 1, 2 and 4 tiles of 16 rows
+    per block, against the layout's
     reference; K = 1792 (14 steps of 128) and 1056 (33 chunks: a last step past the end of K); a gate|up weight's rows
     come back in the original order."""
     dev = torch.device("cuda")
@@ -362,11 +388,11 @@ def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
         ref = _unpermute(L.reference(L.repack(w)), nk.perm)  # [N, K] in x's order, rows in the original order
         lin = C.CudaLinear(nk, dev)
         assert lin.mma_ok
-        for warps in (1, 2, 4, 8):
+        for warps, rows in [(1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (8, 2), (4, 4), (8, 4)]:
             for m in (2, 3, 8, 9, 17, 33, 64, 100):
                 x = torch.randn(m, w.k, device=dev).half()
                 want = x.float() @ ref.t()
-                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), warps)  # x in the weight's K order
+                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), warps, rows)  # x in K's order
                 err = float((got.float() - want).norm() / want.norm())
-                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, m, err)
+                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, rows, m, err)
 

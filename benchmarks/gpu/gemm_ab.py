@@ -1,10 +1,14 @@
 """Batched W4A16 products on the GPU for Llama-3-8B shapes, M = 2..64 decode rows: quantdeploy's tensor-core kernel
-(qd_w4a16_mma, every K split) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same packed weights.
+(qd_w4a16_mma, every K split and rows per block) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same
+packed weights.
 Each kernel is checked against the dequantized reference first (both meta forms: GPTQ's one zero point, AWQ's zero
 point per group; a gate|up weight with interleaved rows). Times are CUDA-graph replays over enough copies of each
 weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once per product.
 
-    python benchmarks/gpu/gemm_ab.py [--json OUT]
+    python benchmarks/gpu/gemm_ab.py [--json OUT] [--save]
+
+--save writes the fastest (warps, rows) per shape, meta form and tile count to the per-GPU tuned file the engine
+reads (tuning.py; the 64-token bucket only where the kernel beats the Triton GEMM there).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import time
 
 import torch
 
-from quantdeploy.engine import cuda_gemv, nk_layout
+from quantdeploy.engine import cuda_gemv, nk_layout, tuning
 from quantdeploy.engine.quant import QuantWeight
 from quantdeploy.engine.triton_gemm import gemm
 
 from gemv_tune import SHAPES, bench, rel, rotating
 
-TOKENS = (2, 4, 8, 16, 32, 64, 128, 256)
+TOKENS = (2, 8, 16, 32, 64, 128)
+SWEEP = [(w, r) for r in (1, 2, 4) for w in (2, 4, 8)]  # (warps splitting K, tiles of 16 rows per block)
 
 
 def weight(k, n, dev, sym: bool, group=128):
@@ -51,7 +56,7 @@ def check(dev) -> bool:
             errs = []
             for m in (1, 2, 3, 8, 9, 16, 31, 64, 100):
                 x = torch.randn(m, k, device=dev).half()
-                errs.append(rel(lin.mma(x), x.float() @ ref.t()))
+                errs.append(max(rel(lin.mma(x, rows=r), x.float() @ ref.t()) for r in (1, 2, 4)))
             verdict = "ok" if max(errs) < 3e-3 else "MISMATCH"
             bad.append(verdict != "ok")
             print(f"check {k}x{n} g{group} form {nk.z} interleaved={inter}: mma {verdict}, relative error at "
@@ -62,7 +67,9 @@ def check(dev) -> bool:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--save", action="store_true", help="write the fastest choices to the per-GPU tuned file")
     args = ap.parse_args()
+    tuned = {}
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     print(torch.cuda.get_device_name(dev), flush=True)
@@ -81,21 +88,32 @@ def main():
                 x = torch.randn(m, k, device=dev).half()
                 row = dict(shape=name, k=k, n=n, form=nks[0].z, m=m, gemv_us=round(t1 * 1e3, 1))
                 row["triton_us"] = round(bench(rotating(lambda lin: gemm(x, lin.w, sms), lins)) * 1e3, 1)
-                for s in (1, 2, 4, 8):
-                    for lin in lins:  # compile and load outside the graph capture
-                        lin.mma(x, s)
-                    row[f"mma_s{s}_us"] = round(bench(rotating(lambda lin, s=s: lin.mma(x, s), lins)) * 1e3, 1)
-                best = min(v for key, v in row.items() if key.startswith("mma_s"))
+                row["mma_default_us"] = round(bench(rotating(lambda lin: lin.mma(x), lins)) * 1e3, 1)
+                if m <= cuda_gemv.MMA_TOKENS:
+                    for s, r in SWEEP:
+                        for lin in lins:  # compile and load outside the graph capture
+                            lin.mma(x, s, r)
+                        row[f"mma_s{s}_r{r}_us"] = round(
+                            bench(rotating(lambda lin, s=s, r=r: lin.mma(x, s, r), lins)) * 1e3, 1)
+                best = min(v for key, v in row.items() if key.startswith("mma_"))
+                row["mma_best"] = next(key for key, v in row.items() if key.startswith("mma_") and v == best)
                 row["mma_best_gbs"] = round(nbytes / best / 1e3)
                 row["gemv_gbs"] = round(nbytes / row["gemv_us"] / 1e3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us" and (m < 64 or best < row["triton_us"]):
+                    s, r = (int(v[1:]) for v in row["mma_best"].split("_")[1:3])
+                    tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = [s, r]
             del lins, nks
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(dev), date=time.strftime("%Y-%m-%d"),
                            command="python benchmarks/gpu/gemm_ab.py --json OUT", torch=torch.__version__,
                            python=platform.python_version(), matches_reference=ok, rows=rows), f, indent=1)
+    if args.save and ok:
+        from quantdeploy.settings import get_settings
+
+        print("saved", tuning.save(get_settings().home / "gemv", dev, "cuda", tuned), json.dumps(tuned), flush=True)
     if not ok:
         raise SystemExit("gemm_ab.py: the batched kernel does not match the reference (MISMATCH above)")
 

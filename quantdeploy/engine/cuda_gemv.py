@@ -135,6 +135,13 @@ def tuned_key(k: int, n: int, z: int) -> str:
     return f"{k}x{n}:{int(z)}"
 
 
+def mma_tuned_key(k: int, n: int, form: MetaForm, tiles: int) -> str:
+    """A tuned file's key for the batched kernel's (warps, rows) at a tile count (benchmarks/gpu/gemm_ab.py --save):
+    the shape, the meta form (its name: a scales-only weight's zero point does not change the kernel's loads) and
+    the tile count."""
+    return f"mma:{k}x{n}:{MetaForm(form).name.lower()}:{tiles}"
+
+
 def variant_for(k: int, n: int, z: int, tuned: dict) -> tuple[int, int, int]:
     """The variant for a weight: a tuned file's (its choices, `tuned`) for this shape and form, else the default."""
     v = tuned.get(tuned_key(k, n, z))
@@ -164,9 +171,10 @@ def kernel_name(r: int, u: int, s: int, act: int = 0, z: int = MetaForm.WORDS) -
     return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{z}>"
 
 
-def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS) -> str:
-    """The batched kernel for up to 8 `tiles` tokens, K split over `warps` warps per 16 rows."""
-    return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}>"
+def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS, rows: int = 1) -> str:
+    """The batched kernel for up to 8 `tiles` tokens, K split over `warps` warps per block of `rows` tiles of 16
+    rows."""
+    return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}{f', {rows}' if rows != 1 else ''}>"
 
 
 def mma_tiles(m: int) -> int:
@@ -181,10 +189,37 @@ def mma_warps(k: int) -> int:
     return max(1, min(8, 1 << (max(1, steps // 2).bit_length() - 1)))
 
 
+def mma_default(tiles: int, k: int, n: int) -> tuple[int, int]:
+    """(warps splitting K, tiles of 16 rows per block) for up to 8 `tiles` tokens, without a tuned file: the fastest
+    or within a few percent of it for every 8B shape and both meta forms on an H100
+    (benchmarks/results/gpu/h100-80gb-hbm3-gemm-ab.json). Up to 8 tokens one tile, K over 8 warps. From 16 tokens
+    on, x loaded once feeds 2 or 4 tiles: 4 for a weight wider than it is long (at 32-64 tokens), with K over fewer
+    warps for a wide gate|up (4 times wider than long: 2 warps, so that the blocks still fill the GPU)."""
+    warps = mma_warps(k)
+    if tiles <= 1:
+        return warps, 1
+    wide = n >= 4 * k
+    if tiles == 2:
+        return (min(warps, 4), 2) if wide else (warps, 1)
+    if wide:
+        return min(warps, 2), 4
+    if tiles == 4:
+        return warps, 4 if n > k else 2
+    return (min(warps, 4) if n > k else warps), 2
+
+
+def fit_mma_rows(rows: int, n: int) -> int:
+    """rows made legal for N rows: halved until 16 rows times it divides N."""
+    while rows > 1 and n % (16 * rows):
+        rows //= 2
+    return rows
+
+
 def mma_max_tokens(form: MetaForm) -> int:
-    """Up to how many tokens the batched kernel beats the Triton GEMM (H100, 8B shapes, gemm_ab.py): 32 with the
-    scales alone (the GEMM's dequantization is cheap there); 64 with zero points, where the GEMM's is not."""
-    return 32 if form is MetaForm.SCALES_ONLY else 64
+    """Up to how many tokens the batched kernel runs (one launch) before the Triton GEMM takes over: 64, where with
+    2-4 tiles per block it beat the GEMM on every 8B shape in both meta forms (H100, gemm_ab.py; at 128 tokens the
+    GEMM wins for scales-only weights)."""
+    return MMA_TOKENS
 
 
 def dequant_name(z: int = MetaForm.WORDS) -> str:
@@ -220,16 +255,19 @@ class CudaLinear:
     get the plain [M, N] projection (the caller applies the activation)."""
 
     def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None,
-                 pdl_launch: bool | None = None):
-        """variant: None for the default; pdl_launch: None where the GPU has PDL (False: kernels timed alone)."""
+                 pdl_launch: bool | None = None, mma_tuned: dict[int, tuple[int, int]] | None = None):
+        """variant: None for the default; pdl_launch: None where the GPU has PDL (False: kernels timed alone);
+        mma_tuned: the batched kernel's (warps, rows) per tile count, from a tuned file (else the defaults)."""
         self.w = w
+        self.mma_tuned = dict(mma_tuned or {})
         self.device = torch.device(device)
         self.act = act if w.split else None
         self.pdl = pdl.enabled(self.device) if pdl_launch is None else pdl_launch
         self.deq = _Launch(dequant_name(w.z), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, w.z, {}))
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
-        self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
+        # a tuned tile count (measured faster than the Triton GEMM there) raises the default
+        self.mma_max = max(mma_max_tokens(w.form), 8 * max(self.mma_tuned, default=0)) if self.mma_ok else 0
         self.mma_launch: dict[tuple[int, int], _Launch] = {}
 
     def use(self, variant: tuple[int, ...]) -> None:
@@ -265,10 +303,10 @@ class CudaLinear:
             return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
 
-    def mma(self, x: torch.Tensor, warps: int | None = None) -> torch.Tensor:
+    def mma(self, x: torch.Tensor, warps: int | None = None, rows: int | None = None) -> torch.Tensor:
         """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
         weight de-interleaved; the caller applies the activation). warps: K split over that many (default
-        mma_warps)."""
+        mma_warps); rows: tiles of 16 rows per block (default mma_rows)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
@@ -277,18 +315,27 @@ class CudaLinear:
         y = torch.empty(m, w.n, dtype=torch.float16, device=x.device)
         for i in range(0, m, MMA_TOKENS):  # one launch per 64 tokens (the weights are read once per launch)
             part = min(MMA_TOKENS, m - i)
-            self._mma_launch(part, warps or mma_warps(w.k))(w.n // 16, w.q, w.meta, x[i:i + part], y[i:i + part])
+            tw, tr = self.mma_choice(part)
+            r = fit_mma_rows(rows or tr, w.n)
+            self._mma_launch(part, warps or tw, r)(w.n // (16 * r), w.q, w.meta, x[i:i + part], y[i:i + part])
         return y
 
-    def _mma_launch(self, m: int, warps: int) -> _Launch:
-        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps), its token count set
-        to m."""
+    def mma_choice(self, m: int) -> tuple[int, int]:
+        """(warps, rows) of the batched kernel for m tokens: the tuned file's for this tile count, else the
+        defaults (mma_default)."""
         w = self.w
-        key = (mma_tiles(m), warps)
+        warps, rows = self.mma_tuned.get(mma_tiles(m)) or mma_default(mma_tiles(m), w.k, w.n)
+        return max(1, min(8, int(warps))), fit_mma_rows(int(rows), w.n)
+
+    def _mma_launch(self, m: int, warps: int, rows: int = 1) -> _Launch:
+        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows), its token
+        count set to m."""
+        w = self.w
+        key = (mma_tiles(m), warps, rows)
         launch = self.mma_launch.get(key)
         if launch is None:
             gshift = (w.group_size // 32).bit_length() - 1
-            launch = _Launch(mma_name(*key, w.z), self.device, 4,
+            launch = _Launch(mma_name(key[0], warps, w.z, rows), self.device, 4,
                              (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl, threads=32 * warps)
             self.mma_launch[key] = launch
         launch.set_int(0, m)
@@ -324,7 +371,10 @@ class CudaLinears:
         key = tuned_key(nk.k, nk.n, nk.z)
         if key in self.tuned:
             self.tuned_shapes.add(key)
-        lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act)
+        mma = {t: tuple(self.tuned[k]) for t in (1, 2, 4, 8) if (k := mma_tuned_key(nk.k, nk.n, nk.form, t)) in self.tuned}
+        if mma:
+            self.tuned_shapes.add(f"mma {key}")
+        lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act, mma_tuned=mma)
         self.labels.add(lin.label)
         return lin
 

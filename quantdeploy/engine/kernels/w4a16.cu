@@ -411,31 +411,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
 #endif
 }
 
-// Rows g (wa) and g + 8 (wb) of one chunk as the A fragments of its 8 mma steps: a[i][s] for word i, half s.
-template <int Z>
-__device__ __forceinline__ void mma_a(const uint4 &wa, const uint4 &wb, const Meta<1> &ma, const Meta<1> &mb,
-                                      unsigned (&a)[4][2][4]) {
-    half2 zla, zha, zlb, zhb;
-    float sa, sb;
-    row_consts<1, Z>(ma, 0, zla, zha, sa);
-    row_consts<1, Z>(mb, 0, zlb, zhb, sb);
-    const half2 s2a = __float2half2_rn(sa), s2b = __float2half2_rn(sb);
-    const unsigned xa[4] = {wa.x, wa.y, wa.z, wa.w}, xb[4] = {wb.x, wb.y, wb.z, wb.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        half2 da[4], db[4];
-        dequant8(xa[i], zla, zha, da);
-        dequant8(xb[i], zlb, zhb, db);
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            a[i][s][0] = as_u(__hmul2(da[2 * s], s2a));
-            a[i][s][1] = as_u(__hmul2(db[2 * s], s2b));
-            a[i][s][2] = as_u(__hmul2(da[2 * s + 1], s2a));
-            a[i][s][3] = as_u(__hmul2(db[2 * s + 1], s2b));
-        }
-    }
-}
-
 // Chunk ch of rows ra / rb and their meta (zeros past the last chunk, where x is zero too).
 template <int Z>
 __device__ __forceinline__ void mma_load(const uint4 *qa, const uint4 *qb, const MetaRows &ra, const MetaRows &rb,
@@ -450,63 +425,114 @@ __device__ __forceinline__ void mma_load(const uint4 *qa, const uint4 *qb, const
     }
 }
 
-// y[m, n] = x[m, :] . W[n, :] for m < M <= 8 T: a block of S warps takes 16 rows, each warp an S-th of K, summed
-// through shared memory. split > 0: rows interleaved (gate j, up j), written as columns j and split + j.
-template <int T, int S, int Z = META_WORDS>
+// y[m, n] = x[m, :] . W[n, :] for m < M <= 8 T: a block of S warps takes R tiles of 16 rows, each warp an S-th of K
+// for all R tiles, so that each x fragment it loads feeds R tiles (x is read N / (16 R) times per product, and a
+// warp has R tiles' weights in flight); the S partial sums are added in warp order through shared memory (the same
+// sums, in the same order, on every run). split > 0: rows interleaved (gate j, up j), written as columns j and
+// split + j.
+template <int T, int S, int Z = META_WORDS, int R = 1>
 __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                        const uint4 *__restrict__ x, half *__restrict__ y, int M,
                                                        int N, int K, int G, int gshift, int split) {
-    __shared__ float part[S][T][32][4];
+    __shared__ float4 part[R][T][32];
     pdl_launch_dependents();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-    const int n0 = blockIdx.x * 16;
+    const int n0 = blockIdx.x * 16 * R;
     const int chunks = K >> 5, steps = (chunks + 3) >> 2;
     const int beg = warp * steps / S, end = (warp + 1) * steps / S;
-    const uint4 *qa = q + (size_t)(n0 + g) * chunks, *qb = q + (size_t)(n0 + g + 8) * chunks;
-    const MetaRows ra = meta_rows<Z>(meta, G, n0 + g), rb = meta_rows<Z>(meta, G, n0 + g + 8);
-    float acc[T][4];
+    const uint4 *qa[R], *qb[R];
+    MetaRows ra[R], rb[R];
 #pragma unroll
-    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    uint4 wa, wb;
-    Meta<1> ma, mb;
-    if (beg < end) mma_load<Z>(qa, qb, ra, rb, chunks, G, gshift, 4 * beg + c, wa, wb, ma, mb);
+    for (int r = 0; r < R; ++r) {
+        qa[r] = q + (size_t)(n0 + 16 * r + g) * chunks, qb[r] = q + (size_t)(n0 + 16 * r + g + 8) * chunks;
+        ra[r] = meta_rows<Z>(meta, G, n0 + 16 * r + g), rb[r] = meta_rows<Z>(meta, G, n0 + 16 * r + g + 8);
+    }
+    float acc[R][T][4];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t) acc[r][t][0] = acc[r][t][1] = acc[r][t][2] = acc[r][t][3] = 0.0f;
+    uint4 wa[R], wb[R];
+    Meta<1> ma[R], mb[R];
+    if (beg < end) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, 4 * beg + c, wa[r], wb[r], ma[r], mb[r]);
+    }
     pdl_wait();
     for (int j = beg; j < end; ++j) {
         const int ch = 4 * j + c;
-        uint4 na, nb;  // the next step's weights, in flight while this one computes
-        Meta<1> nma, nmb;
-        if (j + 1 < end) mma_load<Z>(qa, qb, ra, rb, chunks, G, gshift, ch + 4, na, nb, nma, nmb);
-        unsigned a[4][2][4];
-        mma_a<Z>(wa, wb, ma, mb, a);
+        uint4 na[R], nb[R];  // the next step's weights, in flight while this one computes
+        Meta<1> nma[R], nmb[R];
+        if (j + 1 < end) {
 #pragma unroll
-        for (int t = 0; t < T; ++t) {
-            const int tok = 8 * t + g;
-            uint4 xv[4];
+            for (int r = 0; r < R; ++r)
+                mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, ch + 4, na[r], nb[r], nma[r], nmb[r]);
+        }
+        half2 zla[R], zha[R], zlb[R], zhb[R], s2a[R], s2b[R];
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                xv[i] = tok < M && ch < chunks ? __ldca(x + ((size_t)tok * chunks + ch) * 4 + i) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; ++r) {
+            float sa, sb;
+            row_consts<1, Z>(ma[r], 0, zla[r], zha[r], sa);
+            row_consts<1, Z>(mb[r], 0, zlb[r], zhb[r], sb);
+            s2a[r] = __float2half2_rn(sa), s2b[r] = __float2half2_rn(sb);
+        }
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                mma16816(acc[t], a[i][0], xv[i].x, xv[i].y);
-                mma16816(acc[t], a[i][1], xv[i].z, xv[i].w);
+        for (int i = 0; i < 4; ++i) {  // word i of the chunk: 2 mma steps per tile and token tile
+            unsigned a[R][2][4];
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const unsigned xa[4] = {wa[r].x, wa[r].y, wa[r].z, wa[r].w}, xb[4] = {wb[r].x, wb[r].y, wb[r].z, wb[r].w};
+                half2 da[4], db[4];
+                dequant8(xa[i], zla[r], zha[r], da);
+                dequant8(xb[i], zlb[r], zhb[r], db);
+#pragma unroll
+                for (int s = 0; s < 2; ++s) {
+                    a[r][s][0] = as_u(__hmul2(da[2 * s], s2a[r]));
+                    a[r][s][1] = as_u(__hmul2(db[2 * s], s2b[r]));
+                    a[r][s][2] = as_u(__hmul2(da[2 * s + 1], s2a[r]));
+                    a[r][s][3] = as_u(__hmul2(db[2 * s + 1], s2b[r]));
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < T; ++t) {
+                const int tok = 8 * t + g;
+                const uint4 xv = tok < M && ch < chunks ? __ldca(x + ((size_t)tok * chunks + ch) * 4 + i)
+                                                        : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int r = 0; r < R; ++r) {
+                    mma16816(acc[r][t], a[r][0], xv.x, xv.y);
+                    mma16816(acc[r][t], a[r][1], xv.z, xv.w);
+                }
             }
         }
-        wa = na, wb = nb, ma = nma, mb = nmb;
+#pragma unroll
+        for (int r = 0; r < R; ++r) wa[r] = na[r], wb[r] = nb[r], ma[r] = nma[r], mb[r] = nmb[r];
     }
 #pragma unroll
-    for (int t = 0; t < T; ++t)
+    for (int w = 0; w < S; ++w) {  // warp w adds its sums to those of warps 0 .. w - 1
+        if (warp == w) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) part[warp][t][lane][e] = acc[t][e];
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < T * 128; idx += 32 * S) {  // (t, lane, e): row g + 8 (e / 2), token 2c + e % 2
-        const int t = idx >> 7, l = (idx >> 2) & 31, e = idx & 3;
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int t = 0; t < T; ++t) {
+                    float4 v = make_float4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]);
+                    if (w > 0) {
+                        const float4 p = part[r][t][lane];
+                        v = make_float4(p.x + v.x, p.y + v.y, p.z + v.z, p.w + v.w);
+                    }
+                    part[r][t][lane] = v;
+                }
+        }
+        __syncthreads();
+    }
+    const float *sums = reinterpret_cast<const float *>(part);
+    for (int idx = threadIdx.x; idx < R * T * 128; idx += 32 * S) {  // (r, t, lane, e): row g + 8 (e / 2), token 2c + e % 2
+        const int r = idx / (T * 128), t = (idx >> 7) % T, l = (idx >> 2) & 31, e = idx & 3;
         const int tok = 8 * t + 2 * (l & 3) + (e & 1);
         if (tok >= M) continue;
-        float v = 0.0f;
-#pragma unroll
-        for (int w = 0; w < S; ++w) v += part[w][t][l][e];
-        const int n = n0 + (l >> 2) + 8 * (e >> 1);
+        const int n = n0 + 16 * r + (l >> 2) + 8 * (e >> 1);
         const int col = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
-        y[(size_t)tok * N + col] = __float2half_rn(v);
+        y[(size_t)tok * N + col] = __float2half_rn(sums[idx]);
     }
 }
