@@ -72,9 +72,25 @@ def resolve_model(model: str | None, *, fmt: str | None = None, **options) -> Mo
             path, name = _resolve_pulled(model, fmt=fmt), model
         else:
             raise ModelNotFound(f"no such model: {model} (pass a directory, a .gguf file, or org/repo[:QUANT])")
+    if fmt in (None, "gguf"):
+        _llama_cpp_first(Path(path))
     files = local_files(path)
     detected = identify(files, fmt)
     return ModelSpec(path=path, format=detected, name=name, files=files, **options)
+
+
+def _llama_cpp_first(path: Path) -> None:
+    """Loads llama.cpp's libraries before numpy's when MODEL is a GGUF (reading its header imports numpy): a CUDA
+    build of llama-cpp-python crashed (SIGSEGV in llama_model_load_from_file) in a process that had imported numpy
+    first (llama-cpp-python 0.3.36 on an H100), and loaded the same model when llama.cpp came first."""
+    if "llama_cpp" in sys.modules or not (path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")))):
+        return
+    try:
+        from .backends.gguf import _llama_cpp
+
+        _llama_cpp()
+    except ImportError:  # not installed: the backend says so when it loads
+        pass
 
 
 def _resolve_pulled(name: str, *, fmt: str | None) -> Path:

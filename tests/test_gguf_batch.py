@@ -9,8 +9,11 @@ other (and there the batch picked one of those two), never a different token whe
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +282,15 @@ def test_structured_output_and_logprobs_in_a_batch(batched):
         assert all(t.logprob <= 0 and len(t.top) == 2 for t in logprobs)
     assert len(out["plain0"]) == len(out["plain1"]) == N
     wait_until(lambda: batched.batch_stats()["kv_blocks_used"] == 0)  # the grammar's end cancels its sequence
+
+
+def test_a_gguf_model_loads_llama_cpp_before_numpy(gguf_path):
+    """Naming a GGUF loads llama.cpp's libraries before anything imports numpy (reading the header does): a CUDA
+    build crashed loading a model in a process that had imported numpy first."""
+    code = ("import sys, quantdeploy; quantdeploy.resolve_model(sys.argv[1]); m = list(sys.modules); "
+            "ll = min(i for i, k in enumerate(m) if k.startswith('llama_cpp.')); "
+            "print('numpy' not in m or ll < m.index('numpy'))")
+    proc = subprocess.run([sys.executable, "-c", code, str(gguf_path)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
