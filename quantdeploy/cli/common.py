@@ -26,7 +26,8 @@ KernelOpt = Annotated[Optional[str], typer.Option(
 CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context window to allocate (tokens).", min=16)]
 PromptChunkOpt = Annotated[Optional[int], typer.Option(
     "--prompt-chunk", min=16, show_default=False,
-    help="Prompt tokens a batching step takes beside its decodes (default 512): more serves a wave of new requests "
+    help="Prompt tokens a batching step takes beside its decodes (default 2048 for the engine on a GPU, else 512): "
+         "more serves a wave of new requests "
          "their first token sooner, fewer keeps the running streams' gaps shorter.")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Load *.bin/*.pt weights (can run code).")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the repo.")]

@@ -66,14 +66,23 @@ class _Step:
     logprobs: tuple | None = None  # host (logprob [R], top ids [R, k], top logprobs [R, k]) when asked for
 
 
+def default_chunk_tokens(device) -> int:
+    """Prompt tokens per batched step unless --prompt-chunk says: 2048 on a GPU, where such a step costs tens of
+    milliseconds (H100, 8B GPTQ through serve, 64 clients: TTFT p95 491 ms against 967 with 512, the gaps' p95 13.0
+    against 14.3 ms); 512 on the CPU, where every prompt token costs the running streams far more."""
+    return 2048 if torch.device(device).type == "cuda" else 512
+
+
 class FastStepper:
-    def __init__(self, dec, *, max_seqs: int, max_len: int, chunk_tokens: int = 512, block_size: int = BLOCK_SIZE,
+    def __init__(self, dec, *, max_seqs: int, max_len: int, chunk_tokens: int | None = None,
+                 block_size: int = BLOCK_SIZE,
                  num_blocks: int | None = None, memory_fraction: float | None = None, use_graph: bool | None = None,
                  prefix_caching: bool = True):
         self.dec = dec
         cfg = dec.cfg
         self.device = dec.device
-        self.max_seqs, self.max_len, self.chunk_tokens = max_seqs, max_len, chunk_tokens
+        self.max_seqs, self.max_len = max_seqs, max_len
+        self.chunk_tokens = chunk_tokens or default_chunk_tokens(self.device)
         self.block_size = block_size
         self.prefix_caching = prefix_caching
         self.num_blocks = num_blocks or pool_blocks(dec, max_seqs, max_len, block_size, memory_fraction)
