@@ -1,9 +1,10 @@
 """The batching engine's throughput at each batch size, driven in-process (no HTTP): N threads each generate
 from a P-token prompt for O tokens (ignore_eos), all at once; aggregate output tok/s, the decode phase's tok/s,
-the scheduler's host time per step and the weights' GB/s per step. Also checks that each sequence's greedy
+the scheduler's host time per step and the weights' GB/s per step. MODEL: a GPTQ / AWQ checkpoint (the fast
+engine) or a .gguf file (llama.cpp's batched decode behind the same scheduler). Also checks that each sequence's greedy
 tokens in a batch equal the same sequence decoded alone.
 
-    python benchmarks/gpu/batch_decode.py MODEL_DIR [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F] [--prompt-chunk N]
+    python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F] [--prompt-chunk N]
         [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
 """
 
@@ -17,8 +18,27 @@ import time
 from pathlib import Path
 
 
-def weight_bytes(model_dir: Path) -> int:
-    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+def weight_bytes(model: Path) -> int:
+    """The bytes a decode step reads for the weights: the GGUF file, or the checkpoint's safetensors."""
+    if model.is_file():
+        return model.stat().st_size
+    return sum(f.stat().st_size for f in model.glob("*.safetensors"))
+
+
+def gpu_name() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "no GPU"
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "no GPU"
+
+
+def vocab_size(model) -> int:
+    engine = getattr(model, "engine", None)
+    return engine.cfg.vocab if engine is not None else model.llm.n_vocab()
 
 
 def run_batch(model, prompts: list[list[int]], out_tokens: int) -> dict:
@@ -76,7 +96,7 @@ def main() -> None:
     ap.add_argument("--triton-gemm", action="store_true",
                     help="decode rows through the Triton W4A16 GEMM, not qd_w4a16_mma (the batched kernel's A/B)")
     a = ap.parse_args()
-    import torch
+    import random
 
     import quantdeploy
     from quantdeploy import GenerationParams
@@ -88,10 +108,12 @@ def main() -> None:
 
     batches = [int(b) for b in a.batches.split(",")]
     path = Path(a.model)
-    model = quantdeploy.load(str(path), engine="fast", max_seqs=max(batches), prompt_chunk=a.prompt_chunk)
-    vocab = model.engine.cfg.vocab
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(1000, min(vocab, 30000), (a.prompt,), generator=g).tolist() for _ in range(max(batches))]
+    gguf = path.suffix == ".gguf"  # llama.cpp's batched decode behind the same scheduler, for the side-by-side
+    engine = {} if gguf else {"engine": "fast"}  # (no torch in a GGUF run: its CUDA stack and llama.cpp's can clash)
+    model = quantdeploy.load(str(path), max_seqs=max(batches), prompt_chunk=a.prompt_chunk, **engine)
+    vocab = vocab_size(model)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1000, min(vocab, 30000)) for _ in range(a.prompt)] for _ in range(max(batches))]
     wbytes = weight_bytes(path)
     rows = []
     run_batch(model, prompts[:2], 8)  # warm-up: graph captures for the small buckets, Triton compiles
@@ -104,7 +126,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     check = None
     if a.check:
-        solo = quantdeploy.load(str(path), engine="fast")
+        solo = quantdeploy.load(str(path), **engine)
         p = GenerationParams(max_tokens=a.check, temperature=0, ignore_eos=True)
         n = min(8, max(batches))
         alone = [[t for t in _ids(solo, prompts[i], p)] for i in range(n)]
@@ -121,7 +143,7 @@ def main() -> None:
         check = {"sequences": n, "tokens": a.check, "same_prefix_len": agree}
         print(json.dumps({"greedy_check": check}), flush=True)
     out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
-           "model": str(path), "gpu": torch.cuda.get_device_name(), "prompt_tokens": a.prompt,
+           "model": str(path), "gpu": gpu_name(), "prompt_tokens": a.prompt,
            "output_tokens": a.out, "kernel": model.kernel_report().get("kernel"), "rows": rows, "greedy_check": check}
     model.close()
     if a.json:
