@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORD = ROOT / "benchmarks" / "results" / "gpu" / "h100-serving.json"
+RECORD = ROOT / "benchmarks" / "results" / "gpu" / "h100-80gb-hbm3-serving.json"
 
 
 def test_two_processes_reports_become_one(tmp_path):

@@ -6,11 +6,13 @@
 # 1. writes 8B-shape synthetic GPTQ, AWQ and GGUF Q4_K_M models to build/gpu-models/ (synth.py; kept),
 # 2. batch_decode.py per GPTQ / AWQ model: the engine in-process at batch 1, 8, 32 and 64 (aggregate and decode
 #    tok/s, host ms per step, weight GB/s) and each sequence's greedy tokens in a batch against the same sequence
-#    alone,
+#    alone; for the GGUF model the baseline: llama.cpp's own batched decode (llama_batched.py) and llama.cpp
+#    behind quantdeploy's scheduler (batch_decode.py),
 # 3. `quantdeploy bench --concurrency 1,8,32,64`: every model through `quantdeploy serve` to N streaming clients
 #    (128-token prompts, 256 new tokens): aggregate tok/s, TTFT and inter-token latency p50/p95, and batch 1 of the
 #    model loaded as serve loads it beside it; the GGUF model is llama.cpp's batched decode behind the same server.
-# Writes benchmarks/results/gpu/<gpu>-batching-<format>.json (step 2) and <gpu>-serving.{json,md,html} (step 3).
+# Writes benchmarks/results/gpu/<gpu>-batching-<format>.json and <gpu>-llama-batched.json (step 2) and
+# <gpu>-serving.{json,md,html} (step 3).
 # Environment: FORMATS=gptq,awq,gguf; LEVELS=1,8,32,64; STEPS=decode,serve (step 2, step 3); PROMPT_CHUNK=N (prompt
 # tokens per batched step, both steps; default the engine's); VOCAB_GGUF=FILE (llama.cpp's ggml-vocab-llama-bpe.gguf,
 # else fetched with pip); PYTHON (default python3).
@@ -34,7 +36,15 @@ $PY benchmarks/gpu/synth.py --out "$MODELS" "${only[@]}" ${VOCAB_GGUF:+--vocab-g
 
 reports=()
 for f in ${FORMATS//,/ }; do
-  [ "$f" = gguf ] || [[ ",$STEPS," != *,decode,* ]] && continue
+  [[ ",$STEPS," != *,decode,* ]] && continue
+  if [ "$f" = gguf ]; then  # the baseline: llama.cpp's own batched decode, then llama.cpp behind our scheduler
+    g=("$MODELS"/gguf/*.gguf)
+    step "llama.cpp batched, alone and behind the scheduler: $RECORDS/$GPU-llama-batched.json, $GPU-batching-gguf.json"
+    $PY benchmarks/gpu/llama_batched.py "${g[0]}" --batches "$LEVELS" --json "$RECORDS/$GPU-llama-batched.json"
+    $PY benchmarks/gpu/batch_decode.py "${g[0]}" --batches "$LEVELS" --check 0 \
+      --json "$RECORDS/$GPU-batching-gguf.json" ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"}
+    continue
+  fi
   step "the engine in-process, $f: $RECORDS/$GPU-batching-$f.json"
   $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --json "$RECORDS/$GPU-batching-$f.json" \
     ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"}
