@@ -306,7 +306,7 @@ class CudaLinear:
     def mma(self, x: torch.Tensor, warps: int | None = None, rows: int | None = None) -> torch.Tensor:
         """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
         weight de-interleaved; the caller applies the activation). warps: K split over that many (default
-        mma_warps); rows: tiles of 16 rows per block (default mma_rows)."""
+        mma_choice); rows: tiles of 16 rows per block (default mma_choice)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
