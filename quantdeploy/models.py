@@ -89,7 +89,7 @@ def _llama_cpp_first(path: Path) -> None:
         from .backends.gguf import _llama_cpp
 
         _llama_cpp()
-    except ImportError:  # not installed: the backend says so when it loads
+    except Exception:  # not installed, or its library does not load: the backend says so, in one line, when it loads
         pass
 
 

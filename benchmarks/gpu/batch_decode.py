@@ -4,7 +4,8 @@ the scheduler's host time per step and the weights' GB/s per step. MODEL: a GPTQ
 engine) or a .gguf file (llama.cpp's batched decode behind the same scheduler). Also checks that each sequence's greedy
 tokens in a batch equal the same sequence decoded alone.
 
-    python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F] [--prompt-chunk N]
+    python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
+        [--prompt-chunk N]
         [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
 """
 

@@ -7,8 +7,8 @@ weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once p
 
     python benchmarks/gpu/gemm_ab.py [--json OUT] [--save]
 
---save writes the fastest (warps, rows) per shape, meta form and tile count to the per-GPU tuned file the engine
-reads (tuning.py; the 64-token bucket only where the kernel beats the Triton GEMM there).
+--save writes the fastest (warps, rows) per shape, meta form and tile count, where it is not the default, to the
+per-GPU tuned file the engine reads (tuning.py).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main():
                 row["gemv_gbs"] = round(nbytes / row["gemv_us"] / 1e3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us" and (m < 64 or best < row["triton_us"]):
+                if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us":
                     s, r = (int(v[1:]) for v in row["mma_best"].split("_")[1:3])
                     tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = [s, r]
             del lins, nks

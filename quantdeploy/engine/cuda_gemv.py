@@ -266,8 +266,7 @@ class CudaLinear:
         self.deq = _Launch(dequant_name(w.z), self.device, 3, (w.n, w.k, w.k // w.group_size, w.split))
         self.use(variant or variant_for(w.k, w.n, w.z, {}))
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
-        # a tuned tile count (measured faster than the Triton GEMM there) raises the default
-        self.mma_max = max(mma_max_tokens(w.form), 8 * max(self.mma_tuned, default=0)) if self.mma_ok else 0
+        self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
         self.mma_launch: dict[tuple[int, int], _Launch] = {}
 
     def use(self, variant: tuple[int, ...]) -> None:
@@ -371,7 +370,8 @@ class CudaLinears:
         key = tuned_key(nk.k, nk.n, nk.z)
         if key in self.tuned:
             self.tuned_shapes.add(key)
-        mma = {t: tuple(self.tuned[k]) for t in (1, 2, 4, 8) if (k := mma_tuned_key(nk.k, nk.n, nk.form, t)) in self.tuned}
+        keys = {t: mma_tuned_key(nk.k, nk.n, nk.form, t) for t in (1, 2, 4, 8)}
+        mma = {t: tuple(self.tuned[k]) for t, k in keys.items() if k in self.tuned}
         if mma:
             self.tuned_shapes.add(f"mma {key}")
         lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act, mma_tuned=mma)

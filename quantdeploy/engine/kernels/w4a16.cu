@@ -482,7 +482,8 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
             unsigned a[R][2][4];
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                const unsigned xa[4] = {wa[r].x, wa[r].y, wa[r].z, wa[r].w}, xb[4] = {wb[r].x, wb[r].y, wb[r].z, wb[r].w};
+                const unsigned xa[4] = {wa[r].x, wa[r].y, wa[r].z, wa[r].w};
+                const unsigned xb[4] = {wb[r].x, wb[r].y, wb[r].z, wb[r].w};
                 half2 da[4], db[4];
                 dequant8(xa[i], zla[r], zha[r], da);
                 dequant8(xb[i], zlb[r], zhb[r], db);
@@ -527,7 +528,8 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
         __syncthreads();
     }
     const float *sums = reinterpret_cast<const float *>(part);
-    for (int idx = threadIdx.x; idx < R * T * 128; idx += 32 * S) {  // (r, t, lane, e): row g + 8 (e / 2), token 2c + e % 2
+    // (r, t, lane, e): tile r's row g + 8 (e / 2), token 2c + e % 2
+    for (int idx = threadIdx.x; idx < R * T * 128; idx += 32 * S) {
         const int r = idx / (T * 128), t = (idx >> 7) % T, l = (idx >> 2) & 31, e = idx & 3;
         const int tok = 8 * t + 2 * (l & 3) + (e & 1);
         if (tok >= M) continue;
