@@ -103,7 +103,9 @@ def test_tiny_llama_batched_greedy_equals_each_sequence_alone(tmp_path, device, 
     warmed = stepper.warm(prompts=True)  # the prompt chunks too, off CUDA as well: they must leave no trace
     assert all(torch.equal(a, b[:-1]) for a, b in zip(pool, stepper.kv.k + stepper.kv.v))
     assert warmed == (9 if on_cuda else 0)
-    assert stepper.warmed_prompts == [1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 511, 512]
+    # the default chunk: 512 tokens on the CPU; 2048 on CUDA, capped by max_len
+    assert stepper.warmed_prompts == [1, 2, 3, 4, 7, 8, 15, 16, 31, 32, 63, 64, 127, 128, 255, 256, 511, 512] + (
+        [1023, 1024] if on_cuda else [])
     sched = Scheduler(stepper)
     try:
         out = in_threads(lambda i: [s.token for s in sched.submit(prompts[i], GenerationParams(temperature=0),
@@ -190,3 +192,9 @@ def test_running_out_of_gpu_memory_while_capturing_the_graphs_says_what_to_lower
                                          "lower --max-concurrency, --ctx, --prompt-chunk or --gpu-memory-utilization"):
         stepper.warm()
     assert not stepper.graphs
+
+
+def test_the_default_prompt_chunk_is_larger_on_a_gpu():
+    from quantdeploy.engine.stepper import default_chunk_tokens
+
+    assert default_chunk_tokens("cpu") == 512 and default_chunk_tokens("cuda:0") == 2048
