@@ -538,3 +538,205 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
         y[(size_t)tok * N + col] = __float2half_rn(sums[idx]);
     }
 }
+
+// ---- Batched decode, x shared through shared memory (16-64 tokens) --------------------------------------------
+// qd_w4a16_mma splits K over a block's warps, so each block reads all of x for its 16 R rows: at 64 tokens x is
+// 512 KB for K = 4096, read again by every block, and the product waits on L2 rather than on the weights. Here the
+// block's W warps split N instead (R tiles of 16 rows each; with WM > 1 also the 8 T tokens, WM groups of W / WM
+// warps: BN = 16 R W / WM rows per block) and walk K together: each 128-wide step of x is copied once into shared
+// memory (cp.async, two buffers) and feeds all W warps. A warp whose tokens all lie past M only helps copy x.
+// The weights, their meta and the mma fragments are those of qd_w4a16_mma. For small N the grid also splits K over
+// KS blocks: each writes its fp32 sums to ws [KS, M, N], and the last of them (a counter per row block, reset by
+// that block) adds the KS parts in order 0 .. KS - 1, so every run gives the same sums.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// A token's 128 halves of one step in shared memory: 16-byte word i of chunk c at unit 4 i + c, rows XS units apart
+// (16 + 4 of padding), so that the 8 lanes of each quarter warp (tokens g, g + 1; chunks 0-3) hit 8 different bank
+// groups.
+constexpr int MMX_XS = 20;
+
+// Step j of x (8 T tokens; zeros past M and past the end of K) into buf.
+template <int T, int NT>
+__device__ __forceinline__ void mmx_stage(uint4 *buf, const uint4 *__restrict__ x, int M, int chunks, int j) {
+    constexpr int UNITS = 8 * T * 16;
+#pragma unroll
+    for (int it = 0; it < (UNITS + NT - 1) / NT; ++it) {
+        const int idx = threadIdx.x + it * NT;
+        if (UNITS % NT && idx >= UNITS) break;
+        const int tok = idx >> 4, c = (idx >> 2) & 3, i = idx & 3, ch = 4 * j + c;
+        const bool ok = tok < M && ch < chunks;
+        cp_async16(buf + tok * MMX_XS + 4 * i + c, ok ? x + ((size_t)tok * chunks + ch) * 4 + i : x, ok);
+    }
+}
+
+// One step (128 of K) of a warp's R tiles times TW token tiles: the weights (wa, wb: rows g and g + 8 of each tile)
+// dequantized into A fragments, x (from xt: this lane's token of the warp's first tile, its chunk) as B fragments.
+template <int TW, int R, int Z>
+__device__ __forceinline__ void mmx_step(const uint4 (&wa)[R], const uint4 (&wb)[R], const Meta<1> (&ma)[R],
+                                         const Meta<1> (&mb)[R], const uint4 *xt, float (&acc)[R][TW][4]) {
+    half2 zla[R], zha[R], zlb[R], zhb[R], s2a[R], s2b[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float sa, sb;
+        row_consts<1, Z>(ma[r], 0, zla[r], zha[r], sa);
+        row_consts<1, Z>(mb[r], 0, zlb[r], zhb[r], sb);
+        s2a[r] = __float2half2_rn(sa), s2b[r] = __float2half2_rn(sb);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        unsigned a[R][2][4];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const unsigned xa[4] = {wa[r].x, wa[r].y, wa[r].z, wa[r].w};
+            const unsigned xb[4] = {wb[r].x, wb[r].y, wb[r].z, wb[r].w};
+            half2 da[4], db[4];
+            dequant8(xa[i], zla[r], zha[r], da);
+            dequant8(xb[i], zlb[r], zhb[r], db);
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                a[r][s][0] = as_u(__hmul2(da[2 * s], s2a[r]));
+                a[r][s][1] = as_u(__hmul2(db[2 * s], s2b[r]));
+                a[r][s][2] = as_u(__hmul2(da[2 * s + 1], s2a[r]));
+                a[r][s][3] = as_u(__hmul2(db[2 * s + 1], s2b[r]));
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < TW; ++t) {
+            const uint4 xv = xt[8 * t * MMX_XS + 4 * i];
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                mma16816(acc[r][t], a[r][0], xv.x, xv.y);
+                mma16816(acc[r][t], a[r][1], xv.z, xv.w);
+            }
+        }
+    }
+}
+
+template <int T, int W, int Z = META_WORDS, int R = 2, int WM = 1>
+__global__ void __launch_bounds__(32 * W) qd_w4a16_mmx(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
+                                                       const uint4 *__restrict__ x, half *__restrict__ y,
+                                                       float *__restrict__ ws, int *__restrict__ counters, int M,
+                                                       int N, int K, int G, int gshift, int split, int KS) {
+    constexpr int WN = W / WM, TW = T / WM;  // warps along N and along the tokens; token tiles per warp
+    static_assert(WN * WM == W && TW * WM == T, "WM divides the warps and the token tiles");
+    constexpr int BN = 16 * R * WN, NT = 32 * W, XSTAGE = 8 * T * MMX_XS, OS = BN + 4;
+    constexpr int XBYTES = 2 * XSTAGE * 16, OBYTES = 8 * T * OS * 4;
+    static_assert(XBYTES <= 48 * 1024 && OBYTES <= 48 * 1024, "at most 128 rows per block");
+    __shared__ __align__(16) unsigned char smem[XBYTES > OBYTES ? XBYTES : OBYTES];
+    __shared__ int last;
+    uint4 *xs = reinterpret_cast<uint4 *>(smem);
+    float *out = reinterpret_cast<float *>(smem);  // after the loop: the block's sums [8 T tokens][OS]
+    pdl_launch_dependents();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int nb = N / BN, nblk = blockIdx.x % nb, ks = blockIdx.x / nb;
+    const int wn = warp % WN, t0 = (warp / WN) * TW;  // this warp's rows and its first token tile
+    const int n0 = nblk * BN + wn * 16 * R;
+    const bool busy = 8 * t0 < M;  // some of its tokens are real
+    const int chunks = K >> 5, steps = (chunks + 3) >> 2;
+    const int beg = ks * steps / KS, end = (ks + 1) * steps / KS;
+    const uint4 *qa[R], *qb[R];
+    MetaRows ra[R], rb[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        qa[r] = q + (size_t)(n0 + 16 * r + g) * chunks, qb[r] = q + (size_t)(n0 + 16 * r + g + 8) * chunks;
+        ra[r] = meta_rows<Z>(meta, G, n0 + 16 * r + g), rb[r] = meta_rows<Z>(meta, G, n0 + 16 * r + g + 8);
+    }
+    float acc[R][TW][4];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < TW; ++t) acc[r][t][0] = acc[r][t][1] = acc[r][t][2] = acc[r][t][3] = 0.0f;
+    uint4 wa[R], wb[R];
+    Meta<1> ma[R], mb[R];
+    if (beg < end && busy) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, 4 * beg + c, wa[r], wb[r], ma[r], mb[r]);
+    }
+    pdl_wait();
+    if (beg < end) {
+        mmx_stage<T, NT>(xs, x, M, chunks, beg);
+        cp_async_commit();
+    }
+    for (int j = beg; j < end; ++j) {
+        const int ch = 4 * j + c;
+        const uint4 *xb = xs + ((j - beg) & 1) * XSTAGE;
+        uint4 na[R], nb_[R];  // the next step's weights, in flight while this one computes
+        Meta<1> nma[R], nmb[R];
+        if (j + 1 < end) {
+            mmx_stage<T, NT>(xs + ((j - beg + 1) & 1) * XSTAGE, x, M, chunks, j + 1);
+            cp_async_commit();
+            if (busy) {
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+                    mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, ch + 4, na[r], nb_[r], nma[r], nmb[r]);
+            }
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (busy) mmx_step<TW, R, Z>(wa, wb, ma, mb, xb + (8 * t0 + g) * MMX_XS + c, acc);
+        if (j + 1 < end) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) wa[r] = na[r], wb[r] = nb_[r], ma[r] = nma[r], mb[r] = nmb[r];
+        }
+        __syncthreads();  // every warp is done with this buffer before the next step's copy overwrites it
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < TW; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)  // tile r's row g + 8 (e / 2), token 2 c + e % 2
+                out[(8 * (t0 + t) + 2 * c + (e & 1)) * OS + wn * 16 * R + 16 * r + g + 8 * (e >> 1)] = acc[r][t][e];
+    __syncthreads();
+    const size_t col0 = (size_t)nblk * BN;
+    if (KS > 1) {
+        for (int idx = threadIdx.x; idx < M * BN; idx += NT) {
+            const int tok = idx / BN, nl = idx % BN;
+            ws[((size_t)ks * M + tok) * N + col0 + nl] = out[tok * OS + nl];
+        }
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            last = atomicAdd(counters + nblk, 1) == KS - 1;
+            if (last) counters[nblk] = 0;  // ready for the next launch
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+    }
+    for (int idx = threadIdx.x; idx < M * BN; idx += NT) {  // consecutive threads, consecutive columns of y
+        const int tok = idx / BN, j = idx % BN;
+        const int nl = split ? (j < BN / 2 ? 2 * j : 2 * (j - BN / 2) + 1) : j;
+        const int n = (int)col0 + nl;
+        const int col = split ? ((n & 1) ? split + (n >> 1) : (n >> 1)) : n;
+        float s;
+        if (KS > 1) {
+            s = 0.0f;
+            for (int p = 0; p < KS; ++p) s += __ldcg(ws + ((size_t)p * M + tok) * N + col0 + nl);
+        } else {
+            s = out[tok * OS + nl];
+        }
+        y[(size_t)tok * N + col] = __float2half_rn(s);
+    }
+}
