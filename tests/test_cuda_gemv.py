@@ -338,34 +338,17 @@ def test_batched_kernel_buckets():
 
 
 def test_batched_kernel_defaults_share_x_from_16_tokens_on():
-    """Without a tuned file: qd_w4a16_mma, one tile per block up to 8 tokens; from 16 on, x feeds 2-4 tiles, a wide
-    gate|up with K over fewer warps; qd_w4a16_mmx's split-K default fills the GPU where N has few row blocks; every
-    choice is legal for the weight."""
-    assert C.mma_default(1, 4096, 28672) == (8, 1, 0, 1)
-    assert C.mma_default(8, 4096, 28672) == (2, 4, 0, 1) and C.mma_default(8, 14336, 4096) == (8, 2, 0, 1)
-    assert C.mma_default(4, 4096, 6144) == (8, 4, 0, 1) and C.mma_default(8, 4096, 6144) == (4, 2, 0, 1)
-    assert C.mmx_splits(4096, 4096, 4, 2, 132) == 5 and C.mmx_splits(4096, 28672, 4, 2, 132) == 1
-    assert C.mmx_splits(576, 960, 4, 1, 132) == 1  # 4.5 steps of K: never split under 4 steps a block
+    """Without a tuned file: one tile per block up to 8 tokens; from 16 on, x feeds 2-4 tiles, a wide gate|up with K
+    over fewer warps; every choice is legal for the weight (rows divide N, warps 1-8)."""
+    assert C.mma_default(1, 4096, 28672) == (8, 1)
+    assert C.mma_default(8, 4096, 28672) == (2, 4) and C.mma_default(8, 14336, 4096) == (8, 2)
+    assert C.mma_default(4, 4096, 6144) == (8, 4) and C.mma_default(8, 4096, 6144) == (4, 2)
     for k, n in ((4096, 6144), (4096, 28672), (14336, 4096), (640, 1536), (576, 960), (1024, 1000), (128, 48)):
         for tiles in (1, 2, 4, 8):
-            warps, rows, splits, tw = C.fit_mma(C.mma_default(tiles, k, n, 132), k, n)
+            warps, rows = C.mma_default(tiles, k, n)
             assert 1 <= warps <= 8 and rows in (1, 2, 4), (k, n, tiles)
-            if splits and n % 16 == 0:  # (the batched kernels run only where N is a multiple of 16)
-                assert n % (16 * rows * warps // tw) == 0 and rows * warps // tw <= 8, (k, n, tiles)
-                assert 1 <= splits <= -(-k // 128)
-            else:
-                assert n % (16 * rows) == 0 or rows == 1, (k, n, tiles)
-
-
-def test_mmx_choices_are_made_legal():
-    """A tuned or given choice for the shared-x kernel keeps its warps a multiple of the token groups, at most 128
-    rows per block, a block's rows dividing N, and no more splits than steps of K; two numbers mean qd_w4a16_mma."""
-    assert C.fit_mma((8, 4, 4, 4), 4096, 320) == (8, 2, 4, 4)
-    assert C.fit_mma((8, 4, 2), 4096, 6144) == (8, 1, 2, 1)
-    assert C.fit_mma((4, 2, 64), 1024, 6144) == (4, 2, 8, 1)
-    assert C.fit_mma((8, 2), 4096, 6144) == (8, 2, 0, 1)
-    assert C.fit_mmx(8, 4, 320, 2) == (8, 1, 2) and C.fit_mmx(6, 1, 4096, 4) == (4, 1, 4)
-    assert C.mmx_name(8, 8, 7, 2, 2) == "qd_w4a16_mmx<8, 8, 7, 2, 2>"
+            r = C.fit_mma_rows(rows, n)
+            assert n % (16 * r) == 0 or r == 1, (k, n, tiles)
 
 
 def test_batched_kernel_tuned_keys_name_the_meta_form():
@@ -388,25 +371,11 @@ def test_the_batched_kernel_builds(arch):
                     assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z, rows)
 
 
-@pytest.mark.parametrize("arch", ["80", "90"])
-def test_the_shared_x_kernel_builds(arch):
-    """The shared-x batched kernel compiles for the defaults and the token-split choices, each meta form."""
-    _nvrtc_or_skip()
-    for tiles in (2, 4, 8):
-        for warps, rows, tw in ((4, 2, 1), (8, 1, 1), (8, 2, 2), (8, 2, 4), (4, 1, 2)):
-            if tw > tiles:
-                continue
-            for z in (-1, -5, 7):
-                cubin, mangled = C.compile_cubin(C.mmx_name(tiles, warps, z, rows, tw), arch)
-                assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, rows, tw, z)
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
-    """The tensor-core kernels for 2..100 tokens (two launches past 64): qd_w4a16_mma with every K split, 1, 2 and 4
-    tiles of 16 rows per block, qd_w4a16_mmx with K over 1-5 blocks and the tokens over 1, 2 or 4 warps, against the
-    layout's
+    """The tensor-core kernel for 2..100 tokens (two launches past 64), every K split, 1, 2 and 4 tiles of 16 rows
+    per block, against the layout's
     reference; K = 1792 (14 steps of 128) and 1056 (33 chunks: a last step past the end of K); a gate|up weight's rows
     come back in the original order."""
     dev = torch.device("cuda")
@@ -419,16 +388,11 @@ def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
         ref = _unpermute(L.reference(L.repack(w)), nk.perm)  # [N, K] in x's order, rows in the original order
         lin = C.CudaLinear(nk, dev)
         assert lin.mma_ok
-        choices = [(1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (8, 2), (4, 4), (8, 4),  # qd_w4a16_mma
-                   (4, 2, 1), (4, 2, 3), (8, 1, 2), (8, 2, 2, 2), (8, 2, 5, 4), (4, 1, 1, 2)]  # qd_w4a16_mmx
-        for choice in choices:
+        for warps, rows in [(1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (8, 2), (4, 4), (8, 4)]:
             for m in (2, 3, 8, 9, 17, 33, 64, 100):
                 x = torch.randn(m, w.k, device=dev).half()
                 want = x.float() @ ref.t()
-                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), choice)  # x in K's order
+                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), warps, rows)  # x in K's order
                 err = float((got.float() - want).norm() / want.norm())
-                assert got.shape == (m, w.n) and err < 3e-3, (k, choice, m, err)
-            if len(choice) > 2:  # the same sums on every run (K split over blocks, added in order)
-                x = torch.randn(40, w.k, device=dev).half()
-                assert torch.equal(lin.mma(x, choice), lin.mma(x, choice)), choice
+                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, rows, m, err)
 

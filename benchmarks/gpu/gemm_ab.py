@@ -1,6 +1,5 @@
 """Batched W4A16 products on the GPU for Llama-3-8B shapes, M = 2..64 decode rows: quantdeploy's tensor-core kernel
-(qd_w4a16_mma up to 16 tokens, qd_w4a16_mmx from 16 on, every
-warps / rows / K-split choice) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same
+(qd_w4a16_mma, every K split and rows per block) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same
 packed weights.
 Each kernel is checked against the dequantized reference first (both meta forms: GPTQ's one zero point, AWQ's zero
 point per group; a gate|up weight with interleaved rows). Times are CUDA-graph replays over enough copies of each
@@ -8,7 +7,7 @@ weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once p
 
     python benchmarks/gpu/gemm_ab.py [--json OUT] [--save] [--tokens 32,64] [--shapes qkv,o] [--forms sym]
 
---save writes the fastest (warps, rows, splits) per shape, meta form and tile count, where it is not the default, to the
+--save writes the fastest (warps, rows) per shape, meta form and tile count, where it is not the default, to the
 per-GPU tuned file the engine reads (tuning.py).
 """
 
@@ -28,23 +27,7 @@ from quantdeploy.engine.triton_gemm import gemm
 from gemv_tune import SHAPES, bench, rel, rotating
 
 TOKENS = (2, 8, 16, 32, 64, 128)
-# qd_w4a16_mma up to 16 tokens: (warps splitting K, tiles of 16 rows per block); qd_w4a16_mmx from 16 tokens on:
-# (warps splitting N, tiles of 16 rows per warp, blocks splitting K)
-SWEEP_MMA = [(w, r, 0, 1) for r in (1, 2, 4) for w in (2, 4, 8)]
-SWEEP_MMX = [(w, r, s, t) for w, r, t in ((4, 2, 1), (8, 1, 1), (8, 2, 2), (8, 1, 2)) for s in (1, 2, 4, 8)]
-
-
-def label(choice) -> str:
-    w, r, s, t = choice
-    return f"mma_s{w}_r{r}_us" if not s else f"mmx_w{w}_r{r}_k{s}_t{t}_us"
-
-
-def parse(key: str) -> list[int]:
-    """A sweep column's (warps, rows, splits, token warps)."""
-    parts = key.split("_")
-    if parts[0] == "mma":
-        return [int(parts[1][1:]), int(parts[2][1:]), 0, 1]
-    return [int(p[1:]) for p in parts[1:5]]
+SWEEP = [(w, r) for r in (1, 2, 4) for w in (2, 4, 8)]  # (warps splitting K, tiles of 16 rows per block)
 
 
 def weight(k, n, dev, sym: bool, group=128):
@@ -56,10 +39,6 @@ def weight(k, n, dev, sym: bool, group=128):
     s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
     z = nk_layout.unpack_zeros(qz, n).half() * s
     return QuantWeight(q, s, z, group, None, qz)
-
-
-CHECKED = [(8, 1, 0), (8, 2, 0), (4, 4, 0), (4, 2, 1), (4, 2, 3), (8, 1, 2), (2, 4, 1), (2, 2, 8), (8, 2, 2, 2),
-           (8, 2, 3, 4), (4, 1, 1, 2)]
 
 
 def check(dev) -> bool:
@@ -77,7 +56,7 @@ def check(dev) -> bool:
             errs = []
             for m in (1, 2, 3, 8, 9, 16, 31, 64, 100):
                 x = torch.randn(m, k, device=dev).half()
-                errs.append(max(rel(lin.mma(x, c), x.float() @ ref.t()) for c in CHECKED))
+                errs.append(max(rel(lin.mma(x, rows=r), x.float() @ ref.t()) for r in (1, 2, 4)))
             verdict = "ok" if max(errs) < 3e-3 else "MISMATCH"
             bad.append(verdict != "ok")
             print(f"check {k}x{n} g{group} form {nk.z} interleaved={inter}: mma {verdict}, relative error at "
@@ -101,9 +80,9 @@ def main():
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     print(torch.cuda.get_device_name(dev), flush=True)
     ok = check(dev)
-    for tiles in (4, 8):
-        for name in [cuda_gemv.mma_name(tiles, w, 7, r) for w, r, _, _ in SWEEP_MMA] + \
-                [cuda_gemv.mmx_name(tiles, w, 7, r, t) for w, r, t in dict.fromkeys((w, r, t) for w, r, _, t in SWEEP_MMX)]:
+    for tiles in (4, 8):  # registers per thread, and bytes spilled to local memory (a kernel that spills waits on it)
+        for s, r in SWEEP:
+            name = cuda_gemv.mma_name(tiles, s, 7, r)
             print(name, json.dumps(cuda_gemv.resources(name, dev.index or 0)), flush=True)
     rows = []
     for sym in forms:
@@ -121,21 +100,20 @@ def main():
                 row["triton_us"] = round(bench(rotating(lambda lin: gemm(x, lin.w, sms), lins)) * 1e3, 1)
                 row["mma_default_us"] = round(bench(rotating(lambda lin: lin.mma(x), lins)) * 1e3, 1)
                 if m <= cuda_gemv.MMA_TOKENS:
-                    sweep = SWEEP_MMA + (SWEEP_MMX if m >= 16 else [])
-                    for c in dict.fromkeys(cuda_gemv.fit_mma(c, k, n) for c in sweep):
-                        for lin in lins:  # compile, load and reserve outside the graph capture
-                            lin.mma(x, c)
-                        row[label(c)] = round(bench(rotating(lambda lin, c=c: lin.mma(x, c), lins)) * 1e3, 1)
-                    row["mma_default"] = list(lins[0].mma_choice(m))
-                best = min(v for key, v in row.items() if key.startswith("mm") and key.endswith("_us"))
-                row["mma_best"] = next(key for key, v in row.items()
-                                       if key.startswith("mm") and key.endswith("_us") and v == best)
+                    for s, r in SWEEP:
+                        for lin in lins:  # compile and load outside the graph capture
+                            lin.mma(x, s, r)
+                        row[f"mma_s{s}_r{r}_us"] = round(
+                            bench(rotating(lambda lin, s=s, r=r: lin.mma(x, s, r), lins)) * 1e3, 1)
+                best = min(v for key, v in row.items() if key.startswith("mma_"))
+                row["mma_best"] = next(key for key, v in row.items() if key.startswith("mma_") and v == best)
                 row["mma_best_gbs"] = round(nbytes / best / 1e3)
                 row["gemv_gbs"] = round(nbytes / row["gemv_us"] / 1e3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us":
-                    tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = parse(row["mma_best"])
+                    s, r = (int(v[1:]) for v in row["mma_best"].split("_")[1:3])
+                    tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = [s, r]
             del lins, nks
     if args.json:
         with open(args.json, "w") as f:

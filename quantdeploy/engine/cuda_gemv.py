@@ -188,12 +188,6 @@ def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS, rows: int = 1) -> 
     return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}{f', {rows}' if rows != 1 else ''}>"
 
 
-def mmx_name(tiles: int, warps: int, z: int = MetaForm.WORDS, rows: int = 2, token_warps: int = 1) -> str:
-    """The batched kernel with x in shared memory: `warps` warps per block, all of them fed by each step of x, in
-    `token_warps` groups that split the tokens; each warp takes `rows` tiles of 16 rows."""
-    return f"qd_w4a16_mmx<{tiles}, {warps}, {int(z)}, {rows}, {token_warps}>"
-
-
 def mma_tiles(m: int) -> int:
     """Tiles of 8 tokens for m tokens, a power of two (one kernel per batch bucket)."""
     return 1 << max(0, (m - 1) // 8).bit_length()
@@ -206,33 +200,23 @@ def mma_warps(k: int) -> int:
     return max(1, min(8, 1 << (max(1, steps // 2).bit_length() - 1)))
 
 
-def mmx_splits(k: int, n: int, warps: int, rows: int, sms: int, token_warps: int = 1) -> int:
-    """Blocks that split K for qd_w4a16_mmx: enough for a block per multiprocessor when N has fewer row blocks than
-    that, each block at least 4 steps of 128 of K."""
-    blocks = n // (16 * warps // token_warps * rows)
-    if blocks >= sms or blocks > MMX_COUNTERS:
-        return 1
-    return max(1, min(-(-sms // blocks), -(-k // 128) // 4))
-
-
-def mma_default(tiles: int, k: int, n: int, sms: int = 132) -> tuple[int, int, int, int]:
-    """(warps splitting K, tiles of 16 rows per block, 0, 1) for up to 8 `tiles` tokens, without a tuned file: the
-    fastest or within a few percent of it for every 8B shape and both meta forms on an H100
+def mma_default(tiles: int, k: int, n: int) -> tuple[int, int]:
+    """(warps splitting K, tiles of 16 rows per block) for up to 8 `tiles` tokens, without a tuned file: the fastest
+    or within a few percent of it for every 8B shape and both meta forms on an H100
     (benchmarks/results/gpu/h100-80gb-hbm3-gemm-ab.json). Up to 8 tokens one tile, K over 8 warps. From 16 tokens
     on, x loaded once feeds 2 or 4 tiles: 4 for a weight wider than it is long (at 32-64 tokens), with K over fewer
-    warps for a wide gate|up (4 times wider than long: 2 warps, so that the blocks still fill the GPU).
-    qd_w4a16_mmx (splits > 0) runs only where a tuned file chooses it; `sms` is for its split-K default."""
+    warps for a wide gate|up (4 times wider than long: 2 warps, so that the blocks still fill the GPU)."""
     warps = mma_warps(k)
     if tiles <= 1:
-        return warps, 1, 0, 1
+        return warps, 1
     wide = n >= 4 * k
     if tiles == 2:
-        return ((min(warps, 4), 2) if wide else (warps, 1)) + (0, 1)
+        return (min(warps, 4), 2) if wide else (warps, 1)
     if wide:
-        return min(warps, 2), 4, 0, 1
+        return min(warps, 2), 4
     if tiles == 4:
-        return warps, 4 if n > k else 2, 0, 1
-    return (min(warps, 4) if n > k else warps), 2, 0, 1
+        return warps, 4 if n > k else 2
+    return (min(warps, 4) if n > k else warps), 2
 
 
 def fit_mma_rows(rows: int, n: int) -> int:
@@ -240,32 +224,6 @@ def fit_mma_rows(rows: int, n: int) -> int:
     while rows > 1 and n % (16 * rows):
         rows //= 2
     return rows
-
-
-def fit_mmx(warps: int, rows: int, n: int, token_warps: int = 1) -> tuple[int, int, int]:
-    """(warps, rows, token_warps) made legal for qd_w4a16_mmx and N rows: token_warps (1, 2 or 4) divides the
-    warps; at most 128 rows per block (its shared memory), and the block's rows divide N (rows halved first, then
-    the warps along N)."""
-    tw = 1 << (max(1, min(4, token_warps)).bit_length() - 1)
-    warps = max(tw, 1 << (max(1, min(8, warps)).bit_length() - 1))
-    rows = 1 << (max(1, min(4, rows)).bit_length() - 1)
-    while (warps > tw or rows > 1) and (warps // tw * rows > 8 or n % (16 * warps // tw * rows)):
-        if rows > 1:
-            rows //= 2
-        else:
-            warps //= 2
-    return warps, rows, tw
-
-
-def fit_mma(choice, k: int, n: int) -> tuple[int, int, int, int]:
-    """A (warps, rows[, splits[, token_warps]]) choice (a tuned file's, or given) made legal for a K x N weight."""
-    warps, rows, splits, tw = (tuple(int(v) for v in choice) + (0, 1))[:4]
-    if splits <= 0:
-        return max(1, min(8, warps)), fit_mma_rows(max(1, min(4, rows)), n), 0, 1
-    warps, rows, tw = fit_mmx(warps, rows, n, tw)
-    if n // (16 * warps // tw * rows) > MMX_COUNTERS:
-        splits = 1
-    return warps, rows, max(1, min(splits, -(-k // 128))), tw
 
 
 def mma_max_tokens(form: MetaForm) -> int:
@@ -295,40 +253,11 @@ ACTS = {"silu": 1, "gelu_tanh": 2}
 # cuBLAS matmul.
 MMA_TOKENS = 64
 GEMM_MAX_TOKENS = 256
-MMX_COUNTERS = 4096  # row blocks of one product that qd_w4a16_mmx can split K for (its counters per device)
 
 
 @functools.lru_cache(maxsize=8)
 def _sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-class _Scratch:
-    """Per device, for qd_w4a16_mmx with K split over blocks: the fp32 partial sums of one product (grown to the
-    largest a linear needs, when it is made: never inside a CUDA-graph capture) and a counter per row block (zero
-    between launches: the last block of each resets its own). Products run one after another on the stream, so
-    they share both."""
-
-    def __init__(self, device: torch.device):
-        self.ws = torch.empty(0, dtype=torch.float32, device=device)
-        self.counters = torch.zeros(MMX_COUNTERS, dtype=torch.int32, device=device)
-
-    def reserve(self, floats: int) -> None:
-        if self.ws.numel() < floats:
-            if torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("qd_w4a16_mmx needs a larger split-K workspace inside a CUDA-graph capture: "
-                                   "call CudaLinear.reserve() before capturing")
-            self.ws = torch.empty(floats, dtype=torch.float32, device=self.ws.device)
-
-
-_SCRATCH: dict[torch.device, _Scratch] = {}
-
-
-def _scratch(device: torch.device) -> _Scratch:
-    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-    if device not in _SCRATCH:
-        _SCRATCH[device] = _Scratch(device)
-    return _SCRATCH[device]
 
 
 class CudaLinear:
@@ -337,10 +266,9 @@ class CudaLinear:
     get the plain [M, N] projection (the caller applies the activation)."""
 
     def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None,
-                 pdl_launch: bool | None = None, mma_tuned: dict[int, tuple[int, ...]] | None = None):
+                 pdl_launch: bool | None = None, mma_tuned: dict[int, tuple[int, int]] | None = None):
         """variant: None for the default; pdl_launch: None where the GPU has PDL (False: kernels timed alone);
-        mma_tuned: the batched kernel's (warps, rows[, splits]) per tile count, from a tuned file (else the
-        defaults)."""
+        mma_tuned: the batched kernel's (warps, rows) per tile count, from a tuned file (else the defaults)."""
         self.w = w
         self.mma_tuned = dict(mma_tuned or {})
         self.device = torch.device(device)
@@ -350,11 +278,7 @@ class CudaLinear:
         self.use(variant or variant_for(w.k, w.n, w.z, {}))
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
         self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
-        self.mma_launch: dict[tuple[int, ...], _Launch] = {}
-        self.scratch = _scratch(self.device)
-        if self.mma_ok:
-            for tiles in (1, 2, 4, 8):
-                self.reserve(self.mma_choice(8 * tiles))
+        self.mma_launch: dict[tuple[int, int], _Launch] = {}
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -389,62 +313,40 @@ class CudaLinear:
             return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
 
-    def mma(self, x: torch.Tensor, choice: tuple[int, ...] | None = None) -> torch.Tensor:
+    def mma(self, x: torch.Tensor, warps: int | None = None, rows: int | None = None) -> torch.Tensor:
         """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
-        weight de-interleaved; the caller applies the activation). choice: (warps, rows[, splits[, token_warps]]) as
-        in a tuned file, for every launch (default: mma_choice per launch)."""
+        weight de-interleaved; the caller applies the activation). warps: K split over that many (default
+        mma_choice); rows: tiles of 16 rows per block (default mma_choice)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
         if x.data_ptr() % 16:
             x = x.clone()
         y = torch.empty(m, w.n, dtype=torch.float16, device=x.device)
-        if choice is not None:
-            choice = fit_mma(choice, w.k, w.n)
-            self.reserve(choice)
         for i in range(0, m, MMA_TOKENS):  # one launch per 64 tokens (the weights are read once per launch)
             part = min(MMA_TOKENS, m - i)
-            warps, rows, splits, tw = choice or self.mma_choice(part)
-            if splits and tw > mma_tiles(part):  # at most a group of warps per token tile
-                warps, rows, tw = fit_mmx(warps, rows, w.n, mma_tiles(part))
-            launch = self._mma_launch(part, warps, rows, splits, tw)
-            if splits:
-                sc = self.scratch
-                launch(w.n // (16 * warps // tw * rows) * splits, w.q, w.meta, x[i:i + part], y[i:i + part], sc.ws,
-                       sc.counters)
-            else:
-                launch(w.n // (16 * rows), w.q, w.meta, x[i:i + part], y[i:i + part])
+            tw, tr = self.mma_choice(part)
+            r = fit_mma_rows(rows or tr, w.n)
+            self._mma_launch(part, warps or tw, r)(w.n // (16 * r), w.q, w.meta, x[i:i + part], y[i:i + part])
         return y
 
-    def mma_choice(self, m: int) -> tuple[int, int, int, int]:
-        """(warps, rows, splits, token_warps) of the batched kernel for m tokens: the tuned file's for this tile count, else the
+    def mma_choice(self, m: int) -> tuple[int, int]:
+        """(warps, rows) of the batched kernel for m tokens: the tuned file's for this tile count, else the
         defaults (mma_default)."""
         w = self.w
-        tiles = mma_tiles(m)
-        return fit_mma(self.mma_tuned.get(tiles) or mma_default(tiles, w.k, w.n, _sms(self.device)), w.k, w.n)
+        warps, rows = self.mma_tuned.get(mma_tiles(m)) or mma_default(mma_tiles(m), w.k, w.n)
+        return max(1, min(8, int(warps))), fit_mma_rows(int(rows), w.n)
 
-    def reserve(self, choice: tuple[int, ...]) -> None:
-        """The split-K workspace that `choice` needs for MMA_TOKENS tokens (before any CUDA-graph capture)."""
-        if choice[2] > 1:
-            self.scratch.reserve(choice[2] * MMA_TOKENS * self.w.n)
-
-    def _mma_launch(self, m: int, warps: int, rows: int, splits: int, tw: int = 1) -> _Launch:
-        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows, splits,
-        token warps), its token count set to m. splits 0: qd_w4a16_mma; else qd_w4a16_mmx with K over `splits`
-        blocks."""
+    def _mma_launch(self, m: int, warps: int, rows: int = 1) -> _Launch:
+        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows), its token
+        count set to m."""
         w = self.w
-        key = (mma_tiles(m), warps, rows, splits, tw)
+        key = (mma_tiles(m), warps, rows)
         launch = self.mma_launch.get(key)
         if launch is None:
             gshift = (w.group_size // 32).bit_length() - 1
-            if splits:
-                launch = _Launch(mmx_name(key[0], warps, w.z, rows, tw), self.device, 6,
-                                 (m, w.n, w.k, w.k // w.group_size, gshift, w.split, splits), pdl=self.pdl,
-                                 threads=32 * warps)
-            else:
-                launch = _Launch(mma_name(key[0], warps, w.z, rows), self.device, 4,
-                                 (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl,
-                                 threads=32 * warps)
+            launch = _Launch(mma_name(key[0], warps, w.z, rows), self.device, 4,
+                             (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl, threads=32 * warps)
             self.mma_launch[key] = launch
         launch.set_int(0, m)
         return launch
