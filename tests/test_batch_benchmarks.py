@@ -41,3 +41,17 @@ def test_batch_decode_runs_a_gguf_behind_the_scheduler(default_gguf_path, tmp_pa
     rec = json.loads(out.read_text())
     assert [(r["batch"], r["tokens"]) for r in rec["rows"]] == [(1, 6), (3, 18)]
     assert rec["kernel"] and rec["greedy_check"] is None
+
+
+@pytest.mark.slow
+def test_batch_decode_runs_the_fast_engine_with_a_profile_request(gptq_path, tmp_path):
+    """A GPTQ checkpoint goes to the fast engine's batching; --profile adds a profile per row (None without a GPU:
+    there are no kernels to count), and the greedy check compares each sequence in the batch with it alone."""
+    out = tmp_path / "gptq.json"
+    proc = _run("batch_decode.py", str(gptq_path), "--batches", "1,2", "--prompt", "8", "--out", "4",
+                "--check", "3", "--profile", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert [(r["batch"], r["tokens"]) for r in rec["rows"]] == [(1, 4), (2, 8)]
+    assert all("profile" in r for r in rec["rows"])
+    assert rec["greedy_check"]["sequences"] == 2 and len(rec["greedy_check"]["same_prefix_len"]) == 2

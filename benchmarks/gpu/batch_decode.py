@@ -7,6 +7,7 @@ tokens in a batch equal the same sequence decoded alone.
     python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
         [--prompt-chunk N]
         [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
+        [--profile]       (per batch size, kernels per decode step and GPU time per step by kernel; not for GGUF)
 """
 
 from __future__ import annotations
@@ -85,6 +86,48 @@ def run_batch(model, prompts: list[list[int]], out_tokens: int) -> dict:
             "host_ms_per_decode_step": ms(host_s - prompt_host_s, steps - prompt_steps)}
 
 
+def kernel_profile(model, prompts: list[list[int]], window: int = 16) -> dict | None:
+    """GPU kernels per decode step at this batch size, and the GPU time per step by kernel: a profiler window of
+    `window` steps in the middle of the decode phase (every sequence past its prompt). None where torch sees no
+    GPU. CUDA-graph replays show their kernels (CUPTI traces graph nodes)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    from quantdeploy import GenerationParams
+
+    params = GenerationParams(max_tokens=8 + 4 * window, temperature=0, ignore_eos=True)
+    seen = [0] * len(prompts)
+
+    def one(i: int) -> None:
+        for _ in model.generate(prompts[i], params):
+            seen[i] += 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    while min(seen) < 8 and any(t.is_alive() for t in threads):
+        time.sleep(0.001)
+    s0 = model.batch_stats()["steps"]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        while model.batch_stats()["steps"] - s0 < window and any(t.is_alive() for t in threads):
+            time.sleep(0.0005)
+        torch.cuda.synchronize()
+    steps = model.batch_stats()["steps"] - s0
+    for t in threads:
+        t.join()
+    if not steps:
+        return None
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    us = lambda e: (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0))  # noqa: E731
+    top = sorted(kernels, key=us, reverse=True)[:8]
+    return {"steps": steps, "kernels_per_step": round(sum(e.count for e in kernels) / steps, 1),
+            "gpu_ms_per_step": round(sum(us(e) for e in kernels) / steps / 1e3, 3),
+            "top_us_per_step": {e.key.split("(")[0][:60]: round(us(e) / steps, 1) for e in top}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -94,6 +137,8 @@ def main() -> None:
     ap.add_argument("--check", type=int, default=32, help="greedy tokens compared with each sequence alone")
     ap.add_argument("--json")
     ap.add_argument("--prompt-chunk", type=int, help="prompt tokens per batched step (default: the engine's, 512)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also a profiler window per batch size: kernels per decode step, GPU time per kernel")
     ap.add_argument("--triton-gemm", action="store_true",
                     help="decode rows through the Triton W4A16 GEMM, not qd_w4a16_mma (the batched kernel's A/B)")
     a = ap.parse_args()
@@ -123,6 +168,8 @@ def main() -> None:
         r = run_batch(model, prompts[:b], a.out)
         if r["decode_tok_s"]:
             r["weight_gb_s"] = round(wbytes * r["decode_tok_s"] / b / 1e9, 1)
+        if a.profile and not gguf:
+            r["profile"] = kernel_profile(model, prompts[:b])
         rows.append(r)
         print(json.dumps(r), flush=True)
     check = None
