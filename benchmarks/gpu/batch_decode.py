@@ -89,7 +89,8 @@ def run_batch(model, prompts: list[list[int]], out_tokens: int) -> dict:
 def kernel_profile(model, prompts: list[list[int]], window: int = 16) -> dict | None:
     """GPU kernels per decode step at this batch size, and the GPU time per step by kernel: a profiler window of
     `window` steps in the middle of the decode phase (every sequence past its prompt). None where torch sees no
-    GPU. CUDA-graph replays show their kernels (CUPTI traces graph nodes)."""
+    GPU. Kernels inside CUDA-graph replays count where the profiler traces graph nodes (CUPTI of CUDA 12 and
+    later); a kernels_per_step far below the graph's kernel count means it did not."""
     import torch
 
     if not torch.cuda.is_available():
