@@ -375,9 +375,8 @@ def test_the_batched_kernel_builds(arch):
 @pytest.mark.parametrize("layout", ["gptq", "act", "awq", "sym"])
 def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
     """The tensor-core kernel for 2..100 tokens (two launches past 64), every K split, 1, 2 and 4 tiles of 16 rows
-    per block, against the layout's
-    reference; K = 1792 (14 steps of 128) and 1056 (33 chunks: a last step past the end of K); a gate|up weight's rows
-    come back in the original order."""
+    per block, against the layout's reference; K = 1792 (14 steps of 128) and 1056 (33 chunks: a last step past the
+    end of K); a gate|up weight's rows come back in the original order."""
     dev = torch.device("cuda")
     if torch.cuda.get_device_capability(dev) < (8, 0):
         pytest.skip("the batched kernel needs compute capability 8.0+")
