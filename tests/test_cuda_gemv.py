@@ -333,20 +333,27 @@ def test_batched_kernel_buckets():
     assert [C.mma_warps(k) for k in (14336, 4096, 1024, 640, 128)] == [8, 8, 4, 2, 1]
     assert C.mma_name(8, 4, MetaForm.ZERO_BYTES) == "qd_w4a16_mma<8, 4, -5>"
     assert C.mma_name(8, 4, MetaForm.ZERO_BYTES, 2) == "qd_w4a16_mma<8, 4, -5, 2>"
+    assert C.mma_name(8, 4, MetaForm.ZERO_BYTES, 1, 2) == "qd_w4a16_mma<8, 4, -5, 1, 2>"
+    # the weights' ring only where a block's static shared memory holds it beside the partial sums
+    assert C.fit_mma_stages(8, 4, 4, 2) == 2 and C.fit_mma_stages(8, 8, 2, 2) == 2
+    assert C.fit_mma_stages(8, 8, 4, 2) == 0 and C.fit_mma_stages(8, 8, 2, 0) == 0
     assert [C.fit_mma_rows(4, n) for n in (6144, 320, 96, 48, 16)] == [4, 4, 2, 1, 1]
     assert C.mma_max_tokens(MetaForm.SCALES_ONLY) == C.mma_max_tokens(MetaForm.ZERO_BYTES) == C.MMA_TOKENS == 64
 
 
 def test_batched_kernel_defaults_share_x_from_16_tokens_on():
     """Without a tuned file: one tile per block up to 8 tokens; from 16 on, x feeds 2-4 tiles, a wide gate|up with K
-    over fewer warps; every choice is legal for the weight (rows divide N, warps 1-8)."""
-    assert C.mma_default(1, 4096, 28672) == (8, 1)
-    assert C.mma_default(8, 4096, 28672) == (2, 4) and C.mma_default(8, 14336, 4096) == (8, 2)
-    assert C.mma_default(4, 4096, 6144) == (8, 4) and C.mma_default(8, 4096, 6144) == (4, 2)
+    over fewer warps; at 64 tokens a gate|up's and a down's weights go through the ring; every choice is legal for the
+    weight (rows divide N, warps 1-8, the ring fits the block's shared memory)."""
+    assert C.mma_default(1, 4096, 28672) == (8, 1, 0)
+    assert C.mma_default(4, 4096, 28672) == (2, 4, 0) and C.mma_default(8, 4096, 28672) == (4, 4, 2)
+    assert C.mma_default(8, 14336, 4096) == (8, 2, 2) and C.mma_default(8, 4096, 4096) == (8, 2, 0)
+    assert C.mma_default(4, 4096, 6144) == (8, 4, 0) and C.mma_default(8, 4096, 6144) == (4, 2, 0)
     for k, n in ((4096, 6144), (4096, 28672), (14336, 4096), (640, 1536), (576, 960), (1024, 1000), (128, 48)):
         for tiles in (1, 2, 4, 8):
-            warps, rows = C.mma_default(tiles, k, n)
-            assert 1 <= warps <= 8 and rows in (1, 2, 4), (k, n, tiles)
+            warps, rows, stages = C.mma_default(tiles, k, n)
+            assert 1 <= warps <= 8 and rows in (1, 2, 4) and stages in (0, 2), (k, n, tiles)
+            assert C.fit_mma_stages(tiles, warps, rows, stages) == stages, (k, n, tiles)
             r = C.fit_mma_rows(rows, n)
             assert n % (16 * r) == 0 or r == 1, (k, n, tiles)
 
@@ -369,6 +376,11 @@ def test_the_batched_kernel_builds(arch):
                 for rows in (1, 2, 4) if warps in (2, 4, 8) and z != -1 else (1,):
                     cubin, mangled = C.compile_cubin(C.mma_name(tiles, warps, z, rows), arch)
                     assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z, rows)
+        for warps, rows in ((8, 2), (4, 4), (2, 4), (1, 1)):  # the weights' ring (tiles 8: the 64-token defaults)
+            for z in (-1, -5, 8):
+                if C.fit_mma_stages(tiles, warps, rows, 2):
+                    cubin, mangled = C.compile_cubin(C.mma_name(tiles, warps, z, rows, 2), arch)
+                    assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, tiles, warps, z, rows)
 
 
 @pytest.mark.gpu
@@ -387,11 +399,12 @@ def test_batched_kernel_matches_the_reference_on_the_gpu(layout):
         ref = _unpermute(L.reference(L.repack(w)), nk.perm)  # [N, K] in x's order, rows in the original order
         lin = C.CudaLinear(nk, dev)
         assert lin.mma_ok
-        for warps, rows in [(1, 1), (2, 1), (4, 1), (8, 1), (2, 2), (8, 2), (4, 4), (8, 4)]:
+        for warps, rows, stages in [(1, 1, 0), (2, 1, 0), (4, 1, 0), (8, 1, 0), (2, 2, 0), (8, 2, 0), (4, 4, 0),
+                                    (8, 4, 0), (1, 1, 2), (8, 2, 2), (4, 4, 2), (2, 4, 2)]:
             for m in (2, 3, 8, 9, 17, 33, 64, 100):
                 x = torch.randn(m, w.k, device=dev).half()
                 want = x.float() @ ref.t()
-                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), warps, rows)  # x in K's order
+                got = lin.mma(x if nk.perm is None else x.index_select(-1, nk.perm), warps, rows, stages)  # K order
                 err = float((got.float() - want).norm() / want.norm())
-                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, rows, m, err)
+                assert got.shape == (m, w.n) and err < 3e-3, (k, warps, rows, stages, m, err)
 

@@ -1,14 +1,15 @@
 """Batched W4A16 products on the GPU for Llama-3-8B shapes, M = 2..64 decode rows: quantdeploy's tensor-core kernel
-(qd_w4a16_mma, every K split and rows per block) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same
-packed weights.
+(qd_w4a16_mma, every K split and rows per block, the weights in registers or through a 2-step ring in shared
+memory) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same packed weights.
 Each kernel is checked against the dequantized reference first (both meta forms: GPTQ's one zero point, AWQ's zero
 point per group; a gate|up weight with interleaved rows). Times are CUDA-graph replays over enough copies of each
 weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once per product.
 
     python benchmarks/gpu/gemm_ab.py [--json OUT] [--save] [--tokens 32,64] [--shapes qkv,o] [--forms sym]
+                                     [--variants 8:2,8:2:2,4:4:2]
 
---save writes the fastest (warps, rows) per shape, meta form and tile count, where it is not the default, to the
-per-GPU tuned file the engine reads (tuning.py).
+--save writes the fastest (warps, rows[, stages]) per shape, meta form and tile count, where it is not the default,
+to the per-GPU tuned file the engine reads (tuning.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 
 import torch
@@ -27,7 +29,8 @@ from quantdeploy.engine.triton_gemm import gemm
 from gemv_tune import SHAPES, bench, rel, rotating
 
 TOKENS = (2, 8, 16, 32, 64, 128)
-SWEEP = [(w, r) for r in (1, 2, 4) for w in (2, 4, 8)]  # (warps splitting K, tiles of 16 rows per block)
+# (warps splitting K, tiles of 16 rows per block, stages of the weights' ring in shared memory: 0 none)
+SWEEP = [(w, r, p) for p in (0, 2) for r in (1, 2, 4) for w in (2, 4, 8)]
 
 
 def weight(k, n, dev, sym: bool, group=128):
@@ -41,9 +44,11 @@ def weight(k, n, dev, sym: bool, group=128):
     return QuantWeight(q, s, z, group, None, qz)
 
 
-def check(dev) -> bool:
-    """Whether the batched kernel matches the reference on every case (each case's errors are printed)."""
+def check(dev, sweep=SWEEP) -> bool:
+    """Whether the batched kernel matches the reference on every case (each case's errors are printed): the default
+    warps with 1, 2 and 4 tiles per block, and each ring variant of the sweep."""
     bad = []
+    kinds = [(None, r, None) for r in (1, 2, 4)] + [v for v in sweep if v[2]]
     cases = [(4096, 6144, False), (640, 1536, False), (576, 960, False), (2048, 640, True)]
     for sym in (True, False):
         for k, n, inter in cases + [(1024, 512, True)]:
@@ -56,7 +61,7 @@ def check(dev) -> bool:
             errs = []
             for m in (1, 2, 3, 8, 9, 16, 31, 64, 100):
                 x = torch.randn(m, k, device=dev).half()
-                errs.append(max(rel(lin.mma(x, rows=r), x.float() @ ref.t()) for r in (1, 2, 4)))
+                errs.append(max(rel(lin.mma(x, s, r, p), x.float() @ ref.t()) for s, r, p in kinds))
             verdict = "ok" if max(errs) < 3e-3 else "MISMATCH"
             bad.append(verdict != "ok")
             print(f"check {k}x{n} g{group} form {nk.z} interleaved={inter}: mma {verdict}, relative error at "
@@ -71,19 +76,23 @@ def main():
     ap.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="token counts (default: %(default)s)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="8B shapes (default: %(default)s)")
     ap.add_argument("--forms", default="sym,zeros", help="meta forms: sym (scales only), zeros (zero points)")
+    ap.add_argument("--variants", help="warps:rows[:stages] to time, comma-separated (default: the whole sweep)")
     args = ap.parse_args()
     tokens = [int(v) for v in args.tokens.split(",")]
     shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
     forms = [f == "sym" for f in args.forms.split(",")]
+    sweep = [tuple(int(v) for v in (p + ":0").split(":")[:3]) for p in args.variants.split(",")] \
+        if args.variants else SWEEP
     tuned = {}
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     print(torch.cuda.get_device_name(dev), flush=True)
-    ok = check(dev)
+    ok = check(dev, sweep)
     for tiles in (4, 8):  # registers per thread, and bytes spilled to local memory (a kernel that spills waits on it)
-        for s, r in SWEEP:
-            name = cuda_gemv.mma_name(tiles, s, 7, r)
-            print(name, json.dumps(cuda_gemv.resources(name, dev.index or 0)), flush=True)
+        for s, r, p in sweep:
+            if cuda_gemv.fit_mma_stages(tiles, s, r, p) == p:
+                name = cuda_gemv.mma_name(tiles, s, 7, r, p)
+                print(name, json.dumps(cuda_gemv.resources(name, dev.index or 0)), flush=True)
     rows = []
     for sym in forms:
         for name, (k, n) in shapes.items():
@@ -100,11 +109,13 @@ def main():
                 row["triton_us"] = round(bench(rotating(lambda lin: gemm(x, lin.w, sms), lins)) * 1e3, 1)
                 row["mma_default_us"] = round(bench(rotating(lambda lin: lin.mma(x), lins)) * 1e3, 1)
                 if m <= cuda_gemv.MMA_TOKENS:
-                    for s, r in SWEEP:
+                    for s, r, p in sweep:
+                        if cuda_gemv.fit_mma_stages(cuda_gemv.mma_tiles(m), s, r, p) != p:
+                            continue  # the ring does not fit the block's shared memory
                         for lin in lins:  # compile and load outside the graph capture
-                            lin.mma(x, s, r)
-                        row[f"mma_s{s}_r{r}_us"] = round(
-                            bench(rotating(lambda lin, s=s, r=r: lin.mma(x, s, r), lins)) * 1e3, 1)
+                            lin.mma(x, s, r, p)
+                        row[f"mma_s{s}_r{r}{f'_p{p}' if p else ''}_us"] = round(
+                            bench(rotating(lambda lin, s=s, r=r, p=p: lin.mma(x, s, r, p), lins)) * 1e3, 1)
                 best = min(v for key, v in row.items() if key.startswith("mma_"))
                 row["mma_best"] = next(key for key, v in row.items() if key.startswith("mma_") and v == best)
                 row["mma_best_gbs"] = round(nbytes / best / 1e3)
@@ -112,13 +123,14 @@ def main():
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us":
-                    s, r = (int(v[1:]) for v in row["mma_best"].split("_")[1:3])
-                    tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = [s, r]
+                    choice = [int(v[1:]) for v in row["mma_best"].split("_")[1:-1]]  # warps, rows[, stages]
+                    tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = choice
             del lins, nks
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(dev), date=time.strftime("%Y-%m-%d"),
-                           command="python benchmarks/gpu/gemm_ab.py --json OUT", torch=torch.__version__,
+                           command="python benchmarks/gpu/gemm_ab.py " + " ".join(sys.argv[1:]),
+                           torch=torch.__version__,
                            python=platform.python_version(), matches_reference=ok, rows=rows), f, indent=1)
     if args.save and ok:
         from quantdeploy.settings import get_settings

@@ -182,10 +182,25 @@ def kernel_name(r: int, u: int, s: int, act: int = 0, z: int = MetaForm.WORDS) -
     return f"qd_w4a16_gemv{kind}<{r}, {u}, {act}{z}>"
 
 
-def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS, rows: int = 1) -> str:
+def mma_name(tiles: int, warps: int, z: int = MetaForm.WORDS, rows: int = 1, stages: int = 0) -> str:
     """The batched kernel for up to 8 `tiles` tokens, K split over `warps` warps per block of `rows` tiles of 16
-    rows."""
+    rows; stages > 0: the weights through a ring of that many steps in shared memory."""
+    if stages:
+        return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}, {rows}, {stages}>"
     return f"qd_w4a16_mma<{tiles}, {warps}, {int(z)}{f', {rows}' if rows != 1 else ''}>"
+
+
+MMA_STATIC_SMEM = 48 * 1024  # static shared memory a block may declare
+
+
+def mma_smem(tiles: int, warps: int, rows: int, stages: int) -> int:
+    """The batched kernel's shared memory per block: its warps' partial sums and, with stages, the weight ring."""
+    return rows * tiles * 32 * 16 + (warps * stages * 2 * rows * 32 * 16 if stages else 0)
+
+
+def fit_mma_stages(tiles: int, warps: int, rows: int, stages: int) -> int:
+    """stages made legal: 0 (registers) where the ring would not fit a block's static shared memory."""
+    return stages if stages and mma_smem(tiles, warps, rows, stages) <= MMA_STATIC_SMEM else 0
 
 
 def mma_tiles(m: int) -> int:
@@ -200,23 +215,28 @@ def mma_warps(k: int) -> int:
     return max(1, min(8, 1 << (max(1, steps // 2).bit_length() - 1)))
 
 
-def mma_default(tiles: int, k: int, n: int) -> tuple[int, int]:
-    """(warps splitting K, tiles of 16 rows per block) for up to 8 `tiles` tokens, without a tuned file: the fastest
-    or within a few percent of it for every 8B shape and both meta forms on an H100
+def mma_default(tiles: int, k: int, n: int) -> tuple[int, int, int]:
+    """(warps splitting K, tiles of 16 rows per block, ring stages) for up to 8 `tiles` tokens, without a tuned file:
+    the fastest or within a few percent of it for every 8B shape and both meta forms on an H100
     (benchmarks/results/gpu/h100-80gb-hbm3-gemm-ab.json). Up to 8 tokens one tile, K over 8 warps. From 16 tokens
     on, x loaded once feeds 2 or 4 tiles: 4 for a weight wider than it is long (at 32-64 tokens), with K over fewer
-    warps for a wide gate|up (4 times wider than long: 2 warps, so that the blocks still fill the GPU)."""
+    warps for a wide gate|up (4 times wider than long: 2 warps, so that the blocks still fill the GPU). At 64 tokens
+    the weights of a gate|up and of a weight longer than wide (down) go through a 2-step ring in shared memory, a
+    gate|up with K over 4 warps (H100, scales only / zero points: gate|up 89.9 / 98.2 against 98.3 / 109.2 µs, down
+    48.6 / 49.4 against 51.0 / 52.6; a square o was not faster: h100-80gb-hbm3-gemm-ab-ring.json)."""
     warps = mma_warps(k)
     if tiles <= 1:
-        return warps, 1
+        return warps, 1, 0
     wide = n >= 4 * k
     if tiles == 2:
-        return (min(warps, 4), 2) if wide else (warps, 1)
+        return ((min(warps, 4), 2) if wide else (warps, 1)) + (0,)
     if wide:
-        return min(warps, 2), 4
+        return (min(warps, 4), 4, fit_mma_stages(tiles, min(warps, 4), 4, 2)) if tiles == 8 else (min(warps, 2), 4, 0)
     if tiles == 4:
-        return warps, 4 if n > k else 2
-    return (min(warps, 4) if n > k else warps), 2
+        return warps, 4 if n > k else 2, 0
+    if n > k:
+        return min(warps, 4), 2, 0
+    return warps, 2, fit_mma_stages(tiles, warps, 2, 2) if k > n else 0
 
 
 def fit_mma_rows(rows: int, n: int) -> int:
@@ -266,9 +286,10 @@ class CudaLinear:
     get the plain [M, N] projection (the caller applies the activation)."""
 
     def __init__(self, w: NKWeight, device, variant: tuple[int, ...] | None = None, act: str | None = None,
-                 pdl_launch: bool | None = None, mma_tuned: dict[int, tuple[int, int]] | None = None):
+                 pdl_launch: bool | None = None, mma_tuned: dict[int, tuple[int, ...]] | None = None):
         """variant: None for the default; pdl_launch: None where the GPU has PDL (False: kernels timed alone);
-        mma_tuned: the batched kernel's (warps, rows) per tile count, from a tuned file (else the defaults)."""
+        mma_tuned: the batched kernel's (warps, rows[, stages]) per tile count, from a tuned file (else the
+        defaults)."""
         self.w = w
         self.mma_tuned = dict(mma_tuned or {})
         self.device = torch.device(device)
@@ -313,10 +334,12 @@ class CudaLinear:
             return gemm(x.half(), w, _sms(self.device))
         return F.linear(x, self.dense())
 
-    def mma(self, x: torch.Tensor, warps: int | None = None, rows: int | None = None) -> torch.Tensor:
+    def mma(self, x: torch.Tensor, warps: int | None = None, rows: int | None = None,
+            stages: int | None = None) -> torch.Tensor:
         """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
         weight de-interleaved; the caller applies the activation). warps: K split over that many (default
-        mma_choice); rows: tiles of 16 rows per block (default mma_choice)."""
+        mma_choice); rows: tiles of 16 rows per block (default mma_choice); stages: the weights' ring in shared
+        memory (0: none; default mma_choice's where warps and rows are the default's, else none)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
@@ -325,27 +348,33 @@ class CudaLinear:
         y = torch.empty(m, w.n, dtype=torch.float16, device=x.device)
         for i in range(0, m, MMA_TOKENS):  # one launch per 64 tokens (the weights are read once per launch)
             part = min(MMA_TOKENS, m - i)
-            tw, tr = self.mma_choice(part)
+            tw, tr, tp = self.mma_choice(part)
             r = fit_mma_rows(rows or tr, w.n)
-            self._mma_launch(part, warps or tw, r)(w.n // (16 * r), w.q, w.meta, x[i:i + part], y[i:i + part])
+            s = warps or tw
+            p = stages if stages is not None else tp if (s, r) == (tw, tr) else 0
+            self._mma_launch(part, s, r, p)(w.n // (16 * r), w.q, w.meta, x[i:i + part], y[i:i + part])
         return y
 
-    def mma_choice(self, m: int) -> tuple[int, int]:
-        """(warps, rows) of the batched kernel for m tokens: the tuned file's for this tile count, else the
-        defaults (mma_default)."""
+    def mma_choice(self, m: int) -> tuple[int, int, int]:
+        """(warps, rows, stages) of the batched kernel for m tokens: the tuned file's for this tile count (stages 0
+        where it names none), else the defaults (mma_default)."""
         w = self.w
-        warps, rows = self.mma_tuned.get(mma_tiles(m)) or mma_default(mma_tiles(m), w.k, w.n)
-        return max(1, min(8, int(warps))), fit_mma_rows(int(rows), w.n)
+        tiles = mma_tiles(m)
+        tuned = self.mma_tuned.get(tiles)
+        warps, rows, stages = (tuple(tuned) + (0,))[:3] if tuned else mma_default(tiles, w.k, w.n)
+        warps, rows = max(1, min(8, int(warps))), fit_mma_rows(int(rows), w.n)
+        return warps, rows, fit_mma_stages(tiles, warps, rows, int(stages))
 
-    def _mma_launch(self, m: int, warps: int, rows: int = 1) -> _Launch:
-        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows), its token
-        count set to m."""
+    def _mma_launch(self, m: int, warps: int, rows: int = 1, stages: int = 0) -> _Launch:
+        """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows, stages), its
+        token count set to m."""
         w = self.w
-        key = (mma_tiles(m), warps, rows)
+        stages = fit_mma_stages(mma_tiles(m), warps, rows, stages)
+        key = (mma_tiles(m), warps, rows, stages)
         launch = self.mma_launch.get(key)
         if launch is None:
             gshift = (w.group_size // 32).bit_length() - 1
-            launch = _Launch(mma_name(key[0], warps, w.z, rows), self.device, 4,
+            launch = _Launch(mma_name(key[0], warps, w.z, rows, stages), self.device, 4,
                              (m, w.n, w.k, w.k // w.group_size, gshift, w.split), pdl=self.pdl, threads=32 * warps)
             self.mma_launch[key] = launch
         launch.set_int(0, m)

@@ -425,16 +425,40 @@ __device__ __forceinline__ void mma_load(const uint4 *qa, const uint4 *qb, const
     }
 }
 
+// 16 bytes global -> shared memory without registers (sm_80+); with `valid` false, 16 zero bytes.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // y[m, n] = x[m, :] . W[n, :] for m < M <= 8 T: a block of S warps takes R tiles of 16 rows, each warp an S-th of K
 // for all R tiles, so that each x fragment it loads feeds R tiles (x is read N / (16 R) times per product, and a
 // warp has R tiles' weights in flight); the S partial sums are added in warp order through shared memory (the same
 // sums, in the same order, on every run). split > 0: rows interleaved (gate j, up j), written as columns j and
-// split + j.
-template <int T, int S, int Z = META_WORDS, int R = 1>
+// split + j. P > 0: each lane's weights travel through shared memory instead, P steps ahead (cp.async into a ring
+// of P steps per warp, each lane reading back only its own 16-byte slots, so no barrier): no registers hold the
+// next step's weights, and more of them are in flight.
+template <int T, int S, int Z = META_WORDS, int R = 1, int P = 0>
 __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__ q, const unsigned *__restrict__ meta,
                                                        const uint4 *__restrict__ x, half *__restrict__ y, int M,
                                                        int N, int K, int G, int gshift, int split) {
     __shared__ float4 part[R][T][32];
+    __shared__ uint4 ring[P > 0 ? S : 1][P > 0 ? P : 1][2 * R][32];
     pdl_launch_dependents();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n0 = blockIdx.x * 16 * R;
@@ -454,7 +478,33 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
         for (int t = 0; t < T; ++t) acc[r][t][0] = acc[r][t][1] = acc[r][t][2] = acc[r][t][3] = 0.0f;
     uint4 wa[R], wb[R];
     Meta<1> ma[R], mb[R];
-    if (beg < end) {
+    auto stage = [&](int js) {  // P > 0: step js's weights into its slot of the ring (zeros past the last chunk)
+        const int cs = 4 * js + c, slot = (js - beg) % (P > 0 ? P : 1);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            cp_async16(&ring[warp][slot][2 * r][lane], qa[r] + (cs < chunks ? cs : 0), cs < chunks);
+            cp_async16(&ring[warp][slot][2 * r + 1][lane], qb[r] + (cs < chunks ? cs : 0), cs < chunks);
+        }
+    };
+    auto meta_at = [&](int cs, Meta<1>(&m_a)[R], Meta<1>(&m_b)[R]) {  // P > 0: chunk cs's meta (zeros past K)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (cs < chunks) {
+                load_meta<1, Z>(ra[r], G, cs >> gshift, m_a[r]);
+                load_meta<1, Z>(rb[r], G, cs >> gshift, m_b[r]);
+            } else {
+                m_a[r].w[0] = m_b[r].w[0] = m_a[r].z[0] = m_b[r].z[0] = 0;
+            }
+        }
+    };
+    if (P > 0) {
+#pragma unroll
+        for (int p = 0; p < (P > 0 ? P - 1 : 0); ++p) {
+            if (beg + p < end) stage(beg + p);
+            cp_async_commit();  // one group per step, empty past the end, so that the waits below count steps
+        }
+        if (beg < end) meta_at(4 * beg + c, ma, mb);
+    } else if (beg < end) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
             mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, 4 * beg + c, wa[r], wb[r], ma[r], mb[r]);
@@ -464,7 +514,17 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
         const int ch = 4 * j + c;
         uint4 na[R], nb[R];  // the next step's weights, in flight while this one computes
         Meta<1> nma[R], nmb[R];
-        if (j + 1 < end) {
+        if (P > 0) {
+            if (j + P - 1 < end) stage(j + P - 1);
+            cp_async_commit();
+            cp_async_wait<(P > 0 ? P - 1 : 0)>();  // this lane's copies of step j have landed
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                wa[r] = ring[warp][(j - beg) % (P > 0 ? P : 1)][2 * r][lane];
+                wb[r] = ring[warp][(j - beg) % (P > 0 ? P : 1)][2 * r + 1][lane];
+            }
+            if (j + 1 < end) meta_at(ch + 4, nma, nmb);
+        } else if (j + 1 < end) {
 #pragma unroll
             for (int r = 0; r < R; ++r)
                 mma_load<Z>(qa[r], qb[r], ra[r], rb[r], chunks, G, gshift, ch + 4, na[r], nb[r], nma[r], nmb[r]);
@@ -508,7 +568,10 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
             }
         }
 #pragma unroll
-        for (int r = 0; r < R; ++r) wa[r] = na[r], wb[r] = nb[r], ma[r] = nma[r], mb[r] = nmb[r];
+        for (int r = 0; r < R; ++r) {
+            if (P == 0) wa[r] = na[r], wb[r] = nb[r];
+            ma[r] = nma[r], mb[r] = nmb[r];
+        }
     }
 #pragma unroll
     for (int w = 0; w < S; ++w) {  // warp w adds its sums to those of warps 0 .. w - 1
