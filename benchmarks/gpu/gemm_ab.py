@@ -81,8 +81,11 @@ def main():
     tokens = [int(v) for v in args.tokens.split(",")]
     shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
     forms = [f == "sym" for f in args.forms.split(",")]
-    sweep = [tuple(int(v) for v in (p + ":0").split(":")[:3]) for p in args.variants.split(",")] \
-        if args.variants else SWEEP
+    try:
+        sweep = [tuple(int(v) for v in (p + ":0").split(":")[:3]) for p in args.variants.split(",")] \
+            if args.variants else SWEEP
+    except ValueError:
+        ap.error(f"--variants: warps:rows[:stages] pairs separated by commas, got {args.variants!r}")
     tuned = {}
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count

@@ -231,12 +231,12 @@ def mma_default(tiles: int, k: int, n: int) -> tuple[int, int, int]:
     if tiles == 2:
         return ((min(warps, 4), 2) if wide else (warps, 1)) + (0,)
     if wide:
-        return (min(warps, 4), 4, fit_mma_stages(tiles, min(warps, 4), 4, 2)) if tiles == 8 else (min(warps, 2), 4, 0)
+        return (min(warps, 4), 4, 2) if tiles == 8 else (min(warps, 2), 4, 0)
     if tiles == 4:
         return warps, 4 if n > k else 2, 0
     if n > k:
         return min(warps, 4), 2, 0
-    return warps, 2, fit_mma_stages(tiles, warps, 2, 2) if k > n else 0
+    return warps, 2, 2 if k > n else 0
 
 
 def fit_mma_rows(rows: int, n: int) -> int:
@@ -339,7 +339,8 @@ class CudaLinear:
         """x [M, K] (columns in the weight's order) @ W -> [M, N] fp16 in the original column order (a gate|up
         weight de-interleaved; the caller applies the activation). warps: K split over that many (default
         mma_choice); rows: tiles of 16 rows per block (default mma_choice); stages: the weights' ring in shared
-        memory (0: none; default mma_choice's where warps and rows are the default's, else none)."""
+        memory (0: none; dropped where it does not fit; default mma_choice's where warps and rows are the default's,
+        else none)."""
         w = self.w
         m = x.shape[0]
         x = x.half().contiguous()
@@ -351,7 +352,10 @@ class CudaLinear:
             tw, tr, tp = self.mma_choice(part)
             r = fit_mma_rows(rows or tr, w.n)
             s = warps or tw
-            p = stages if stages is not None else tp if (s, r) == (tw, tr) else 0
+            if stages is not None:
+                p = fit_mma_stages(mma_tiles(part), s, r, stages)
+            else:  # the choice's ring goes with the choice's warps and rows
+                p = tp if (s, r) == (tw, tr) else 0
             self._mma_launch(part, s, r, p)(w.n // (16 * r), w.q, w.meta, x[i:i + part], y[i:i + part])
         return y
 
@@ -367,9 +371,8 @@ class CudaLinear:
 
     def _mma_launch(self, m: int, warps: int, rows: int = 1, stages: int = 0) -> _Launch:
         """The batched kernel's launch for m <= MMA_TOKENS tokens: one per (tile count, warps, rows, stages), its
-        token count set to m."""
+        token count set to m (stages that fit the block's shared memory: fit_mma_stages)."""
         w = self.w
-        stages = fit_mma_stages(mma_tiles(m), warps, rows, stages)
         key = (mma_tiles(m), warps, rows, stages)
         launch = self.mma_launch.get(key)
         if launch is None:

@@ -458,7 +458,8 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
                                                        const uint4 *__restrict__ x, half *__restrict__ y, int M,
                                                        int N, int K, int G, int gshift, int split) {
     __shared__ float4 part[R][T][32];
-    __shared__ uint4 ring[P > 0 ? S : 1][P > 0 ? P : 1][2 * R][32];
+    constexpr int PS = P > 0 ? P : 1;  // the ring's steps (one unused slot without it)
+    __shared__ uint4 ring[P > 0 ? S : 1][PS][2 * R][32];
     pdl_launch_dependents();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int n0 = blockIdx.x * 16 * R;
@@ -479,7 +480,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
     uint4 wa[R], wb[R];
     Meta<1> ma[R], mb[R];
     auto stage = [&](int js) {  // P > 0: step js's weights into its slot of the ring (zeros past the last chunk)
-        const int cs = 4 * js + c, slot = (js - beg) % (P > 0 ? P : 1);
+        const int cs = 4 * js + c, slot = (js - beg) % PS;
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             cp_async16(&ring[warp][slot][2 * r][lane], qa[r] + (cs < chunks ? cs : 0), cs < chunks);
@@ -499,7 +500,7 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
     };
     if (P > 0) {
 #pragma unroll
-        for (int p = 0; p < (P > 0 ? P - 1 : 0); ++p) {
+        for (int p = 0; p < PS - 1; ++p) {
             if (beg + p < end) stage(beg + p);
             cp_async_commit();  // one group per step, empty past the end, so that the waits below count steps
         }
@@ -517,11 +518,11 @@ __global__ void __launch_bounds__(32 * S) qd_w4a16_mma(const uint4 *__restrict__
         if (P > 0) {
             if (j + P - 1 < end) stage(j + P - 1);
             cp_async_commit();
-            cp_async_wait<(P > 0 ? P - 1 : 0)>();  // this lane's copies of step j have landed
+            cp_async_wait<PS - 1>();  // this lane's copies of step j have landed
 #pragma unroll
             for (int r = 0; r < R; ++r) {
-                wa[r] = ring[warp][(j - beg) % (P > 0 ? P : 1)][2 * r][lane];
-                wb[r] = ring[warp][(j - beg) % (P > 0 ? P : 1)][2 * r + 1][lane];
+                wa[r] = ring[warp][(j - beg) % PS][2 * r][lane];
+                wb[r] = ring[warp][(j - beg) % PS][2 * r + 1][lane];
             }
             if (j + 1 < end) meta_at(ch + 4, nma, nmb);
         } else if (j + 1 < end) {
