@@ -38,7 +38,7 @@ def _kernel_list(name: str, value: str) -> tuple[str, ...]:
     return tuple(k.strip().lower() for k in value.split(",") if k.strip())
 
 
-def _fused(name: str, value: str) -> bool | None:
+def _auto_flag(name: str, value: str) -> bool | None:
     return None if value.strip().lower() in ("", "auto") else _flag(name, value)
 
 
@@ -81,6 +81,13 @@ class EngineConfig:
     """QUANTDEPLOY_LM_HEAD=int8: quantize an untied fp16 lm_head to int8 per row at load (an 8B model decodes ~5 %
     faster; logits move by ~0.7 % relative, so greedy tokens can differ at near-ties). Opt-in: it changes outputs."""
 
+    marlin: bool | None = None
+    """QUANTDEPLOY_MARLIN: gptqmodel's Marlin GEMM for the batched gate|up and down products (from 9 tokens), a second
+    copy of those weights in Marlin's layout (about 60 % of the model's bytes). Unset: on CUDA for a model loaded to
+    decode more than 8 sequences together, where gptqmodel's Marlin kernels build (else the engine's own, with the
+    reason in the kernel report). 0: never (one copy of the weights). 1: on CUDA whatever the batch, an error where it
+    cannot run."""
+
     tuned_dir: Path | None = None
     """Where the fast engine reads per-GPU tuned GEMV variants ($QUANTDEPLOY_HOME/gemv, written by
     benchmarks/gpu/graph_ab.py --sweep --save); None: the built-in variants. QUANTDEPLOY_TUNED_GEMV=0 ignores the
@@ -101,8 +108,9 @@ class EngineConfig:
 ENGINE_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "QUANTDEPLOY_KERNEL": ("kernel", _kernel),
     "QUANTDEPLOY_DISABLED_KERNELS": ("disabled_kernels", _kernel_list),
-    "QUANTDEPLOY_FUSED": ("fused_ops", _fused),
+    "QUANTDEPLOY_FUSED": ("fused_ops", _auto_flag),
     "QUANTDEPLOY_LM_HEAD": ("lm_head", _lm_head),
+    "QUANTDEPLOY_MARLIN": ("marlin", _auto_flag),
     "QUANTDEPLOY_TUNED_GEMV": ("tuned_dir", _tuned),
 }
 

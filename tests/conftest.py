@@ -25,7 +25,7 @@ def has_cuda() -> bool:
 def pytest_collection_modifyitems(config, items):
     if has_cuda():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is usable here (run on the device machine)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is usable here (`make test-gpu` on a machine with one)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

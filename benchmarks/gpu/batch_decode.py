@@ -5,7 +5,7 @@ engine) or a .gguf file (llama.cpp's batched decode behind the same scheduler). 
 tokens in a batch equal the same sequence decoded alone.
 
     python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
-        [--prompt-chunk N]
+        [--prompt-chunk N] [--check 32] [--check-seqs 8]
         [--triton-gemm]   (decode rows through the Triton GEMM instead of the batched kernel, for its A/B)
         [--profile]       (per batch size, kernels per decode step and GPU time per step by kernel; not for GGUF)
 """
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--out", type=int, default=256)
     ap.add_argument("--check", type=int, default=32, help="greedy tokens compared with each sequence alone")
+    ap.add_argument("--check-seqs", type=int, default=8, help="sequences decoded together for that check")
     ap.add_argument("--json")
     ap.add_argument("--prompt-chunk", type=int, help="prompt tokens per batched step (default: the engine's, 512)")
     ap.add_argument("--profile", action="store_true",
@@ -177,7 +178,7 @@ def main() -> None:
     if a.check:
         solo = quantdeploy.load(str(path), **engine)
         p = GenerationParams(max_tokens=a.check, temperature=0, ignore_eos=True)
-        n = min(8, max(batches))
+        n = min(a.check_seqs, max(batches))
         alone = [[t for t in _ids(solo, prompts[i], p)] for i in range(n)]
         solo.close()
         together: list = [None] * n
@@ -193,7 +194,8 @@ def main() -> None:
         print(json.dumps({"greedy_check": check}), flush=True)
     out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
            "model": str(path), "gpu": gpu_name(), "prompt_tokens": a.prompt,
-           "output_tokens": a.out, "kernel": model.kernel_report().get("kernel"), "rows": rows, "greedy_check": check}
+           "output_tokens": a.out, "kernel": model.kernel_report().get("kernel"),
+           "batched_marlin": model.kernel_report().get("batched_marlin"), "rows": rows, "greedy_check": check}
     model.close()
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))

@@ -46,7 +46,7 @@ for f in ${FORMATS//,/ }; do
     continue
   fi
   step "the engine in-process, $f: $RECORDS/$GPU-batching-$f.json"
-  $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --json "$RECORDS/$GPU-batching-$f.json" \
+  $PY benchmarks/gpu/batch_decode.py "$MODELS/$f" --batches "$LEVELS" --check-seqs 16 --json "$RECORDS/$GPU-batching-$f.json" \
     ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"}
 done
 [[ ",$STEPS," == *,serve,* ]] || { echo "batching.sh: done" >&2; exit 0; }

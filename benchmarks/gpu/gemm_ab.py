@@ -1,12 +1,13 @@
 """Batched W4A16 products on the GPU for Llama-3-8B shapes, M = 2..64 decode rows: quantdeploy's tensor-core kernel
 (qd_w4a16_mma, every K split and rows per block, the weights in registers or through a 2-step ring in shared
-memory) against the Triton W4A16 GEMM and the batch-1 GEMV, on the same packed weights.
+memory) against the Triton W4A16 GEMM, the batch-1 GEMV and, with --marlin, gptqmodel's Marlin GEMM, on the same
+weights (Marlin's copy repacked to its own layout).
 Each kernel is checked against the dequantized reference first (both meta forms: GPTQ's one zero point, AWQ's zero
 point per group; a gate|up weight with interleaved rows). Times are CUDA-graph replays over enough copies of each
 weight (>= 256 MB) that L2 cannot help; GB/s counts the weight bytes read once per product.
 
     python benchmarks/gpu/gemm_ab.py [--json OUT] [--save] [--tokens 32,64] [--shapes qkv,o] [--forms sym]
-                                     [--variants 8:2,8:2:2,4:4:2]
+                                     [--variants 8:2,8:2:2,4:4:2] [--marlin]
 
 --save writes the fastest (warps, rows[, stages]) per shape, meta form and tile count, where it is not the default,
 to the per-GPU tuned file the engine reads (tuning.py).
@@ -22,7 +23,7 @@ import time
 
 import torch
 
-from quantdeploy.engine import cuda_gemv, nk_layout, tuning
+from quantdeploy.engine import cuda_gemv, marlin, nk_layout, tuning
 from quantdeploy.engine.quant import QuantWeight
 from quantdeploy.engine.triton_gemm import gemm
 
@@ -35,13 +36,28 @@ SWEEP = [(w, r, p) for p in (0, 2) for r in (1, 2, 4) for w in (2, 4, 8)]
 
 def weight(k, n, dev, sym: bool, group=128):
     q = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32, device=dev)
-    if sym:  # every zero point 8 (stored as 7): the scales alone
-        qz = torch.full((k // group, n // 8), 0x77777777, dtype=torch.int32, device=dev)
+    if sym:  # every zero point 8, as the engine holds a GPTQ checkpoint's (stored there as 7): the scales alone
+        qz = torch.full((k // group, n // 8), -0x77777778, dtype=torch.int32, device=dev)  # 0x88888888
     else:
         qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // group, n // 8), dtype=torch.int32, device=dev)
     s = (torch.rand(k // group, n, device=dev) * 1e-2).half()
     z = nk_layout.unpack_zeros(qz, n).half() * s
     return QuantWeight(q, s, z, group, None, qz)
+
+
+def check_marlin(dev) -> bool:
+    """Whether the engine's Marlin linear (gptqmodel's kernel) computes the reference's product on an 8B shape, both
+    meta forms (scales only: uint4b8; zero points: uint4 with them)."""
+    bad = []
+    for sym in (True, False):
+        w = weight(4096, 6144, dev, sym)
+        ref = nk_layout.reference(nk_layout.repack(w))
+        fn = marlin.MarlinLinear(w, dev)
+        errs = [rel(fn(x), x.float() @ ref.t()) for x in (torch.randn(m, 4096, device=dev).half() for m in (1, 8, 64))]
+        bad.append(max(errs) >= 3e-3)
+        print(f"check marlin 4096x6144 {'sym' if sym else 'zeros'}: {'MISMATCH' if bad[-1] else 'ok'}, relative "
+              f"error at M = 1, 8, 64: {', '.join(f'{e:.1e}' for e in errs)}", flush=True)
+    return not any(bad)
 
 
 def check(dev, sweep=SWEEP) -> bool:
@@ -77,6 +93,7 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES), help="8B shapes (default: %(default)s)")
     ap.add_argument("--forms", default="sym,zeros", help="meta forms: sym (scales only), zeros (zero points)")
     ap.add_argument("--variants", help="warps:rows[:stages] to time, comma-separated (default: the whole sweep)")
+    ap.add_argument("--marlin", action="store_true", help="time gptqmodel's Marlin GEMM too (JIT-compiled at first use)")
     args = ap.parse_args()
     tokens = [int(v) for v in args.tokens.split(",")]
     shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
@@ -91,10 +108,11 @@ def main():
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     print(torch.cuda.get_device_name(dev), flush=True)
     ok = check(dev, sweep)
+    marlin_ok = args.marlin and check_marlin(dev)
     for tiles in (4, 8):  # registers per thread, and bytes spilled to local memory (a kernel that spills waits on it)
         for s, r, p in sweep:
             if cuda_gemv.fit_mma_stages(tiles, s, r, p) == p:
-                name = cuda_gemv.mma_name(tiles, s, 7, r, p)
+                name = cuda_gemv.mma_name(tiles, s, 8, r, p)
                 print(name, json.dumps(cuda_gemv.resources(name, dev.index or 0)), flush=True)
     rows = []
     for sym in forms:
@@ -104,6 +122,8 @@ def main():
             nks = [nk_layout.repack(w0)] + [nk_layout.repack(weight(k, n, dev, sym)) for _ in range(count - 1)]
             nbytes = nks[0].nbytes()
             lins = [cuda_gemv.CudaLinear(nk, dev, pdl_launch=False) for nk in nks]
+            marlins = [marlin.MarlinLinear(w0, dev)] + [marlin.MarlinLinear(weight(k, n, dev, sym), dev)
+                                                         for _ in range(count - 1)] if marlin_ok else []
             x1 = torch.randn(1, k, device=dev).half()
             t1 = bench(rotating(lambda lin: lin(x1), lins))
             for m in tokens:
@@ -111,6 +131,8 @@ def main():
                 row = dict(shape=name, k=k, n=n, form=nks[0].z, m=m, gemv_us=round(t1 * 1e3, 1))
                 row["triton_us"] = round(bench(rotating(lambda lin: gemm(x, lin.w, sms), lins)) * 1e3, 1)
                 row["mma_default_us"] = round(bench(rotating(lambda lin: lin.mma(x), lins)) * 1e3, 1)
+                if marlins:
+                    row["marlin_us"] = round(bench(rotating(lambda fn: fn(x), marlins)) * 1e3, 1)
                 if m <= cuda_gemv.MMA_TOKENS:
                     for s, r, p in sweep:
                         if cuda_gemv.fit_mma_stages(cuda_gemv.mma_tiles(m), s, r, p) != p:
@@ -128,13 +150,14 @@ def main():
                 if m in (8, 16, 32, 64) and row["mma_best"] != "mma_default_us":
                     choice = [int(v[1:]) for v in row["mma_best"].split("_")[1:-1]]  # warps, rows[, stages]
                     tuned[cuda_gemv.mma_tuned_key(k, n, nks[0].form, cuda_gemv.mma_tiles(m))] = choice
-            del lins, nks
+            del lins, nks, marlins
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(dev), date=time.strftime("%Y-%m-%d"),
                            command="python benchmarks/gpu/gemm_ab.py " + " ".join(sys.argv[1:]),
                            torch=torch.__version__,
-                           python=platform.python_version(), matches_reference=ok, rows=rows), f, indent=1)
+                           python=platform.python_version(), matches_reference=ok,
+                           marlin_matches_reference=marlin_ok if args.marlin else None, rows=rows), f, indent=1)
     if args.save and ok:
         from quantdeploy.settings import get_settings
 

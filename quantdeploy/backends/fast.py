@@ -43,7 +43,7 @@ class FastQuantModel(HFTokenizerModel):
 
         try:
             self.engine = FastEngine(spec.path, self._device, dtype, self._ctx, gemv=choice.kernel.gemv,
-                                     files=spec.model_files(), config=get_settings().engine)
+                                     files=spec.model_files(), config=get_settings().engine, batch=spec.max_seqs)
         except Unsupported as e:  # found only in the weights (a module quantized apart, missing projections)
             raise BackendUnavailable(f"the fast engine cannot run this model: {e}; --engine hf runs it on "
                                      "transformers + gptqmodel") from None
@@ -141,6 +141,7 @@ class FastQuantModel(HFTokenizerModel):
                 "quant_linear_classes": [linear], "layers": layers, "gpu": on_cuda, "dtype": self.dtype,
                 "quant": self.quant, "engine": "fast", "decode_graph": self.engine.graph_kind,
                 "prompt_graph": self.engine.prompt_kind, "gemv_tuning": self.engine.dec.tuning,
+                "batched_marlin": self.engine.dec.marlin,
                 "lm_head": "int8 (QUANTDEPLOY_LM_HEAD)" if self.engine.dec.head is not None else "checkpoint"}
 
     def logits(self, token_ids: list[int]) -> Any:

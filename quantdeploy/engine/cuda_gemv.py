@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import cuda_driver, pdl, tuning
+from . import cuda_driver, marlin, pdl, tuning
 from .nk_layout import MetaForm, NKWeight, repack
 
 log = logging.getLogger("quantdeploy.engine")
@@ -270,7 +270,7 @@ ACTS = {"silu": 1, "gelu_tanh": 2}
 # Up to mma_max_tokens() tokens (the decode rows of a batch, short prompt chunks) a product runs as the tensor-core
 # kernel qd_w4a16_mma on the packed weights, MMA_TOKENS per launch (compute capability 8.0+, N a multiple of 16); else
 # up to GEMM_MAX_TOKENS as the Triton W4A16 GEMM (triton_gemm); longer prompts dequantize the weight once and run one
-# cuBLAS matmul.
+# cuBLAS matmul. A weight with a Marlin copy (engine/marlin.py) runs 9..GEMM_MAX_TOKENS tokens on Marlin instead.
 MMA_TOKENS = 64
 GEMM_MAX_TOKENS = 256
 
@@ -300,6 +300,7 @@ class CudaLinear:
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
         self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
         self.mma_launch: dict[tuple[int, int], _Launch] = {}
+        self.marlin = None  # a MarlinLinear for 9..GEMM_MAX_TOKENS tokens (engine/marlin.py), made by CudaLinears
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""
@@ -326,6 +327,8 @@ class CudaLinear:
             y = torch.empty(w.n // 2 if self.act else w.n, dtype=torch.float16, device=x.device)
             self.gemv(self.blocks, w.q, w.meta, x1, y)
             return y.unsqueeze(0)
+        if self.marlin is not None and marlin.FROM_TOKENS <= x.shape[0] <= GEMM_MAX_TOKENS:
+            return self.marlin(x)
         if x.shape[0] <= self.mma_max:
             return self.mma(x)
         if x.shape[0] <= GEMM_MAX_TOKENS:  # a batch of decode rows: the tensor-core GEMM on these same weights
@@ -399,8 +402,11 @@ class CudaLinears:
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
     fuses_act = True  # make(w, act=...) takes the MLP activation into the gate|up GEMV
 
-    def __init__(self, device, tuned_dir: Path | None = None):
+    def __init__(self, device, tuned_dir: Path | None = None, use_marlin: bool = False, marlin_note: str = ""):
+        """use_marlin: also a Marlin copy of each weight it wins on (engine/marlin.py: choose); marlin_note: why not,
+        for the kernel report."""
         self.device = torch.device(device)
+        self.use_marlin, self.marlin_note, self.marlin_bytes, self.marlin_names = use_marlin, marlin_note, 0, set()
         self.labels = set()
         self.tuned_file = tuning.tuned_file(tuned_dir, self.device, "cuda")
         self.tuned = tuning.read(self.tuned_file)
@@ -419,7 +425,22 @@ class CudaLinears:
             self.tuned_shapes.add(f"mma {key}")
         lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act, mma_tuned=mma)
         self.labels.add(lin.label)
+        if self.use_marlin and marlin.wins(w.k, w.n):
+            why = marlin.fits(w)
+            if why is None:
+                lin.marlin = marlin.MarlinLinear(w, self.device)
+                self.marlin_bytes += lin.marlin.nbytes()
+                self.marlin_names.add("gate|up" if w.n >= 2 * w.k else "down")
+            else:
+                self.marlin_note = f"off ({why})"
         return lin
+
+    def batched_note(self) -> str:
+        """Which products run on gptqmodel's Marlin in batches (and its copy's size), or why none: kernel reports."""
+        if not self.marlin_bytes:
+            return self.marlin_note or "off"
+        return (f"gptqmodel Marlin for {', '.join(sorted(self.marlin_names))} from {marlin.FROM_TOKENS} to "
+                f"{GEMM_MAX_TOKENS} tokens (a second copy of those weights: {self.marlin_bytes / 2 ** 30:.2f} GiB)")
 
     def tuning_note(self) -> str:
         """Which tuned file chose variants, for kernel reports: its path and the shapes it set, or why none did."""

@@ -74,7 +74,7 @@ class Decoder:
     """Weights + static KV cache + the math of one step. Not an nn.Module: nothing here needs autograd."""
 
     def __init__(self, cfg: DecoderConfig, tensors: dict, quant: QuantConfig, device: str, dtype: torch.dtype,
-                 max_len: int, gemv: str = "auto", config: EngineConfig | None = None):
+                 max_len: int, gemv: str = "auto", config: EngineConfig | None = None, batch: int = 1):
         self.cfg, self.device, self.dtype, self.max_len = cfg, torch.device(device), dtype, max_len
         self.config = config = config or EngineConfig()
         cache_dense = self.device.type == "cpu"
@@ -132,7 +132,7 @@ class Decoder:
             self.head, self.lm_head = head.Int8Head(self.lm_head), None
         self.final_norm = t("model.norm.weight")
         self.layers: list[Layer] = []
-        ext = self._gemv_maker(gemv) if self.device.type == "cuda" else None
+        ext = self._gemv_maker(gemv, batch) if self.device.type == "cuda" else None
         for i in range(cfg.layers):
             p = f"model.layers.{i}"
             a, m = p + ".self_attn", p + ".mlp"
@@ -149,6 +149,7 @@ class Decoder:
             self.layers.append(layer)
         self.gemv = "torch-dequant-matmul"
         self.tuning = "none"  # which tuned file chose the GEMV's variants (kernel reports)
+        self.marlin = "off"  # which products run on Marlin in batches, or why none (kernel reports)
         if self.device.type == "cuda":
             self.gemv = self._finish_kernels(ext, max_len) if ext is not None else self._triton_gemv()
         # rotary tables per key (layer type); longrope also all-long ones, for a prompt past its original length
@@ -168,11 +169,12 @@ class Decoder:
     def linears(self) -> list[QLinear]:
         return [q for L in self.layers for q in (L.qkv, L.o, L.gate_up, L.down)]
 
-    def _gemv_maker(self, gemv: str):
+    def _gemv_maker(self, gemv: str, batch: int):
         """The linears' kernels on CUDA, as the kernel chooser (backends/kernels.py) picked them: "triton", our
-        Triton GEMV (None here); "cuda" or "auto", quantdeploy's CUDA GEMV (cuda_gemv). The engine never picks
-        another kernel itself: one that cannot run here is an error naming the way to the next."""
-        from . import cuda_gemv
+        Triton GEMV (None here); "cuda" or "auto", quantdeploy's CUDA GEMV (cuda_gemv), with Marlin copies for
+        batches where EngineConfig.marlin and `batch` (the most sequences decoded together) ask for them. The engine
+        never picks another kernel itself: one that cannot run here is an error naming the way to the next."""
+        from . import cuda_gemv, marlin
 
         if gemv == "triton":
             return None
@@ -180,11 +182,13 @@ class Decoder:
         if not ok:
             raise BackendUnavailable(f"the CUDA GEMV cannot run here ({why}); QUANTDEPLOY_DISABLED_KERNELS=fast_cuda "
                                      "runs the next kernel")
-        return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir)
+        use, note = marlin.choose(self.config.marlin, self.device, batch)
+        return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir, use_marlin=use, marlin_note=note)
 
     def _hand_over(self, maker, layer: Layer) -> None:
-        """Layer by layer, so the GPU never holds two copies of the weights: the maker repacks ours and our
-        QuantWeight is dropped."""
+        """Layer by layer, so the GPU never holds two copies of the weights in one layout: the maker repacks ours
+        (and, for a batching model, adds Marlin's copy of gate|up and down: engine/marlin.py) and our QuantWeight is
+        dropped."""
         qs = (layer.qkv, layer.o, layer.gate_up, layer.down)
         act = self.cfg.act if getattr(maker, "fuses_act", False) and layer.gate_up.bias is None else None
         try:
@@ -199,6 +203,7 @@ class Decoder:
         maker.finish(min(max_len, 2048))
         self._kernels = maker
         self.tuning = maker.tuning_note() if hasattr(maker, "tuning_note") else "none"
+        self.marlin = maker.batched_note() if hasattr(maker, "batched_note") else "off"
         torch.cuda.empty_cache()
         return maker.kernel
 

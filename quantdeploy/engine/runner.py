@@ -48,9 +48,11 @@ def _capture_checked(device, fn, pool, on_warmup_stream: bool = False, reset=Non
 
 class FastEngine:
     def __init__(self, path: Path, device: str, dtype: torch.dtype, max_len: int, use_graph: bool | None = None,
-                 gemv: str = "auto", files: ModelFiles | None = None, config: EngineConfig | None = None):
+                 gemv: str = "auto", files: ModelFiles | None = None, config: EngineConfig | None = None,
+                 batch: int = 1):
         """files: what detection already parsed (None: read from path); config: the user's engine settings
-        (Settings.engine; None: the built-in defaults)."""
+        (Settings.engine; None: the built-in defaults); batch: the most sequences decoded together (the batched
+        products' kernels follow from it: engine/marlin.py)."""
         files = files or LocalFiles(path)
         cfg = DecoderConfig.from_hf(files.config or {})
         self.cfg = cfg
@@ -62,7 +64,7 @@ class FastEngine:
             from ..errors import InvalidModel
 
             raise InvalidModel(f"{path} declares no quantization config; the fast engine runs GPTQ / AWQ checkpoints")
-        self.dec = Decoder(cfg, load_tensors(path), quant, device, dtype, self.max_len, gemv, config)
+        self.dec = Decoder(cfg, load_tensors(path), quant, device, dtype, self.max_len, gemv, config, batch)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple] = {}
         self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
