@@ -87,3 +87,13 @@ def test_marlin_copy_matches_the_reference_on_the_gpu(layout):
             assert got.shape == (m, w.n) and err < 3e-3, (g, m, err)
             if 9 <= m <= 256:
                 assert torch.equal(got, lin.marlin(x)), m
+
+
+def test_whether_marlin_is_compiled_reads_gptqmodel_s_jit_cache(tmp_path, monkeypatch):
+    """A batching load warns before gptqmodel compiles Marlin (minutes) only where its cache holds no library."""
+    monkeypatch.setenv("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not marlin.compiled()
+    lib = tmp_path / "marlin_fp16" / "fingerprint" / "gptqmodel_marlin_fp16_ops.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b"")
+    assert marlin.compiled()

@@ -155,7 +155,8 @@ def check_nvcc(p: Probes) -> Check:
     if tc and n.get("version") and _ver(tc)[:1] != _ver(n["version"])[:1]:
         return Check("nvcc", WARN, f"nvcc {n['version']} but torch is built for CUDA {tc}: JIT builds may fail",
                      fix, details)
-    first = "" if compiled else " (the first GPTQ/AWQ load compiles Marlin: minutes)"
+    first = "" if compiled else (" (Marlin compiles at the first GPTQ/AWQ load on transformers or serving more than 8 "
+                                 "sequences on the fast engine: minutes)")
     return Check("nvcc", OK, f"nvcc {n.get('version')} at {n.get('path')}; {done}{first}", details=details)
 
 

@@ -70,14 +70,26 @@ def available(device) -> tuple[bool, str]:
         from gptqmodel.utils import marlin as gm
     except Exception as e:  # gptqmodel missing or broken: the engine's own kernels run
         return False, f"gptqmodel does not import ({type(e).__name__}: {e})"
-    log.info("loading gptqmodel's Marlin kernels for the batched products (the first time on this machine it "
-             "compiles them: a few minutes)")
+    if not compiled():
+        log.warning("gptqmodel compiles its Marlin kernels for the batched gate|up and down products, once on this "
+                    "machine: a few minutes (QUANTDEPLOY_MARLIN=0 skips them; batches then run on the engine's own "
+                    "kernel)")
     try:
         if gm.marlin_runtime_available(torch.float16):
             return True, ""
         return False, gm.marlin_runtime_error(torch.float16) or "its kernels did not build"
     except Exception as e:
         return False, f"its kernels did not build ({type(e).__name__}: {e})"
+
+
+def compiled() -> bool:
+    """Whether gptqmodel already holds Marlin's fp16 kernels compiled (a library in its JIT cache)."""
+    try:
+        from gptqmodel.utils.cpp import default_torch_ops_build_root  # honours GPTQMODEL_TORCH_EXTENSIONS_DIR
+
+        return any(default_torch_ops_build_root("marlin_fp16").glob("*/*.so"))
+    except Exception:
+        return False
 
 
 class MarlinLinear:
