@@ -93,7 +93,8 @@ def main():
     ap.add_argument("--shapes", default=",".join(SHAPES), help="8B shapes (default: %(default)s)")
     ap.add_argument("--forms", default="sym,zeros", help="meta forms: sym (scales only), zeros (zero points)")
     ap.add_argument("--variants", help="warps:rows[:stages] to time, comma-separated (default: the whole sweep)")
-    ap.add_argument("--marlin", action="store_true", help="time gptqmodel's Marlin GEMM too (JIT-compiled at first use)")
+    ap.add_argument("--marlin", action="store_true",
+                    help="time gptqmodel's Marlin GEMM too (compiled by gptqmodel at its first use)")
     args = ap.parse_args()
     tokens = [int(v) for v in args.tokens.split(",")]
     shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
