@@ -37,7 +37,7 @@ SWEEP = [(w, r, p) for p in (0, 2) for r in (1, 2, 4) for w in (2, 4, 8)]
 def weight(k, n, dev, sym: bool, group=128):
     q = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32, device=dev)
     if sym:  # every zero point 8, as the engine holds a GPTQ checkpoint's (stored there as 7): the scales alone
-        qz = torch.full((k // group, n // 8), -0x77777778, dtype=torch.int32, device=dev)  # 0x88888888
+        qz = torch.full((k // group, n // 8), marlin.ZEROS_8, dtype=torch.int32, device=dev)
     else:
         qz = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // group, n // 8), dtype=torch.int32, device=dev)
     s = (torch.rand(k // group, n, device=dev) * 1e-2).half()

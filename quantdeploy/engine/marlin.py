@@ -21,6 +21,7 @@ log = logging.getLogger("quantdeploy.engine")
 FROM_TOKENS = 9  # Marlin from the batched kernel's 16-token bucket on
 MIN_BATCH = 9  # auto: only for a model that decodes more sequences than that together
 GROUPS = (32, 64, 128)
+ZEROS_8 = -0x77777778  # 0x88888888 as an int32: eight zero points of 8, GPTQ's symmetric form once loaded
 
 
 def wins(k: int, n: int) -> bool:
@@ -112,7 +113,7 @@ class MarlinLinear:
                                           group_size=group)
         self.workspace = gm.marlin_make_workspace_new(device)
         zeros = w.qzeros.to(device)
-        if bool((zeros == -0x77777778).all()):  # every zero point 8 (0x88888888)
+        if bool((zeros == ZEROS_8).all()):
             self.type, self.zp = scalar_types.uint4b8, self.empty
         else:
             self.type = scalar_types.uint4
