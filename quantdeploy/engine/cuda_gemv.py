@@ -425,12 +425,13 @@ class CudaLinears:
             self.tuned_shapes.add(f"mma {key}")
         lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act, mma_tuned=mma)
         self.labels.add(lin.label)
-        if self.use_marlin and marlin.wins(w.k, w.n):
+        name = marlin.product(w.k, w.n) if self.use_marlin else None
+        if name:
             why = marlin.fits(w)
             if why is None:
                 lin.marlin = marlin.MarlinLinear(w, self.device)
                 self.marlin_bytes += lin.marlin.nbytes()
-                self.marlin_names.add("gate|up" if w.n >= 2 * w.k else "down")
+                self.marlin_names.add(name)
             else:
                 self.marlin_note = f"off ({why})"
         return lin

@@ -19,15 +19,15 @@ from .quant import QuantWeight
 log = logging.getLogger("quantdeploy.engine")
 
 FROM_TOKENS = 9  # Marlin from the batched kernel's 16-token bucket on
-MIN_BATCH = 9  # auto: only for a model that decodes more sequences than that together
+MIN_BATCH = FROM_TOKENS  # auto: only for a model whose decode rows can reach Marlin (that many sequences together)
 GROUPS = (32, 64, 128)
 ZEROS_8 = -0x77777778  # 0x88888888 as an int32: eight zero points of 8, GPTQ's symmetric form once loaded
 
 
-def wins(k: int, n: int) -> bool:
-    """Whether Marlin takes a K x N product: a gate|up weight (N >= 2 K) or a down weight (K > N). On a square o and
-    on qkv the engine's batched kernel was as fast or faster up to 64 tokens."""
-    return n >= 2 * k or k > n
+def product(k: int, n: int) -> str | None:
+    """The product Marlin takes a K x N weight for: "gate|up" (N >= 2 K), "down" (K > N), else None (a square o and
+    qkv, where the engine's batched kernel was as fast or faster up to 64 tokens)."""
+    return "gate|up" if n >= 2 * k else "down" if k > n else None
 
 
 def choose(setting: bool | None, device, batch: int) -> tuple[bool, str]:
