@@ -87,6 +87,7 @@ def test_unknown_kernel(gptq_path):
 @pytest.mark.parametrize("var,value,needles", [
     ("QUANTDEPLOY_FUSED", "yes please", ["QUANTDEPLOY_FUSED=yes please", "use 1 or 0"]),
     ("QUANTDEPLOY_LM_HEAD", "int4", ["QUANTDEPLOY_LM_HEAD=int4", "int8"]),
+    ("QUANTDEPLOY_MARLIN", "always", ["QUANTDEPLOY_MARLIN=always", "use 1 or 0"]),
 ])
 def test_unknown_engine_setting(gptq_path, var, value, needles):
     """The engine's environment settings: a value they do not know is one error line (exit 2) before any work, not
