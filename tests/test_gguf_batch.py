@@ -19,7 +19,7 @@ import pytest
 
 import quantdeploy
 from quantdeploy.backends.base import GenerationParams
-from quantdeploy.backends.gguf_batch import Request
+from quantdeploy.backends.gguf_batch import Request, pool_cells, sequences_for
 from quantdeploy.errors import UsageError
 
 from conftest import in_threads
@@ -249,6 +249,16 @@ def test_too_small_a_context_batches_fewer_sequences(gguf_path):
         assert m.max_sequences == 2  # at least 256 cells each
     finally:
         m.close()
+
+
+def test_on_a_gpu_the_pool_grows_with_the_sequences_asked_for():
+    """Layers on a GPU and no --ctx: 1024 cells per sequence asked for, so 64 sequences decode together (the 8192-cell
+    context held 32, and 21 of 384 tokens); on the CPU, and for one sequence, the pool is the context."""
+    assert pool_cells(8192, 64, offloaded=True) == 65536
+    assert sequences_for(pool_cells(8192, 64, offloaded=True), 64, 256) == 64
+    assert pool_cells(8192, 4, offloaded=True) == 8192  # never below one sequence's context
+    assert pool_cells(8192, 64, offloaded=False) == 8192
+    assert pool_cells(2048, 1, offloaded=True) == 2048
 
 
 def test_structured_output_and_logprobs_in_a_batch(batched):

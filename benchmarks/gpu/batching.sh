@@ -7,7 +7,7 @@
 # 2. batch_decode.py per GPTQ / AWQ model: the engine in-process at batch 1, 8, 32 and 64 (aggregate and decode
 #    tok/s, host ms per step, weight GB/s) and each sequence's greedy tokens in a batch against the same sequence
 #    alone; for the GGUF model the baseline: llama.cpp's own batched decode (llama_batched.py) and llama.cpp
-#    behind quantdeploy's scheduler (batch_decode.py),
+#    behind quantdeploy's scheduler (batch_decode.py, with the same check),
 # 3. `quantdeploy bench --concurrency 1,8,32,64`: every model through `quantdeploy serve` to N streaming clients
 #    (128-token prompts, 256 new tokens): aggregate tok/s, TTFT and inter-token latency p50/p95, and batch 1 of the
 #    model loaded as serve loads it beside it; the GGUF model is llama.cpp's batched decode behind the same server.
@@ -41,7 +41,7 @@ for f in ${FORMATS//,/ }; do
     g=("$MODELS"/gguf/*.gguf)
     step "llama.cpp batched, alone and behind the scheduler: $RECORDS/$GPU-llama-batched.json, $GPU-batching-gguf.json"
     $PY benchmarks/gpu/llama_batched.py "${g[0]}" --batches "$LEVELS" --json "$RECORDS/$GPU-llama-batched.json"
-    $PY benchmarks/gpu/batch_decode.py "${g[0]}" --batches "$LEVELS" --check 0 \
+    $PY benchmarks/gpu/batch_decode.py "${g[0]}" --batches "$LEVELS" --check-seqs 16 \
       --json "$RECORDS/$GPU-batching-gguf.json" ${PROMPT_CHUNK:+--prompt-chunk "$PROMPT_CHUNK"}
     continue
   fi

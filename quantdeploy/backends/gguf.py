@@ -178,11 +178,12 @@ class GGUFModel(LoadedModel):
         n_ctx = spec.n_ctx or min(train_ctx, DEFAULT_CTX)
         # half the cores, as llama-cpp-python does: all of them spin-wait badly when anything else runs
         threads = spec.extra.get("n_threads") or max(1, (os.cpu_count() or 2) // 2)
-        self._max_seqs = 1
+        self._max_seqs, pool = 1, n_ctx
         if spec.max_seqs > 1:
-            from .gguf_batch import sequences_for
+            from .gguf_batch import pool_cells, sequences_for
 
-            self._max_seqs = sequences_for(n_ctx, spec.max_seqs, llama_cpp.llama_max_parallel_sequences())
+            pool = spec.n_ctx or pool_cells(n_ctx, spec.max_seqs, bool(self.n_gpu_layers))
+            self._max_seqs = sequences_for(pool, spec.max_seqs, llama_cpp.llama_max_parallel_sequences())
         # batching decodes in a context of its own (below): Llama's then only tokenizes, so keep it small
         own_ctx = n_ctx if self._max_seqs == 1 else IDLE_CTX
         self._split = split = llama_kwargs(llama_cpp, spec.extra, gpus, self.gpu_build)  # --tensor-split/--split-mode
@@ -201,15 +202,15 @@ class GGUFModel(LoadedModel):
         self._cached: list[int] = []  # tokens whose KV entries the context holds
         self._sched = None
         if self._max_seqs > 1:
-            self._start_batching(llama_cpp, n_ctx, threads)
+            self._start_batching(llama_cpp, pool, n_ctx, threads)
 
-    def _start_batching(self, llama_cpp, n_ctx: int, threads: int) -> None:
+    def _start_batching(self, llama_cpp, pool: int, seq_ctx: int, threads: int) -> None:
         """One llama.cpp context whose KV cells every sequence shares, and the scheduler that fills its steps."""
         from ..batching import Scheduler
         from .gguf_batch import CHUNK_TOKENS, GGUFStepper
 
-        stepper = GGUFStepper(llama_cpp, self.llm.model, n_ctx=n_ctx, max_seqs=self._max_seqs, n_threads=threads,
-                              offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
+        stepper = GGUFStepper(llama_cpp, self.llm.model, n_ctx=pool, seq_ctx=seq_ctx, max_seqs=self._max_seqs,
+                              n_threads=threads, offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
                               chunk_tokens=self.spec.prompt_chunk or CHUNK_TOKENS,
                               sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
         self._n_ctx = stepper.max_len

@@ -6,8 +6,10 @@ covers exactly those cells (num_blocks x block_size <= n_ctx) and a sequence may
 slot number is the llama.cpp sequence id; a sequence leaving its slot has its cells removed at once.
 
 Each step is one `llama_decode`: a decode row per running sequence (fed the slot's last sampled token) plus prompt
-chunks. The rows that sample are read back with llama_get_logits_ith: greedy rows by numpy's argmax (llama.cpp's
-own greedy picks the same first maximum), the others by a llama.cpp sampler chain per sequence (top-k, top-p,
+chunks. A plain greedy row (no logprobs, no grammar) takes its argmax in llama.cpp's graph (a greedy sampler per
+slot on the backend), so no logits come to the host for it. The other rows that sample are read back with
+llama_get_logits_ith: greedy rows by numpy's argmax (llama.cpp's own greedy picks the same first maximum), the
+others by a llama.cpp sampler chain per sequence (top-k, top-p,
 temperature, then a distribution seeded per sequence, so what runs beside it never takes its draws). As in the
 unbatched path, a row's logprobs are read before anything changes its logits, and a sequence's grammar masks
 them in place before its sampler reads them; the grammar then follows the sampled token.
@@ -41,6 +43,14 @@ BLOCK_SIZE = 16  # the scheduler's KV accounting unit, in llama.cpp cells (token
 CHUNK_TOKENS = 512  # prompt tokens per step (llama-cpp-python's default n_batch)
 UBATCH = 512  # tokens llama.cpp computes at once (a step of more is split)
 SEQ_TOKENS = 256  # context cells per sequence at least, when the model picks how many sequences to decode together
+POOL_TOKENS_PER_SEQ = 1024  # the pool's cells per sequence when the layers are on a GPU and --ctx does not set it
+
+
+def pool_cells(seq_ctx: int, wanted: int, offloaded: bool) -> int:
+    """The shared pool's cells where --ctx does not set them: one sequence's context on the CPU; with the layers on a
+    GPU, also POOL_TOKENS_PER_SEQ per sequence asked for (64 sequences: 65,536 cells, 8.6 GB of KV for an 8B
+    Llama-3), so that they all decode together as the fast engine's pool lets them."""
+    return max(seq_ctx, wanted * POOL_TOKENS_PER_SEQ) if offloaded and wanted > 1 else seq_ctx
 
 
 def sequences_for(n_ctx: int, wanted: int, llama_max: int) -> int:
@@ -113,9 +123,12 @@ class GGUFStepper:
     prefix_caching = False
 
     def __init__(self, lc, model, *, n_ctx: int, max_seqs: int, n_threads: int, offloaded: bool, n_vocab: int,
-                 sampler_chain: Callable[[Any], Any], chunk_tokens: int = CHUNK_TOKENS):
+                 sampler_chain: Callable[[Any], Any], chunk_tokens: int = CHUNK_TOKENS, backend_greedy: bool = True,
+                 seq_ctx: int | None = None):
         """sampler_chain(params): a llama.cpp sampler chain for one sequence's sampling parameters (the one the
-        unbatched path uses, so that a seed gives the same tokens either way)."""
+        unbatched path uses, so that a seed gives the same tokens either way). backend_greedy: greedy rows take
+        their argmax inside llama.cpp's graph (backend sampling), so a step whose rows are all greedy copies no
+        logits to the host. seq_ctx: the most positions one sequence takes (default: the whole pool)."""
         self.lc = lc
         self._chain_for = sampler_chain
         self.n_vocab = n_vocab
@@ -129,6 +142,15 @@ class GGUFStepper:
         p.n_ubatch = min(UBATCH, p.n_batch)
         p.n_threads = p.n_threads_batch = n_threads
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if offloaded else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._greedy = [self._greedy_chain(lc) for _ in range(max_seqs)] if backend_greedy else []
+        if self._greedy:  # every slot starts greedy on the backend; a slot whose sequence needs logits leaves it
+            configs = (lc.llama_sampler_seq_config * max_seqs)()
+            for slot, chain in enumerate(self._greedy):
+                configs[slot].seq_id = slot
+                configs[slot].sampler = ctypes.cast(chain, ctypes.c_void_p)
+            p.samplers, p.n_samplers = configs, max_seqs
+        self._on_backend = set(range(len(self._greedy)))  # slots whose greedy sampler is in the graph
+        self._want: dict[int, bool] = {}  # slot -> on the backend or not, from the next step on
         self.ctx = lc.llama_init_from_model(model, p)
         if not self.ctx:
             raise InvalidModel(f"llama.cpp could not create a context of {n_ctx} tokens for {max_seqs} sequences "
@@ -137,7 +159,7 @@ class GGUFStepper:
         self.n_ctx = int(lc.llama_n_ctx(self.ctx))
         self.block_size = BLOCK_SIZE
         self.num_blocks = self.n_ctx // BLOCK_SIZE
-        self.max_len = self.num_blocks * BLOCK_SIZE
+        self.max_len = min(self.num_blocks * BLOCK_SIZE, seq_ctx or self.n_ctx)
         self._batch = _Batch(p.n_batch, lc)
         self._live: dict[int, _Live] = {}  # slot -> the sequence in it
         self._last = [0] * max_seqs  # slot -> its last sampled token (the next decode's input)
@@ -152,6 +174,33 @@ class GGUFStepper:
         reproduces its tokens only when the KV pool never ran out under it."""
         params = seq.params.params
         self._live[seq.slot] = _Live(seq, seq.epoch, None if params.temperature <= 0 else self._chain_for(params))
+        if self._greedy:  # only a plain greedy row samples in the graph: the others read the logits
+            self._want[seq.slot] = (params.temperature <= 0 and params.logprobs is None
+                                    and seq.params.grammar is None)
+
+    @staticmethod
+    def _greedy_chain(lc):
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        return chain
+
+    def _apply_samplers(self) -> None:
+        """Attach or detach the slots' backend greedy samplers that begin() changed (between steps: llama.cpp
+        re-plans its graph at the next decode)."""
+        lc = self.lc
+        for slot, on in self._want.items():
+            if on == (slot in self._on_backend):
+                continue
+            if on:
+                if lc.llama_set_sampler(self.ctx, slot, self._greedy[slot]):
+                    self._on_backend.add(slot)
+                continue
+            lc.llama_synchronize(self.ctx)  # no step in flight still uses the chain
+            lc.llama_set_sampler(self.ctx, slot, None)
+            self._on_backend.discard(slot)
+            lc.llama_sampler_free(self._greedy[slot])  # a chain goes to the backend once: the next one is new
+            self._greedy[slot] = self._greedy_chain(lc)
+        self._want.clear()
 
     def end(self, seq: Sequence) -> None:
         """Free the slot's KV cells: now, or (while a step computes on the worker) before the next step."""
@@ -175,6 +224,8 @@ class GGUFStepper:
         import numpy as np
 
         self._sample_pending()  # their tokens are this step's decode inputs
+        if self._want:
+            self._apply_samplers()
         b = self._batch
         self.peak_batch = max(self.peak_batch, len(decodes))
         rows: list[int | None] = []
@@ -231,6 +282,9 @@ class GGUFStepper:
         if self.ctx:
             self.lc.llama_free(self.ctx)
             self.ctx = None
+        for chain in self._greedy:
+            self.lc.llama_sampler_free(chain)
+        self._greedy = []
 
     # --- sampling ------------------------------------------------------------------------------------
     def _sample_pending(self) -> None:
@@ -263,6 +317,10 @@ class GGUFStepper:
                 grammar.mask_numpy(logits)
         if live.chain is not None:
             token = int(self.lc.llama_sampler_sample(live.chain, self.ctx, row))
+        elif live.seq.slot in self._on_backend and grammar is None and k is None:
+            token = int(self.lc.llama_get_sampled_token_ith(self.ctx, row))  # the graph's argmax
+            if token < 0:  # not sampled there after all: the logits are on the host
+                token = int(self._logits(row).argmax())
         else:
             token = int(self._logits(row).argmax())  # the first maximum, as llama.cpp's greedy sampler
         if grammar is not None:
