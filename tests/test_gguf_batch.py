@@ -261,6 +261,32 @@ def test_on_a_gpu_the_pool_grows_with_the_sequences_asked_for():
     assert pool_cells(2048, 1, offloaded=True) == 2048
 
 
+def test_a_grown_pool_that_does_not_fit_falls_back_to_one_context(gguf_path, monkeypatch, caplog):
+    """Layers "offloaded" (n_gpu_layers: the CPU build ignores it) and 64 sequences asked for: the pool grows to
+    65,536 cells. Where llama.cpp cannot allocate that (a small GPU; here refused above 8,192 cells), the model still
+    loads, batching what one 8,192-token context holds, and says so."""
+    from quantdeploy.backends import gguf_batch
+
+    real = gguf_batch.GGUFStepper.__init__
+    asked = []
+
+    def small_gpu(self, lc, model, *, n_ctx, **kw):
+        asked.append(n_ctx)
+        if n_ctx > 8192:
+            raise gguf_batch.InvalidModel("llama.cpp could not create a context (out of memory?)")
+        real(self, lc, model, n_ctx=n_ctx, **kw)
+
+    monkeypatch.setattr(gguf_batch.GGUFStepper, "__init__", small_gpu)
+    m = quantdeploy.load(str(gguf_path), max_seqs=64, extra={"n_gpu_layers": 1})
+    try:
+        assert asked == [65536, 8192]
+        assert m.max_sequences == 32 and m.context_length == 8192
+        assert "did not fit the GPU" in caplog.text
+        assert "".join(m.generate("1, 2, 3,", params(max_tokens=6, temperature=0))) == " 4, 5,"
+    finally:
+        m.close()
+
+
 def test_structured_output_and_logprobs_in_a_batch(batched):
     """A grammar and logprobs per sequence, while other sequences decode beside them: every reply parses, and the
     logprobs describe the sampled tokens."""

@@ -209,10 +209,25 @@ class GGUFModel(LoadedModel):
         from ..batching import Scheduler
         from .gguf_batch import CHUNK_TOKENS, GGUFStepper
 
-        stepper = GGUFStepper(llama_cpp, self.llm.model, n_ctx=pool, seq_ctx=seq_ctx, max_seqs=self._max_seqs,
-                              n_threads=threads, offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
-                              chunk_tokens=self.spec.prompt_chunk or CHUNK_TOKENS,
-                              sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
+        def stepper_of(cells: int, seqs: int) -> GGUFStepper:
+            return GGUFStepper(llama_cpp, self.llm.model, n_ctx=cells, seq_ctx=seq_ctx, max_seqs=seqs,
+                               n_threads=threads, offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
+                               chunk_tokens=self.spec.prompt_chunk or CHUNK_TOKENS,
+                               sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
+
+        try:
+            stepper = stepper_of(pool, self._max_seqs)
+        except InvalidModel:
+            if pool <= seq_ctx:
+                raise
+            # the grown pool (gguf_batch.pool_cells) did not fit the GPU: one context's cells, as many as they hold
+            from .gguf_batch import sequences_for
+
+            seqs = sequences_for(seq_ctx, self._max_seqs, self._max_seqs)
+            log.warning("a KV pool of %d cells for %d sequences did not fit the GPU; batching %d sequences in %d "
+                        "cells (--ctx sets the pool)", pool, self._max_seqs, seqs, seq_ctx)
+            stepper = stepper_of(seq_ctx, seqs)
+            self._max_seqs = seqs
         self._n_ctx = stepper.max_len
         self._sched = Scheduler(stepper, name="quantdeploy-gguf-batch")
 

@@ -153,6 +153,8 @@ class GGUFStepper:
         self._want: dict[int, bool] = {}  # slot -> on the backend or not, from the next step on
         self.ctx = lc.llama_init_from_model(model, p)
         if not self.ctx:
+            for chain in self._greedy:
+                lc.llama_sampler_free(chain)
             raise InvalidModel(f"llama.cpp could not create a context of {n_ctx} tokens for {max_seqs} sequences "
                                "(out of memory?); lower --ctx or --max-concurrency")
         self.mem = lc.llama_get_memory(self.ctx)
