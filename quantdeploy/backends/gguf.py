@@ -213,7 +213,9 @@ class GGUFModel(LoadedModel):
             return GGUFStepper(llama_cpp, self.llm.model, n_ctx=cells, seq_ctx=seq_ctx, max_seqs=seqs,
                                n_threads=threads, offloaded=bool(self.n_gpu_layers), n_vocab=self.llm.n_vocab(),
                                chunk_tokens=self.spec.prompt_chunk or CHUNK_TOKENS,
-                               sampler_chain=lambda params: self._sampler_chain(llama_cpp, params))
+                               sampler_chain=lambda params: self._sampler_chain(llama_cpp, params),
+                               # backend sampling crashed llama.cpp on several CUDA GPUs (ggml-org/llama.cpp#18721)
+                               backend_greedy=self._gpus <= 1)
 
         try:
             stepper = stepper_of(pool, self._max_seqs)
