@@ -261,6 +261,21 @@ def test_on_a_gpu_the_pool_grows_with_the_sequences_asked_for():
     assert pool_cells(2048, 1, offloaded=True) == 2048
 
 
+def test_a_slot_moves_between_greedy_in_the_graph_and_logits_on_the_host(batched):
+    """A plain greedy sequence samples inside llama.cpp's graph; one that asks for logprobs needs the logits, so its
+    slot's backend sampler is detached (and replaced: a chain goes to the backend once). All three say the same."""
+    stepper = batched._sched.stepper
+    prompt, p = "1, 2, 3, 4,", params(max_tokens=12, temperature=0)
+    first = "".join(batched.generate(prompt, p))
+    assert stepper._on_backend  # the slots start with their greedy samplers in the graph
+    chains = list(stepper._greedy)
+    g = batched.generate(prompt, replace(p, logprobs=1))
+    with_logprobs = "".join(g)
+    assert len(g.logprobs) == 12
+    assert stepper._greedy != chains  # its slot's sampler left the graph (a detached chain is replaced)
+    assert "".join(batched.generate(prompt, p)) == with_logprobs == first
+
+
 def test_a_grown_pool_that_does_not_fit_falls_back_to_one_context(gguf_path, monkeypatch, caplog):
     """Layers "offloaded" (n_gpu_layers: the CPU build ignores it) and 64 sequences asked for: the pool grows to
     65,536 cells. Where llama.cpp cannot allocate that (a small GPU; here refused above 8,192 cells), the model still
