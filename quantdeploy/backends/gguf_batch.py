@@ -9,10 +9,10 @@ Each step is one `llama_decode`: a decode row per running sequence (fed the slot
 chunks. A plain greedy row (no logprobs, no grammar) takes its argmax in llama.cpp's graph (a greedy sampler per
 slot on the backend), so no logits come to the host for it. The other rows that sample are read back with
 llama_get_logits_ith: greedy rows by numpy's argmax (llama.cpp's own greedy picks the same first maximum), the
-others by a llama.cpp sampler chain per sequence (top-k, top-p,
-temperature, then a distribution seeded per sequence, so what runs beside it never takes its draws). As in the
-unbatched path, a row's logprobs are read before anything changes its logits, and a sequence's grammar masks
-them in place before its sampler reads them; the grammar then follows the sampled token.
+others by a llama.cpp sampler chain per sequence (top-k, top-p, temperature, then a distribution seeded per
+sequence, so what runs beside it never takes its draws). As in the unbatched path, a row's logprobs are read
+before anything changes its logits, and a sequence's grammar masks them in place before its sampler reads them;
+the grammar then follows the sampled token.
 
 Steps are pipelined as the scheduler expects: a step's rows are sampled when the next step is launched (their
 tokens feed it) or when the scheduler collects it, whichever comes first. With layers on a GPU, llama_decode
