@@ -7,6 +7,7 @@ them back so that an error can name the exact `pip install 'quantdeploy[EXTRA]'`
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, requires, version
+from pathlib import Path
 
 from .errors import BackendUnavailable
 
@@ -50,3 +51,15 @@ def require(extra: str, what: str) -> None:
     if gone:
         raise BackendUnavailable(f"{what} needs {', '.join(gone)}, which this install lacks: "
                                  f"pip install 'quantdeploy[{extra}]' (./install.sh installs it)")
+
+
+def gptqmodel_jit_compiled(extension: str) -> bool:
+    """Whether gptqmodel's JIT cache already holds a compiled library of `extension` ("marlin_fp16", "machete", ...):
+    its first use on this machine compiles it otherwise (minutes). GPTQMODEL_TORCH_EXTENSIONS_DIR is honoured."""
+    try:
+        from gptqmodel.utils.cpp import default_torch_ops_build_root
+
+        root = Path(default_torch_ops_build_root(extension))
+    except Exception:  # gptqmodel missing or broken: where it caches by default
+        root = Path.home() / ".cache" / "gptqmodel" / "torch_extensions" / extension
+    return any(root.glob("*/*.so"))

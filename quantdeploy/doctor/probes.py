@@ -112,18 +112,11 @@ def nvcc() -> dict[str, Any] | None:
     return {"path": path, "version": m.group(1) if m else None}
 
 
-def _gptqmodel_build_root(subdir: str) -> Path:
-    try:
-        from gptqmodel.utils.cpp import default_torch_ops_build_root  # honours GPTQMODEL_TORCH_EXTENSIONS_DIR
-
-        return Path(default_torch_ops_build_root(subdir))
-    except Exception:
-        return Path.home() / ".cache" / "gptqmodel" / "torch_extensions" / subdir
-
-
 def jit_kernels() -> dict[str, bool]:
     """gptqmodel's JIT-compiled CUDA extensions -> already compiled (a cached .so) or not."""
-    return {name: any(_gptqmodel_build_root(name).glob("*/*.so")) for name in JIT_EXTENSIONS}
+    from ..extras import gptqmodel_jit_compiled
+
+    return {name: gptqmodel_jit_compiled(name) for name in JIT_EXTENSIONS}
 
 
 def cutlass_cached() -> bool | None:

@@ -85,12 +85,9 @@ def available(device) -> tuple[bool, str]:
 
 def compiled() -> bool:
     """Whether gptqmodel already holds Marlin's fp16 kernels compiled (a library in its JIT cache)."""
-    try:
-        from gptqmodel.utils.cpp import default_torch_ops_build_root  # honours GPTQMODEL_TORCH_EXTENSIONS_DIR
+    from ..extras import gptqmodel_jit_compiled
 
-        return any(default_torch_ops_build_root("marlin_fp16").glob("*/*.so"))
-    except Exception:
-        return False
+    return gptqmodel_jit_compiled("marlin_fp16")
 
 
 class MarlinLinear:
