@@ -88,6 +88,12 @@ class EngineConfig:
     engine's own, with the reason in the kernel report). 0: never (one copy of the weights). 1: on CUDA whatever the
     batch, an error where it cannot run."""
 
+    one_copy: bool = False
+    """QUANTDEPLOY_ONE_COPY=1: where the engine makes Marlin's copy of gate|up and down (QUANTDEPLOY_MARLIN), it keeps
+    that copy only, so a batching model holds its weights once (2.7 GiB more for the KV pool of an 8B model): one
+    token runs quantdeploy's GEMV over Marlin's layout (engine/marlin_gemv.py), 2 tokens and more Marlin. Opt-in
+    until that GEMV's batch-1 speed is measured against the engine's own (docs/engine.md)."""
+
     tuned_dir: Path | None = None
     """Where the fast engine reads per-GPU tuned GEMV variants ($QUANTDEPLOY_HOME/gemv, written by
     benchmarks/gpu/graph_ab.py --sweep --save); None: the built-in variants. QUANTDEPLOY_TUNED_GEMV=0 ignores the
@@ -111,6 +117,7 @@ ENGINE_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "QUANTDEPLOY_FUSED": ("fused_ops", _auto_flag),
     "QUANTDEPLOY_LM_HEAD": ("lm_head", _lm_head),
     "QUANTDEPLOY_MARLIN": ("marlin", _auto_flag),
+    "QUANTDEPLOY_ONE_COPY": ("one_copy", _flag),
     "QUANTDEPLOY_TUNED_GEMV": ("tuned_dir", _tuned),
 }
 

@@ -270,6 +270,48 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act, layout):
         assert float((lin(x8).float() - x8.float() @ ref.t()).norm() / (x8.float() @ ref.t()).norm()) < 3e-3
 
 
+@pytest.mark.parametrize("layout", ["gptq", "awq", "sym"])
+def test_the_gemv_source_computes_the_reference_on_the_cpu(layout):
+    """kernels/w4a16.cu's GEMV itself on the CPU emulation of CUDA (quantdeploy/testing/cuda_emu.py), every kernel
+    kind: a warp per rows, K split over 4 and 8 warps, persistent blocks striding over the rows (2 multiprocessors),
+    gate|up with SiLU and GELU-tanh; and the prompts' dequantization into the original row order."""
+    import torch.nn.functional as F
+
+    from quantdeploy.testing import cuda_emu
+
+    ok, why = cuda_emu.available()
+    if not ok:
+        pytest.skip(f"no CPU emulation of CUDA: {why}")
+    w, _ = _weight(layout, k=1024, n=160)
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(2)).half()
+    ref = L.reference(L.repack(w))  # [N, K]
+    gshift = 2  # groups of 128: 4 chunks of 32
+    for act in (None, "silu", "gelu_tanh"):
+        nk = L.repack(w, interleave=act is not None)
+        want = x.float() @ ref.t()
+        if act:
+            g, up = want.half().chunk(2)
+            want = (F.silu(g.float()) if act == "silu" else F.gelu(g.float(), approximate="tanh")).half().float() * \
+                up.float()
+        variants = ((4, 1, 1), (2, 4, 1), (8, 2, 1), (8, 1, 4), (4, 1, 8), (4, 1, -2)) if act is None else \
+            ((2, 4, 1), (4, 1, -2)) if act == "silu" else ((8, 1, 4),)
+        for v in variants:
+            r, u, sk = C.fit_variant(v, nk.k, nk.n)
+            assert (r, u, sk) == v
+            name = C.kernel_name(r, u, sk, C.ACTS[act] if act else 0, nk.z)
+            (y,) = cuda_emu.run(C.SOURCE, name, C.grid(nk.n, r, sk, 2), 32 * sk if sk > 1 else C.THREADS,
+                                [nk.q, nk.meta, x, cuda_emu.Out(torch.float16, want.numel()), nk.n, nk.k,
+                                 nk.k // nk.group_size, gshift])
+            err = float((y.float() - want).norm() / want.norm())
+            assert err < 2e-3, (name, err)
+    nk = L.repack(w, interleave=True)
+    words = nk.n * nk.k // 8
+    (dense,) = cuda_emu.run(C.SOURCE, C.dequant_name(nk.z), -(-words // C.THREADS), C.THREADS,
+                            [nk.q, nk.meta, cuda_emu.Out(torch.float16, nk.n * nk.k), nk.n, nk.k,
+                             nk.k // nk.group_size, nk.split])
+    assert torch.allclose(dense.reshape(nk.n, nk.k).float(), ref, rtol=1e-3, atol=1e-4)
+
+
 def test_pdl_launch_structs_match_the_driver_abi():
     """cuLaunchKernelEx reads these through a pointer: sizes and offsets of CUlaunchAttribute / CUlaunchConfig
     (cuda.h, CUDA 12 and 13)."""

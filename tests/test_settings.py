@@ -29,6 +29,8 @@ HOME = "/srv/qd"
     ({"QUANTDEPLOY_MARLIN": "auto"}, {"marlin": None}),
     ({"QUANTDEPLOY_MARLIN": "on"}, {"marlin": True}),
     ({"QUANTDEPLOY_MARLIN": "always"}, "QUANTDEPLOY_MARLIN=always: use 1 or 0"),
+    ({"QUANTDEPLOY_ONE_COPY": "1"}, {"one_copy": True}),
+    ({"QUANTDEPLOY_ONE_COPY": "auto"}, "QUANTDEPLOY_ONE_COPY=auto: use 1 or 0"),
     ({"QUANTDEPLOY_LM_HEAD": ""}, {"lm_head": "checkpoint"}),
     ({"QUANTDEPLOY_TUNED_GEMV": "0"}, {"tuned_dir": None}),
     ({"QUANTDEPLOY_TUNED_GEMV": "1"}, {"tuned_dir": Path(HOME) / "gemv"}),

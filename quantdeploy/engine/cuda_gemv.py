@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import cuda_driver, marlin, pdl, tuning
+from . import cuda_driver, marlin, marlin_gemv, pdl, tuning
 from .nk_layout import MetaForm, NKWeight, repack
 
 log = logging.getLogger("quantdeploy.engine")
@@ -43,26 +43,27 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def compile_cubin(name: str, arch: str) -> tuple[bytes, str]:
-    """(cubin, mangled name) of one kernel, e.g. name="qd_w4a16_gemv<4, 2, 0>", arch="90"."""
+def compile_cubin(name: str, arch: str, source: Path = SOURCE) -> tuple[bytes, str]:
+    """(cubin, mangled name) of one kernel of `source` (a file under kernels/, which may include its neighbours),
+    e.g. name="qd_w4a16_gemv<4, 2, 0>", arch="90"."""
     try:
         inc = _include_dirs()
     except ImportError:
         inc = []
-    return cuda_driver.compile_cubin(SOURCE.read_text(), name, arch, inc, ["-std=c++17"])
+    return cuda_driver.compile_cubin(source.read_text(), name, arch, [str(source.parent)] + inc, ["-std=c++17"])
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(name: str, device_index: int):
+def _kernel(name: str, device_index: int, source: Path = SOURCE):
     major, minor = torch.cuda.get_device_capability(device_index)
     with torch.cuda.device(device_index):
-        cubin, mangled = compile_cubin(name, f"{major}{minor}")
+        cubin, mangled = compile_cubin(name, f"{major}{minor}", source)
         return cuda_driver.load_function(cubin, mangled)
 
 
-def resources(name: str, device_index: int = 0) -> dict[str, int]:
+def resources(name: str, device_index: int = 0, source: Path = SOURCE) -> dict[str, int]:
     """A loaded kernel's registers per thread and local memory per thread (bytes spilled from registers)."""
-    func = _kernel(name, device_index)
+    func = _kernel(name, device_index, source)
     lib, out = cuda_driver.driver(), {}
     for key, attr in (("registers", 4), ("local_bytes", 3)):  # CU_FUNC_ATTRIBUTE_NUM_REGS, _LOCAL_SIZE_BYTES
         v = ctypes.c_int()
@@ -77,9 +78,9 @@ class _Launch:
     (cuLaunchKernelEx), so the kernel overlaps the one before it (see pdl.py)."""
 
     def __init__(self, name: str, device: torch.device, n_ptr: int, ints: tuple[int, ...], pdl: bool = False,
-                 threads: int = THREADS):
+                 threads: int = THREADS, source: Path = SOURCE):
         self.lib = cuda_driver.driver()
-        self.func = _kernel(name, device.index or 0)
+        self.func = _kernel(name, device.index or 0, source)
         self.ptrs = [ctypes.c_void_p() for _ in range(n_ptr)]
         self.ints = [ctypes.c_int(v) for v in ints]
         self.argv = (ctypes.c_void_p * (n_ptr + len(ints)))(
@@ -402,11 +403,14 @@ class CudaLinears:
     kernel = "qd-w4a16-gemv"  # the name kernel reports show
     fuses_act = True  # make(w, act=...) takes the MLP activation into the gate|up GEMV
 
-    def __init__(self, device, tuned_dir: Path | None = None, use_marlin: bool = False, marlin_note: str = ""):
+    def __init__(self, device, tuned_dir: Path | None = None, use_marlin: bool = False, marlin_note: str = "",
+                 one_copy: bool = False):
         """use_marlin: also a Marlin copy of each weight it wins on (engine/marlin.py: choose); marlin_note: why not,
-        for the kernel report."""
+        for the kernel report; one_copy: Marlin's copy replaces ours where the Marlin-layout GEMV takes the weight
+        (engine/marlin_gemv.py)."""
         self.device = torch.device(device)
         self.use_marlin, self.marlin_note, self.marlin_bytes, self.marlin_names = use_marlin, marlin_note, 0, set()
+        self.one_copy, self.one_copy_names = one_copy, set()
         self.labels = set()
         self.tuned_file = tuning.tuned_file(tuned_dir, self.device, "cuda")
         self.tuned = tuning.read(self.tuned_file)
@@ -415,6 +419,15 @@ class CudaLinears:
     def make(self, w, act: str | None = None) -> CudaLinear:
         """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
         act = act if act in ACTS and w.n % 2 == 0 else None
+        name = marlin.product(w.k, w.n) if self.use_marlin else None
+        why = marlin.fits(w) if name else None
+        if name and why is None and self.one_copy and marlin_gemv.fits(w) is None:
+            one = marlin_gemv.OneCopyLinear(marlin.MarlinLinear(w, self.device), w.group_size, self.device, act)
+            self.marlin_bytes += one.nbytes()
+            self.marlin_names.add(name)
+            self.one_copy_names.add(name)
+            self.labels.add(one.label)
+            return one
         nk = repack(w, interleave=act is not None)
         key = tuned_key(nk.k, nk.n, nk.z)
         if key in self.tuned:
@@ -425,9 +438,7 @@ class CudaLinears:
             self.tuned_shapes.add(f"mma {key}")
         lin = CudaLinear(nk, self.device, variant_for(nk.k, nk.n, nk.z, self.tuned), act=act, mma_tuned=mma)
         self.labels.add(lin.label)
-        name = marlin.product(w.k, w.n) if self.use_marlin else None
         if name:
-            why = marlin.fits(w)
             if why is None:
                 lin.marlin = marlin.MarlinLinear(w, self.device)
                 self.marlin_bytes += lin.marlin.nbytes()
@@ -440,6 +451,9 @@ class CudaLinears:
         """Which products run on gptqmodel's Marlin in batches (and its copy's size), or why none: kernel reports."""
         if not self.marlin_bytes:
             return self.marlin_note or "off"
+        if self.one_copy_names:
+            return (f"gptqmodel Marlin for {', '.join(sorted(self.one_copy_names))} from 2 tokens, one token on the "
+                    f"Marlin-layout GEMV: one copy of those weights ({self.marlin_bytes / 2 ** 30:.2f} GiB)")
         return (f"gptqmodel Marlin for {', '.join(sorted(self.marlin_names))} from {marlin.FROM_TOKENS} to "
                 f"{GEMM_MAX_TOKENS} tokens (a second copy of those weights: {self.marlin_bytes / 2 ** 30:.2f} GiB)")
 

@@ -183,7 +183,8 @@ class Decoder:
             raise BackendUnavailable(f"the CUDA GEMV cannot run here ({why}); QUANTDEPLOY_DISABLED_KERNELS=fast_cuda "
                                      "runs the next kernel")
         use, note = marlin.choose(self.config.marlin, self.device, batch)
-        return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir, use_marlin=use, marlin_note=note)
+        return cuda_gemv.CudaLinears(self.device, self.config.tuned_dir, use_marlin=use, marlin_note=note,
+                                     one_copy=self.config.one_copy)
 
     def _hand_over(self, maker, layer: Layer) -> None:
         """Layer by layer, so the GPU never holds two copies of the weights in one layout: the maker repacks ours

@@ -15,34 +15,11 @@
 // W[n, k] = (q - zero) * scale. (q - zero) is exact in fp16 (the 0x6400 exponent trick, zero folded into the
 // same subtraction), one lane's 32 products accumulate in half2, and the scale is applied once per 32 weights
 // in fp32.
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 // The meta forms as nk_layout.py's MetaForm names them (an enum: no symbols in the cubin); any Z >= 0 is
 // MetaForm.SCALES_ONLY, Z the weight's one zero point.
 enum MetaForm : int { META_WORDS = -1, META_ZERO_BYTES = -5 };
-
-__device__ __forceinline__ unsigned and_or(unsigned a, unsigned b, unsigned c) {
-    unsigned d;
-    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
-    return d;
-}
-
-// Programmatic dependent launch (sm_90+; no-ops when the kernel was launched without it): the GEMV lets the next
-// kernel launch early, and streams its first weights before it waits for the previous kernel's output (x).
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ half2 as_h2(unsigned u) { return *reinterpret_cast<half2 *>(&u); }
-__device__ __forceinline__ unsigned as_u(half2 h) { return *reinterpret_cast<unsigned *>(&h); }
 
 // 8 weights (q - zero) of one word, in k order, as 4 half2.
 __device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2 out[4]) {
@@ -81,8 +58,7 @@ __device__ __forceinline__ void row_consts(const Meta<R> &m, int r, half2 &zlo, 
         z = (unsigned)Z;
         scale = (r & 1) ? __high2float(as_h2(m.w[r])) : __low2float(as_h2(m.w[r]));
     }
-    zlo = as_h2((0x6400u + z) * 0x10001u);  // 1024 + z
-    zhi = as_h2((0xd400u + (z << 4)) * 0x10001u);  // -(64 + z): exponent 6, z sixteenths of it (integer ops only)
+    zero_consts(z, zlo, zhi);
 }
 
 // R consecutive rows times one lane's 32-weight chunk, into acc (x chunk: 4 uint4 = 32 halves).
@@ -251,17 +227,7 @@ __device__ __forceinline__ void store_rows(half *__restrict__ y, int n0, const f
         return;
     }
 #pragma unroll
-    for (int r = 0; r + 1 < R; r += 2) {
-        const float g = __half2float(__float2half_rn(acc[r]));
-        const float u = __half2float(__float2half_rn(acc[r + 1]));
-        float a;
-        if (ACT == 1) {
-            a = g / (1.0f + expf(-g));
-        } else {
-            a = 0.5f * g * (1.0f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-        }
-        y[(n0 + r) >> 1] = __float2half_rn(__half2float(__float2half_rn(a)) * u);
-    }
+    for (int r = 0; r + 1 < R; r += 2) y[(n0 + r) >> 1] = act_mul<ACT>(acc[r], acc[r + 1]);
 }
 
 // One warp per R rows over all of K (many warps when N is large); ACT as in store_rows, Z as in the layout above.
