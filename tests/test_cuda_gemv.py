@@ -312,6 +312,33 @@ def test_the_gemv_source_computes_the_reference_on_the_cpu(layout):
     assert torch.allclose(dense.reshape(nk.n, nk.k).float(), ref, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["gptq", "sym"])
+def test_the_batched_kernel_source_computes_the_reference_on_the_cpu(layout):
+    """kernels/w4a16.cu's tensor-core kernel (qd_w4a16_mma) on the CPU emulation, whose mma.sync follows PTX's
+    m16n8k16 fragment layout: one and two tiles of 8 tokens with a ragged last one, K over 2 and 4 warps, 1 and 2
+    tiles of rows per block, the weights in registers and through the shared-memory ring, a gate|up weight's
+    interleaved rows written back in the original order."""
+    from quantdeploy.testing import cuda_emu
+
+    ok, why = cuda_emu.available()
+    if not ok:
+        pytest.skip(f"no CPU emulation of CUDA: {why}")
+    w, _ = _weight(layout, k=512, n=64)
+    ref = L.reference(L.repack(w))  # [N, K], rows in the original order
+    gen = torch.Generator().manual_seed(3)
+    for interleave in (False, True):
+        nk = L.repack(w, interleave=interleave)
+        for m, warps, rows, stages in ((3, 2, 1, 0), (8, 4, 2, 0), (16, 2, 2, 2), (13, 4, 1, 2)):
+            x = torch.randn(m, nk.k, generator=gen).half()
+            want = x.float() @ ref.t()
+            name = C.mma_name(C.mma_tiles(m), warps, nk.z, rows, stages)
+            (y,) = cuda_emu.run(C.SOURCE, name, nk.n // (16 * rows), 32 * warps,
+                                [nk.q, nk.meta, x, cuda_emu.Out(torch.float16, m * nk.n), m, nk.n, nk.k,
+                                 nk.k // nk.group_size, 2, nk.split])
+            err = float((y.reshape(m, nk.n).float() - want).norm() / want.norm())
+            assert err < 1e-3, (name, interleave, m, err)
+
+
 def test_pdl_launch_structs_match_the_driver_abi():
     """cuLaunchKernelEx reads these through a pointer: sizes and offsets of CUlaunchAttribute / CUlaunchConfig
     (cuda.h, CUDA 12 and 13)."""

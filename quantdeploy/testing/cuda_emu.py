@@ -1,6 +1,6 @@
 """Run one of quantdeploy's CUDA kernels (engine/kernels/*.cu) on the CPU, so that tests check the kernels' own
-source, not only a Python reference, on machines without a GPU (cuda_emu/cuda_fp16.h emulates the part of CUDA the
-GEMV kernels use; kernels with tensor-core or cp.async instructions do not build there).
+source, not only a Python reference, on machines without a GPU (cuda_emu/cuda_fp16.h emulates the part of CUDA
+they use, mma.sync and cp.async included). It checks what a kernel computes, not its speed, races or bounds.
 
     y = run(SOURCE, "qd_marlin_gemv<8, 1, 2, 1, 0, -2>", grid=2, threads=64,
             args=[q, s, zp, x, Out(torch.float16, 128), 128, 256])

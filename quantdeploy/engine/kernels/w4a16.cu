@@ -372,6 +372,8 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  "{%0, %1, %2, %3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(QD_CUDA_EMU)
+    qd_emu::mma16816(d, a, b0, b1);
 #else
     __trap();  // the chooser takes this kernel on compute capability 8.0+ only
 #endif
@@ -396,6 +398,8 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool va
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
+#elif defined(QD_CUDA_EMU)  // at once: a lane reads back only its own slots
+    *static_cast<uint4 *>(smem) = valid ? *static_cast<const uint4 *>(gmem) : uint4{0, 0, 0, 0};
 #endif
 }
 

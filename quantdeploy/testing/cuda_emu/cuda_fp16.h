@@ -1,12 +1,13 @@
-// The part of CUDA that quantdeploy's GEMV kernels use, on the CPU, so that the tests run the kernels' own source
-// without a GPU (quantdeploy/testing/cuda_emu.py): one std::thread per CUDA thread of a block, blocks one after
-// another, __shared__ a static shared by the block's threads, shuffles through a buffer between two warp barriers.
-// fp16 is the compiler's _Float16; __hfma2 rounds the fp32 fma to fp16 (the GPU rounds once: a last-bit difference
+// The part of CUDA that quantdeploy's kernels use, on the CPU, so that the tests run the kernels' own source without
+// a GPU (quantdeploy/testing/cuda_emu.py): one std::thread per CUDA thread of a block, blocks one after another,
+// __shared__ a static shared by the block's threads, shuffles and mma.sync through buffers between warp barriers
+// (the kernels' inline PTX has a QD_CUDA_EMU branch calling qd_emu:: here). fp16 is the compiler's _Float16; __hfma2 rounds the fp32 fma to fp16 (the GPU rounds once: a last-bit difference
 // at most). Not a performance model, and no memory or warp-divergence checks.
 #pragma once
 #include <barrier>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -76,10 +77,14 @@ template <class T>
 inline T __ldca(const T *p) { return *p; }
 
 namespace qd_emu {
+struct Fragments {
+    unsigned a[4], b[2];
+};
 struct Block {
     std::unique_ptr<std::barrier<>> all;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<float> lanes;
+    std::vector<Fragments> frags;
 };
 inline Block *block;
 
@@ -92,6 +97,7 @@ inline void launch(unsigned grid, unsigned threads, const std::function<void()> 
         blk.all = std::make_unique<std::barrier<>>(threads);
         for (unsigned w = 0; w < (threads + 31) / 32; ++w) blk.warps.push_back(std::make_unique<std::barrier<>>(32));
         blk.lanes.resize(threads);
+        blk.frags.resize(threads);
         block = &blk;
         std::vector<std::thread> ts;
         for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&, t, b] {
@@ -115,3 +121,39 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
     qd_emu::block->warps[w]->arrive_and_wait();
     return r;
 }
+
+namespace qd_emu {
+inline float half_of(unsigned u, int i) {
+    half h[2];
+    std::memcpy(h, &u, 4);
+    return (float)h[i];
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, d += A (16 x 16) B (16 x 8), with PTX's fragment layout: lane
+// 4 g + t holds A's rows g and g + 8 at columns 2t, 2t + 1 (a[0], a[1]) and 2t + 8, 2t + 9 (a[2], a[3]), B's rows
+// 2t, 2t + 1 (b0) and 2t + 8, 2t + 9 (b1) of column g, and D's rows g, g + 8 at columns 2t, 2t + 1. Products add up
+// in fp32, in k order.
+inline void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    const int t = threadIdx.x, w = t / 32, lane = t % 32;
+    Fragments &mine = block->frags[t];
+    for (int i = 0; i < 4; ++i) mine.a[i] = a[i];
+    mine.b[0] = b0, mine.b[1] = b1;
+    block->warps[w]->arrive_and_wait();
+    const Fragments *f = &block->frags[w * 32];
+    auto A = [&](int row, int k) {  // the register: (row >= 8) + 2 (k >= 8)
+        const Fragments &src = f[4 * (row % 8) + (k % 8) / 2];
+        return half_of(src.a[(row >= 8) + 2 * (k >= 8)], k % 2);
+    };
+    auto B = [&](int k, int col) { return half_of(f[4 * col + (k % 8) / 2].b[k >= 8], k % 2); };
+    const int g = lane / 4, tg = lane % 4;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i / 2), col = 2 * tg + i % 2;
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        out[i] = acc;
+    }
+    block->warps[w]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+}  // namespace qd_emu
