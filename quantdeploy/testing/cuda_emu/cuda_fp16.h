@@ -1,8 +1,9 @@
 // The part of CUDA that quantdeploy's kernels use, on the CPU, so that the tests run the kernels' own source without
 // a GPU (quantdeploy/testing/cuda_emu.py): one std::thread per CUDA thread of a block, blocks one after another,
 // __shared__ a static shared by the block's threads, shuffles and mma.sync through buffers between warp barriers
-// (the kernels' inline PTX has a QD_CUDA_EMU branch calling qd_emu:: here). fp16 is the compiler's _Float16; __hfma2 rounds the fp32 fma to fp16 (the GPU rounds once: a last-bit difference
-// at most). Not a performance model, and no memory or warp-divergence checks.
+// (the kernels' inline PTX has a QD_CUDA_EMU branch calling qd_emu:: here). fp16 is the compiler's _Float16;
+// __hfma2 rounds the fp32 fma to fp16 (the GPU rounds once: a last-bit difference at most). Not a performance
+// model, and no memory or warp-divergence checks.
 #pragma once
 #include <barrier>
 #include <cmath>
