@@ -82,7 +82,7 @@ class EngineConfig:
     faster; logits move by ~0.7 % relative, so greedy tokens can differ at near-ties). Opt-in: it changes outputs."""
 
     marlin: bool | None = None
-    """QUANTDEPLOY_MARLIN: gptqmodel's Marlin GEMM for the batched gate|up and down products (from 9 tokens), from a
+    """QUANTDEPLOY_MARLIN: gptqmodel's Marlin GEMM for the batched gate|up and down products (from 2 tokens), from a
     second copy of those weights in Marlin's layout (2.7 GiB for an 8B model, half its checkpoint). Unset: on CUDA for
     a model loaded to decode more than 8 sequences together, where gptqmodel's Marlin kernels build (else the
     engine's own, with the reason in the kernel report). 0: never (one copy of the weights). 1: on CUDA whatever the

@@ -84,13 +84,16 @@ def test_what_the_gemv_takes():
     assert M.fits(w).startswith("group size 1024")
 
 
-def test_the_default_split_fills_an_h100_for_the_8b_shapes():
-    """gate|up with its activation (4096 x 28672: 224 blocks of gate and up columns) splits K over 8 warps, down
-    (14336 x 4096: 64 blocks) over 28; every split leaves whole steps of 8 tiles per warp."""
-    assert M.default_split(4096, 28672, 128, True, 132) == 8
-    assert M.default_split(14336, 4096, 128, False, 132) == 28
+def test_the_default_split_is_the_h100_records_fastest_for_the_8b_shapes():
+    """gate|up with its activation (4096 x 28672: 224 blocks of gate and up columns) splits K over 4 warps, down
+    (14336 x 4096: 64 blocks) over 16; every split leaves whole steps of 8 tiles per warp, with blocks splitting K
+    too (down: 896 tiles = 4 blocks x 4 warps x 7 steps of 8)."""
+    assert M.default_split(4096, 28672, 128, True, 132) == 4
+    assert M.default_split(14336, 4096, 128, False, 132) == 16
     assert M.legal_splits(14336, 128) == [1, 2, 4, 7, 8, 14, 16, 28]
+    assert M.legal_splits(14336, 128, ks=4) == [2, 4, 7, 14, 28]
     assert M.legal_splits(640, 32) == [1]  # 40 tiles: 5 steps of 8, for one warp
+    assert M.kernel_name(128, 4, 0, 8, ks=4) == "qd_marlin_gemv<8, 1, 4, 1, 0, 8, 4>"
     with pytest.raises(ValueError, match="not a multiple of 128"):
         M.default_split(600, 640, 32, False, 132)
 
@@ -102,24 +105,28 @@ def test_every_instance_compiles(arch):
     _nvrtc_or_skip()
     names = {M.kernel_name(g, s, a, z) for g in (32, 64, 128) for s in (1, 8, 28) for a in (0, 1, 2)
              for z in (M.MARLIN_ZP, 8) if arch == "90" or (s == 8 and z == M.MARLIN_ZP)}
+    names |= {M.kernel_name(128, 4, a, M.MARLIN_ZP, ks) for a in (0, 1) for ks in (2, 4)}
     assert "qd_marlin_gemv<8, 1, 28, 1, 0, -2>" in names or arch != "90"
     for name in sorted(names):
         cubin, mangled = C.compile_cubin(name, arch, M.SOURCE)
         assert len(cubin) > 1000 and mangled.startswith("_Z"), (arch, name)
 
 
-@pytest.mark.parametrize("k,n,g,split,act,sym", [
-    (256, 128, 128, 2, None, False),
-    (512, 256, 128, 4, "silu", False),
-    (256, 192, 128, 1, None, True),
-    (256, 128, 32, 2, None, False),
-    (256, 256, 64, 2, "gelu_tanh", False),
-    (512, 256, 128, 4, "silu", True),
-    (256, 256, 32, 1, "silu", False),
+@pytest.mark.parametrize("k,n,g,split,act,sym,ks", [
+    (256, 128, 128, 2, None, False, 1),
+    (512, 256, 128, 4, "silu", False, 1),
+    (256, 192, 128, 1, None, True, 1),
+    (256, 128, 32, 2, None, False, 1),
+    (256, 256, 64, 2, "gelu_tanh", False, 1),
+    (512, 256, 128, 4, "silu", True, 1),
+    (256, 256, 32, 1, "silu", False, 1),
+    (1024, 128, 128, 2, None, False, 4),
+    (512, 256, 64, 2, "silu", True, 2),
 ])
-def test_the_kernel_source_computes_the_reference_on_the_cpu(k, n, g, split, act, sym):
+def test_the_kernel_source_computes_the_reference_on_the_cpu(k, n, g, split, act, sym, ks):
     """kernels/marlin_gemv.cu itself, run on the CPU emulation of CUDA (quantdeploy/testing/cuda_emu.py): one token
-    through every group size, with and without the activation (gate and up super tiles), K split over 1-4 warps,
+    through every group size, with and without the activation (gate and up super tiles), K split over 1-4 warps and
+    over 2 or 4 blocks per super tile (the last block adds them; the counters are left at zero for the next launch),
     zero points or Marlin's uint4b8, against the reference's product (the activation rounded like the NK GEMV's)."""
     ok, why = cuda_emu.available()
     if not ok:
@@ -137,11 +144,14 @@ def test_the_kernel_source_computes_the_reference_on_the_cpu(k, n, g, split, act
         gate, up = want[: n // 2].half().float(), want[n // 2:].half().float()
         f = torch.nn.functional
         want = (f.silu(gate) if act == "silu" else f.gelu(gate, approximate="tanh")).half().float() * up
-    name = M.kernel_name(g, split, M.ACTS.get(act, 0), 8 if sym else M.MARLIN_ZP)
-    (y,) = cuda_emu.run(M.SOURCE, name, grid=n // 64 // (2 if act else 1), threads=32 * split,
-                        args=[mq, ms, mz, x, cuda_emu.Out(torch.float16, want.numel()), n, k])
+    name = M.kernel_name(g, split, M.ACTS.get(act, 0), 8 if sym else M.MARLIN_ZP, ks)
+    tiles = n // 64 // (2 if act else 1)
+    y, _, counters = cuda_emu.run(M.SOURCE, name, grid=tiles * ks, threads=32 * split,
+                                  args=[mq, ms, mz, x, cuda_emu.Out(torch.float16, want.numel()),
+                                        cuda_emu.Out(torch.float32, n * ks), cuda_emu.Out(torch.int32, tiles), n, k])
     err = float((y.float() - want).norm() / want.norm())
     assert err < 2e-3, (name, err)
+    assert int(counters.abs().sum()) == 0
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------------------
@@ -168,8 +178,9 @@ def test_our_packing_is_gptq_marlin_repack():
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["gptq", "awq", "sym"])
 def test_the_gemv_matches_the_reference_on_the_gpu(layout):
-    """Every legal split of a gate|up shape (with SiLU and GELU-tanh) and of a down shape, groups of 128, 64 and 32,
-    against the reference product; the activation rounded like the engine's own GEMV."""
+    """Every legal split of a gate|up shape (with SiLU and GELU-tanh) and of a down shape, with 1, 2 and 4 blocks per
+    super tile, groups of 128, 64 and 32, against the reference product; the activation rounded like the engine's own
+    GEMV."""
     dev = _gpu_marlin_or_skip()
     for g in (128, 64, 32):
         for k, n, act in ((1024, 2048, "silu"), (1024, 2048, "gelu_tanh"), (2048, 1024, None)):
@@ -183,10 +194,13 @@ def test_the_gemv_matches_the_reference_on_the_gpu(layout):
                 gate, up = y[:, : n // 2].half().float(), y[:, n // 2:].half().float()
                 a = torch.nn.functional.silu(gate) if act == "silu" else torch.nn.functional.gelu(gate, approximate="tanh")
                 y = a.half().float() * up
-            for split in M.legal_splits(k, g):
-                got = M.MarlinGemv(ml, g, dev, act, split=split, pdl_launch=False)(x)
-                err = float((got.float() - y).norm() / y.norm())
-                assert got.shape == y.shape and err < 3e-3, (layout, g, k, n, act, split, err)
+            for ks in (1, 2, 4):
+                for split in M.legal_splits(k, g, ks):
+                    gemv = M.MarlinGemv(ml, g, dev, act, split=split, ks=ks, pdl_launch=False)
+                    for _ in range(2):  # the second launch finds the counters back at zero
+                        got = gemv(x)
+                        err = float((got.float() - y).norm() / y.norm())
+                        assert got.shape == y.shape and err < 3e-3, (layout, g, k, n, act, split, ks, err)
 
 
 @pytest.mark.gpu

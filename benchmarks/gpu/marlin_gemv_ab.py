@@ -1,12 +1,13 @@
 """One token through gate|up (with its activation) and down of the Llama-3-8B shape: the engine's batch-1 GEMV on
-its own NK layout against the GEMV over Marlin's layout (engine/marlin_gemv.py) at every legal K split, and
+its own NK layout against the GEMV over Marlin's layout (engine/marlin_gemv.py) at every legal K split (warps per
+block; with --ks, also blocks per super tile), and
 gptqmodel's Marlin GEMM at one token, on the same weights. The one-copy configuration (QUANTDEPLOY_ONE_COPY=1) is
 worth making the default where the Marlin-layout GEMV is within a few percent of the NK GEMV.
 Each kernel is checked against the reference first (GPTQ's symmetric form and zero points per group). Times are
 CUDA-graph replays over enough copies of each weight (>= 256 MB) that L2 cannot help; GB/s counts the bytes of the
 layout each kernel reads (Marlin's and ours hold the same weights, their scales and zero points alike).
 
-    python benchmarks/gpu/marlin_gemv_ab.py [--json OUT] [--forms sym,zeros] [--splits 4,8,16,28]
+    python benchmarks/gpu/marlin_gemv_ab.py [--json OUT] [--forms sym,zeros] [--splits 4,8,16,28] [--ks 1,2,4]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--forms", default="sym,zeros", help="meta forms: sym (scales only), zeros (zero points)")
     ap.add_argument("--splits", help="K splits of the Marlin-layout GEMV to time (default: every legal one)")
+    ap.add_argument("--ks", default="1", help="blocks per super tile to time (default: %(default)s)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     ok, why = marlin.available(dev)
@@ -59,8 +61,9 @@ def main():
             mls = [marlin.MarlinLinear(w, dev) for w in ws]
             x = torch.randn(1, k, device=dev).half()
             want = reference_y(w0, x, act)
-            splits = [int(s) for s in args.splits.split(",")] if args.splits else marlin_gemv.legal_splits(k, 128)
-            splits = [s for s in splits if s in marlin_gemv.legal_splits(k, 128)]
+            wanted = [int(s) for s in args.splits.split(",")] if args.splits else None
+            cases = [(s, ks) for ks in (int(v) for v in args.ks.split(","))
+                     for s in marlin_gemv.legal_splits(k, 128, ks) if wanted is None or s in wanted]
             default = marlin_gemv.default_split(k, n, 128, act is not None, sms)
             row = dict(shape=name, k=k, n=n, form=form, act=act, default_split=default,
                        nk_bytes=nk_lins[0].w.nbytes(), marlin_bytes=mls[0].nbytes())
@@ -68,16 +71,17 @@ def main():
             row["nk_gemv_err"] = float(f"{err:.1e}")
             row["nk_gemv_us"] = round(bench(rotating(lambda lin: lin(x), nk_lins)) * 1e3, 2)
             row["nk_gemv_label"] = nk_lins[0].label
-            for s in splits:
-                gemvs = [marlin_gemv.MarlinGemv(m, 128, dev, act, split=s, pdl_launch=False) for m in mls]
+            for s, ks in cases:
+                key = f"marlin_gemv_s{s}" + (f"_k{ks}" if ks > 1 else "")
+                gemvs = [marlin_gemv.MarlinGemv(m, 128, dev, act, split=s, ks=ks, pdl_launch=False) for m in mls]
                 err = rel(gemvs[0](x), want)
-                row[f"marlin_gemv_s{s}_err"] = float(f"{err:.1e}")
+                row[f"{key}_err"] = float(f"{err:.1e}")
                 matches &= err < 3e-3
-                row[f"marlin_gemv_s{s}_us"] = round(bench(rotating(lambda g: g(x), gemvs)) * 1e3, 2)
-                row[f"marlin_gemv_s{s}_resources"] = cuda_gemv.resources(gemvs[0].label, dev.index or 0,
-                                                                         marlin_gemv.SOURCE)
+                row[f"{key}_us"] = round(bench(rotating(lambda g: g(x), gemvs)) * 1e3, 2)
+                row[f"{key}_resources"] = cuda_gemv.resources(gemvs[0].label, dev.index or 0, marlin_gemv.SOURCE)
             row["marlin_gemm_m1_us"] = round(bench(rotating(lambda m: m(x), mls)) * 1e3, 2)
-            best = min((row[f"marlin_gemv_s{s}_us"], s) for s in splits)
+            best = min((v, key[len("marlin_gemv_"):-len("_us")]) for key, v in row.items()
+                       if key.startswith("marlin_gemv_s") and key.endswith("_us"))
             row["best_split"], row["best_vs_nk"] = best[1], round(row["nk_gemv_us"] / best[0], 3)
             row["best_gbs"] = round(row["marlin_bytes"] / best[0] / 1e3)
             row["nk_gbs"] = round(row["nk_bytes"] / row["nk_gemv_us"] / 1e3)

@@ -271,7 +271,7 @@ ACTS = {"silu": 1, "gelu_tanh": 2}
 # Up to mma_max_tokens() tokens (the decode rows of a batch, short prompt chunks) a product runs as the tensor-core
 # kernel qd_w4a16_mma on the packed weights, MMA_TOKENS per launch (compute capability 8.0+, N a multiple of 16); else
 # up to GEMM_MAX_TOKENS as the Triton W4A16 GEMM (triton_gemm); longer prompts dequantize the weight once and run one
-# cuBLAS matmul. A weight with a Marlin copy (engine/marlin.py) runs 9..GEMM_MAX_TOKENS tokens on Marlin instead.
+# cuBLAS matmul. A weight with a Marlin copy (engine/marlin.py) runs 2..GEMM_MAX_TOKENS tokens on Marlin instead.
 MMA_TOKENS = 64
 GEMM_MAX_TOKENS = 256
 
@@ -301,7 +301,7 @@ class CudaLinear:
         self.mma_ok = w.n % 16 == 0 and torch.cuda.get_device_capability(self.device) >= (8, 0)
         self.mma_max = mma_max_tokens(w.form) if self.mma_ok else 0
         self.mma_launch: dict[tuple[int, int], _Launch] = {}
-        self.marlin = None  # a MarlinLinear for 9..GEMM_MAX_TOKENS tokens (engine/marlin.py), made by CudaLinears
+        self.marlin = None  # a MarlinLinear for 2..GEMM_MAX_TOKENS tokens (engine/marlin.py), made by CudaLinears
 
     def use(self, variant: tuple[int, ...]) -> None:
         """Launch the GEMV as `variant` (made legal for this weight) from now on."""

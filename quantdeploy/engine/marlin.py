@@ -1,9 +1,9 @@
 """gptqmodel's Marlin GEMM as the batched engine's kernel for the products where it measures faster than ours.
 
-Marlin reads its own layout, so a weight it runs is held twice: ours (the batch-1 GEMV and batches of up to 8) and
-Marlin's. The engine makes Marlin's copy only for a model loaded to decode more than 8 sequences together and only
-where Marlin wins (H100, benchmarks/gpu/gemm_ab.py --marlin): a gate|up weight (N >= 2 K) and a down weight (K > N),
-from 9 tokens up to cuda_gemv.GEMM_MAX_TOKENS. gptqmodel JIT-compiles its kernels at first use (minutes, once per
+Marlin reads its own layout, so a weight it runs is held twice: ours (the batch-1 GEMV) and Marlin's, unless
+QUANTDEPLOY_ONE_COPY keeps Marlin's alone (engine/marlin_gemv.py). The engine makes Marlin's copy only for a model
+loaded to decode more than 8 sequences together and only where Marlin wins (H100, benchmarks/gpu/gemm_ab.py
+--marlin): a gate|up weight (N >= 2 K) and a down weight (K > N), from 2 tokens up to cuda_gemv.GEMM_MAX_TOKENS. gptqmodel JIT-compiles its kernels at first use (minutes, once per
 machine) and caches them under ~/.cache/gptqmodel.
 """
 
@@ -18,8 +18,11 @@ from .quant import QuantWeight
 
 log = logging.getLogger("quantdeploy.engine")
 
-FROM_TOKENS = 9  # Marlin from the batched kernel's 16-token bucket on
-MIN_BATCH = FROM_TOKENS  # auto: only for a model whose decode rows can reach Marlin (that many sequences together)
+# Marlin from 2 tokens where there is a copy: at 2-8 tokens on an H100 it took down in 17.2-17.9 us against the
+# batched kernel's 19.5-20.4, gate|up within 2 % of it up to 4 tokens and 29.1-30.0 against 32.5-32.6 at 8
+# (benchmarks/results/gpu/h100-80gb-hbm3-gemm-ab-small.json)
+FROM_TOKENS = 2
+MIN_BATCH = 9  # auto: the copy only for a model loaded to decode more than 8 sequences together
 GROUPS = (32, 64, 128)
 ZEROS_8 = -0x77777778  # 0x88888888 as an int32: eight zero points of 8, GPTQ's symmetric form once loaded
 

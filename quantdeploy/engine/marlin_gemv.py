@@ -89,8 +89,12 @@ SOURCE = Path(__file__).with_name("kernels") / "marlin_gemv.cu"
 MARLIN_ZP = -2  # the kernel's Z for zero points in Marlin's packed words (else Z >= 0: every zero point Z)
 ACTS = {"silu": 1, "gelu_tanh": 2}
 SPLITS = (1, 2, 4, 7, 8, 14, 16, 28, 32)  # warps per block splitting K (32 at most: 1,024 threads)
+DEFAULT_SPLITS = (1, 2, 4, 8, 16)  # past 16 warps a block the registers run out and spill (H100 record)
 TILES_PER_STEP = 8  # 16-row tiles a lane loads per step: 128 bytes of weights in flight per super tile
-WARPS_PER_SM = 12  # the default split aims at this many warps per multiprocessor
+# The default split aims at this many warps per multiprocessor: on an H100 the fastest split was 4 for gate|up (224
+# blocks: 6.8 warps per SM) and 16 for down with zero points (64 blocks: 7.8; with the scales alone 28 was),
+# benchmarks/results/gpu/h100-80gb-hbm3-marlin-gemv-ab.json
+WARPS_PER_SM = 6
 
 
 def fits(w) -> str | None:
@@ -101,24 +105,25 @@ def fits(w) -> str | None:
     return None
 
 
-def kernel_name(group: int, split: int, act: int, z: int, steps_of: int = TILES_PER_STEP) -> str:
+def kernel_name(group: int, split: int, act: int, z: int, ks: int = 1, steps_of: int = TILES_PER_STEP) -> str:
     """The kernel's template instance: tiles per group, groups per step, warps per block, super tiles per block (2
-    with an activation: gate and up), the activation, the zero point form."""
+    with an activation: gate and up), the activation, the zero point form, and (ks > 1) blocks per super tile."""
     gt = group // TILE_K
     gp = max(1, steps_of // gt)
-    return f"qd_marlin_gemv<{gt}, {gp}, {split}, {2 if act else 1}, {act}, {z}>"
+    return f"qd_marlin_gemv<{gt}, {gp}, {split}, {2 if act else 1}, {act}, {z}{f', {ks}' if ks > 1 else ''}>"
 
 
-def legal_splits(k: int, group: int, steps_of: int = TILES_PER_STEP) -> list[int]:
-    """Warps per block that divide K's tiles into whole steps (of `steps_of` tiles, at least one group)."""
+def legal_splits(k: int, group: int, ks: int = 1, steps_of: int = TILES_PER_STEP) -> list[int]:
+    """Warps per block that, with ks blocks per super tile, divide K's tiles into whole steps (of `steps_of` tiles,
+    at least one group); with ks > 1 at least 2 warps (the last block adds a column per thread)."""
     step = max(steps_of, group // TILE_K)
-    return [s for s in SPLITS if (k // TILE_K) % (s * step) == 0]
+    return [s for s in SPLITS if (k // TILE_K) % (s * ks * step) == 0 and (ks == 1 or s >= 2)]
 
 
 def default_split(k: int, n: int, group: int, act: bool, sms: int) -> int:
-    """Warps per block splitting K: the fewest that give every multiprocessor WARPS_PER_SM warps (fewer warps per
-    block: longer slices, less to add up), else the most there are."""
-    splits = legal_splits(k, group)
+    """Warps per block splitting K (one block per super tile): of DEFAULT_SPLITS, the fewest that give every
+    multiprocessor WARPS_PER_SM warps (fewer warps per block: longer slices, less to add up), else the most."""
+    splits = [s for s in legal_splits(k, group) if s in DEFAULT_SPLITS]
     if not splits:
         raise ValueError(f"K = {k} is not a multiple of {TILE_K * max(TILE_K // 2, group // TILE_K)}")
     blocks = n // TILE_N // (2 if act else 1)
@@ -127,9 +132,10 @@ def default_split(k: int, n: int, group: int, act: bool, sms: int) -> int:
 
 class MarlinGemv:
     """y = x @ W for one token, reading a MarlinLinear's copy (engine/marlin.py). act (a [gate | up] weight): y is
-    act(gate) * up [1, N/2]."""
+    act(gate) * up [1, N/2]. ks > 1: that many blocks per super tile split K (a scratch of N ks floats and a counter
+    per super tile)."""
 
-    def __init__(self, m, group_size: int, device, act: str | None = None, split: int | None = None,
+    def __init__(self, m, group_size: int, device, act: str | None = None, split: int | None = None, ks: int = 1,
                  pdl_launch: bool | None = None):
         from . import cuda_gemv, pdl
 
@@ -139,10 +145,16 @@ class MarlinGemv:
         self.z = 8 if m.zp.numel() == 0 else MARLIN_ZP
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.split = split or default_split(self.k, self.n, group_size, self.act is not None, sms)
-        self.label = kernel_name(group_size, self.split, ACTS.get(self.act, 0), self.z)
-        self.blocks = self.n // TILE_N // (2 if self.act else 1)
+        if self.split not in legal_splits(self.k, group_size, ks):
+            raise ValueError(f"split {self.split} x {ks} blocks does not divide K = {self.k} into whole steps")
+        self.ks = ks
+        self.label = kernel_name(group_size, self.split, ACTS.get(self.act, 0), self.z, ks)
+        tiles = self.n // TILE_N // (2 if self.act else 1)
+        self.blocks = tiles * ks
+        self.scratch = torch.empty(self.n * ks if ks > 1 else 1, dtype=torch.float32, device=self.device)
+        self.counters = torch.zeros(tiles if ks > 1 else 1, dtype=torch.int32, device=self.device)
         use_pdl = pdl.enabled(self.device) if pdl_launch is None else pdl_launch
-        self.launch = cuda_gemv._Launch(self.label, self.device, 5, (self.n, self.k), pdl=use_pdl,
+        self.launch = cuda_gemv._Launch(self.label, self.device, 7, (self.n, self.k), pdl=use_pdl,
                                         threads=32 * self.split, source=SOURCE)
         self.zp = m.zp if m.zp.numel() else m.s  # Z = 8: the kernel never reads it
 
@@ -151,7 +163,7 @@ class MarlinGemv:
         if x1.data_ptr() % 16:
             x1 = x1.clone()
         y = torch.empty(self.n // 2 if self.act else self.n, dtype=torch.float16, device=x1.device)
-        self.launch(self.blocks, self.m.q, self.m.s, self.zp, x1, y)
+        self.launch(self.blocks, self.m.q, self.m.s, self.zp, x1, y, self.scratch, self.counters)
         return y.unsqueeze(0)
 
 

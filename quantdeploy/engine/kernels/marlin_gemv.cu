@@ -72,24 +72,77 @@ __device__ __forceinline__ void step_load(const uint4 *__restrict__ q, const hal
     }
 }
 
+// Column col's sums over the block's S warps.
+template <int S, int P>
+__device__ __forceinline__ void block_sums(const float (&part_sum)[S][P][64], int col, float (&tot)[P]) {
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+        tot[p] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < S; ++w) tot[p] += part_sum[w][p][col];
+    }
+}
+
+template <int P, int ACT>
+__device__ __forceinline__ void store_col(half *__restrict__ y, int n, const float (&tot)[P]) {
+    if (ACT == 0) {
+        y[n] = __float2half_rn(tot[0]);
+    } else {
+        y[n] = act_mul<ACT>(tot[0], tot[P - 1]);
+    }
+}
+
+// The KS blocks of one super tile: each leaves its column sums in scratch (threads 0..63, one column each), and the
+// block that finishes last (a counter per super tile, zero before the launch and again after it) adds them up in
+// block order, so the sums are the same on every run. True in the last block's threads, which then hold the totals.
+template <int P, int KS>
+__device__ __forceinline__ bool last_of_blocks(float *__restrict__ scratch, unsigned *__restrict__ counters, int sti,
+                                               int ks, float (&tot)[P]) {
+    __shared__ bool last;
+    const int col = threadIdx.x;
+    if (col < 64) {
+#pragma unroll
+        for (int p = 0; p < P; ++p) scratch[((size_t)sti * KS + ks) * P * 64 + p * 64 + col] = tot[p];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + sti, 1u) == KS - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    if (col < 64) {
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            tot[p] = 0.0f;
+            for (int b = 0; b < KS; ++b) tot[p] += __ldcg(scratch + ((size_t)sti * KS + b) * P * 64 + p * 64 + col);
+        }
+    }
+    if (threadIdx.x == 0) counters[sti] = 0;
+    return true;
+}
+
 // y = x @ W for one token. q: Marlin's uint4 tiles; s: its permuted scales [G, N]; zp: its packed zero points
 // [G, N/8] (unused for Z >= 0); x: [K] fp16; y: [N] (P == 1) or, with P == 2 and ACT 1 (SiLU) / 2 (GELU-tanh), the
-// [N/2] act(gate) * up of a [gate | up] weight. A group is GT 16-row tiles; K / 16 / S is a multiple of GP * GT;
-// grid: N / 64 / P blocks of 32 S threads.
-template <int GT, int GP, int S, int P, int ACT, int Z>
+// [N/2] act(gate) * up of a [gate | up] weight. A group is GT 16-row tiles; K / 16 / (S KS) is a multiple of GP GT.
+// grid: N / 64 / P * KS blocks of 32 S threads: KS blocks per super tile split K (KS > 1: scratch holds N KS floats,
+// counters N / 64 / P zeros), so that a product with few super tiles (down: 64) still fills the GPU.
+template <int GT, int GP, int S, int P, int ACT, int Z, int KS = 1>
 __global__ void __launch_bounds__(32 * S) qd_marlin_gemv(const uint4 *__restrict__ q, const half *__restrict__ s,
                                                           const unsigned *__restrict__ zp, const half *__restrict__ x,
-                                                          half *__restrict__ y, int N, int K) {
+                                                          half *__restrict__ y, float *__restrict__ scratch,
+                                                          unsigned *__restrict__ counters, int N, int K) {
     constexpr int T = GP * GT;  // tiles per step
+    static_assert(KS == 1 || 32 * S >= 64, "the last block adds a column per thread");
     __shared__ float part_sum[S][P][64];
     pdl_launch_dependents();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int c = lane >> 2, r0 = 2 * (lane & 3);
+    const int sti = blockIdx.x / KS, ks = blockIdx.x % KS;
     int st[P];
 #pragma unroll
-    for (int p = 0; p < P; ++p) st[p] = blockIdx.x + p * (N >> 7);  // P == 2: the up half starts at super tile N/128
-    const int share = (K >> 4) / S;
-    const int kbeg = warp * share, kend = kbeg + share;
+    for (int p = 0; p < P; ++p) st[p] = sti + p * (N >> 7);  // P == 2: the up half starts at super tile N/128
+    const int share = (K >> 4) / (S * KS);
+    const int kbeg = (ks * S + warp) * share, kend = kbeg + share;
     float acc[P][8];
 #pragma unroll
     for (int p = 0; p < P; ++p)
@@ -141,18 +194,16 @@ __global__ void __launch_bounds__(32 * S) qd_marlin_gemv(const uint4 *__restrict
             for (int m = 0; m < 8; ++m) part_sum[warp][p][c + 8 * m] = acc[p][m];
     }
     __syncthreads();
+    if (KS > 1) {
+        float tot[P];
+        block_sums<S, P>(part_sum, threadIdx.x & 63, tot);
+        if (last_of_blocks<P, KS>(scratch, counters, sti, ks, tot) && threadIdx.x < 64)
+            store_col<P, ACT>(y, st[0] * 64 + threadIdx.x, tot);
+        return;
+    }
     for (int col = threadIdx.x; col < 64; col += 32 * S) {
         float tot[P];
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            tot[p] = 0.0f;
-#pragma unroll
-            for (int w = 0; w < S; ++w) tot[p] += part_sum[w][p][col];
-        }
-        if (ACT == 0) {
-            y[st[0] * 64 + col] = __float2half_rn(tot[0]);
-        } else {
-            y[st[0] * 64 + col] = act_mul<ACT>(tot[0], tot[P - 1]);
-        }
+        block_sums<S, P>(part_sum, col, tot);
+        store_col<P, ACT>(y, st[0] * 64 + col, tot);
     }
 }

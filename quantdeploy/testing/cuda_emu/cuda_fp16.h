@@ -5,6 +5,7 @@
 // __hfma2 rounds the fp32 fma to fp16 (the GPU rounds once: a last-bit difference at most). Not a performance
 // model, and no memory or warp-divergence checks.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdlib>
@@ -76,6 +77,10 @@ template <class T>
 inline T __ldg(const T *p) { return *p; }
 template <class T>
 inline T __ldca(const T *p) { return *p; }
+template <class T>
+inline T __ldcg(const T *p) { return *p; }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline unsigned atomicAdd(unsigned *p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 
 namespace qd_emu {
 struct Fragments {
