@@ -8,6 +8,10 @@ CUDA-graph replays over enough copies of each weight (>= 256 MB) that L2 cannot 
 layout each kernel reads (Marlin's and ours hold the same weights, their scales and zero points alike).
 
     python benchmarks/gpu/marlin_gemv_ab.py [--json OUT] [--forms sym,zeros] [--splits 4,8,16,28] [--ks 1,2,4]
+                                            [--no-marlin]
+
+--no-marlin packs Marlin's layout with the engine's reference packing (marlin_gemv.repack_reference, which the GPU
+tests check against gptq_marlin_repack) and does not time Marlin, so gptqmodel need not compile its kernels first.
 """
 
 from __future__ import annotations
@@ -24,6 +28,27 @@ from quantdeploy.engine import cuda_gemv, marlin, marlin_gemv, nk_layout
 
 from gemm_ab import weight
 from gemv_tune import bench, rel, rotating
+
+
+class PackedCopy:
+    """Marlin's layout of a QuantWeight without gptqmodel's kernels: what MarlinLinear holds (q, s, zp)."""
+
+    def __init__(self, w):
+        from gptqmodel.utils import marlin as gm
+
+        from quantdeploy.engine.quant import unpack_rows
+
+        self.k, self.n = w.k, w.n
+        q = unpack_rows(w.qweight.t().contiguous()).t()  # [K, N]
+        self.q = marlin_gemv.repack_reference(q)
+        self.s = gm.marlin_permute_scales(w.scales.half(), size_k=w.k, size_n=w.n, group_size=w.group_size)
+        zeros = nk_layout.unpack_zeros(w.qzeros, w.n)
+        sym = bool((zeros == 8).all())
+        self.zp = w.qzeros[:0, :0] if sym else \
+            gm.marlin_zero_points(zeros.cpu(), w.k // w.group_size, w.n, 4).to(w.qweight.device)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.s, self.zp))
 
 SHAPES = {"gate_up": (4096, 28672, "silu"), "down": (14336, 4096, None)}
 
@@ -42,9 +67,11 @@ def main():
     ap.add_argument("--forms", default="sym,zeros", help="meta forms: sym (scales only), zeros (zero points)")
     ap.add_argument("--splits", help="K splits of the Marlin-layout GEMV to time (default: every legal one)")
     ap.add_argument("--ks", default="1", help="blocks per super tile to time (default: %(default)s)")
+    ap.add_argument("--no-marlin", action="store_true",
+                    help="pack Marlin's layout with the reference packing; do not time Marlin (no gptqmodel JIT)")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    ok, why = marlin.available(dev)
+    ok, why = (True, "") if args.no_marlin else marlin.available(dev)
     if not ok:
         raise SystemExit(f"marlin_gemv_ab.py: gptqmodel's Marlin cannot run here ({why})")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
@@ -58,7 +85,7 @@ def main():
             ws = [w0] + [weight(k, n, dev, sym) for _ in range(count - 1)]
             nk_lins = [cuda_gemv.CudaLinear(nk_layout.repack(w, interleave=act is not None), dev, act=act,
                                             pdl_launch=False) for w in ws]
-            mls = [marlin.MarlinLinear(w, dev) for w in ws]
+            mls = [PackedCopy(w) if args.no_marlin else marlin.MarlinLinear(w, dev) for w in ws]
             x = torch.randn(1, k, device=dev).half()
             want = reference_y(w0, x, act)
             wanted = [int(s) for s in args.splits.split(",")] if args.splits else None
@@ -79,7 +106,8 @@ def main():
                 matches &= err < 3e-3
                 row[f"{key}_us"] = round(bench(rotating(lambda g: g(x), gemvs)) * 1e3, 2)
                 row[f"{key}_resources"] = cuda_gemv.resources(gemvs[0].label, dev.index or 0, marlin_gemv.SOURCE)
-            row["marlin_gemm_m1_us"] = round(bench(rotating(lambda m: m(x), mls)) * 1e3, 2)
+            if not args.no_marlin:
+                row["marlin_gemm_m1_us"] = round(bench(rotating(lambda m: m(x), mls)) * 1e3, 2)
             best = min((v, key[len("marlin_gemv_"):-len("_us")]) for key, v in row.items()
                        if key.startswith("marlin_gemv_s") and key.endswith("_us"))
             row["best_split"], row["best_vs_nk"] = best[1], round(row["nk_gemv_us"] / best[0], 3)

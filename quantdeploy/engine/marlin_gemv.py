@@ -41,12 +41,13 @@ def _lane_map() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def repack_reference(qint: torch.Tensor) -> torch.Tensor:
-    """int [K, N] 4-bit values -> int32 [K/16, 2N] in Marlin's layout (what gptq_marlin_repack makes of them)."""
+    """int [K, N] 4-bit values -> int32 [K/16, 2N] in Marlin's layout (what gptq_marlin_repack makes of them), on
+    the values' device."""
     k, n = qint.shape
-    rows, cols = _lane_map()
+    rows, cols = (t.to(qint.device) for t in _lane_map())
     tiles = qint.to(torch.int64).reshape(k // TILE_K, TILE_K, n // TILE_N, TILE_N).transpose(1, 2)
     vals = tiles[:, :, rows, cols]  # [K/16, N/64, 32, 4, 8]
-    words = torch.zeros(vals.shape[:-1], dtype=torch.int64)
+    words = torch.zeros(vals.shape[:-1], dtype=torch.int64, device=qint.device)
     for i in range(8):
         words |= (vals[..., i] & 0xF) << (4 * i)
     words = torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
