@@ -416,8 +416,9 @@ class CudaLinears:
         self.tuned = tuning.read(self.tuned_file)
         self.tuned_shapes: set[str] = set()  # the tuned file's keys that some weight used
 
-    def make(self, w, act: str | None = None) -> CudaLinear:
-        """act (a gate|up weight): the GEMV also applies act(gate) * up for one token."""
+    def make(self, w, act: str | None = None) -> "CudaLinear | marlin_gemv.OneCopyLinear":
+        """act (a gate|up weight): the GEMV also applies act(gate) * up for one token. With one_copy, a weight that
+        gets a Marlin copy gets a OneCopyLinear on it and no NK copy."""
         act = act if act in ACTS and w.n % 2 == 0 else None
         name = marlin.product(w.k, w.n) if self.use_marlin else None
         why = marlin.fits(w) if name else None
@@ -452,8 +453,9 @@ class CudaLinears:
         if not self.marlin_bytes:
             return self.marlin_note or "off"
         if self.one_copy_names:
-            return (f"gptqmodel Marlin for {', '.join(sorted(self.one_copy_names))} from 2 tokens, one token on the "
-                    f"Marlin-layout GEMV: one copy of those weights ({self.marlin_bytes / 2 ** 30:.2f} GiB)")
+            return (f"gptqmodel Marlin for {', '.join(sorted(self.one_copy_names))} from {marlin.FROM_TOKENS} tokens, "
+                    f"one token on the Marlin-layout GEMV: one copy of those weights "
+                    f"({self.marlin_bytes / 2 ** 30:.2f} GiB)")
         return (f"gptqmodel Marlin for {', '.join(sorted(self.marlin_names))} from {marlin.FROM_TOKENS} to "
                 f"{GEMM_MAX_TOKENS} tokens (a second copy of those weights: {self.marlin_bytes / 2 ** 30:.2f} GiB)")
 
