@@ -13,6 +13,7 @@ import torch
 
 from quantdeploy.engine import cuda_gemv as C
 from quantdeploy.engine import nk_layout as L
+from quantdeploy.engine.arch_ops import gate_up_act
 from quantdeploy.engine.nk_layout import MetaForm
 from quantdeploy.engine.quant import dequantize, from_awq, from_gptq, pack_cols_k
 
@@ -251,8 +252,6 @@ def test_compact_meta_kernels_equal_the_word_ones_on_the_gpu(layout, form, k):
 @pytest.mark.gpu
 @pytest.mark.parametrize("act,layout", [("silu", "gptq"), ("gelu_tanh", "gptq"), ("silu", "sym")])
 def test_gate_up_gemv_applies_the_activation_on_the_gpu(act, layout):
-    import torch.nn.functional as F
-
     dev = torch.device("cuda")
     w, _ = _weight(layout, k=1024, n=320)
     nk = L.repack(w.to(dev, torch.float16), interleave=True)
@@ -260,9 +259,7 @@ def test_gate_up_gemv_applies_the_activation_on_the_gpu(act, layout):
     for r, u, s in ((2, 4, 1), (8, 2, 1), (8, 1, 4), (16, 1, 4), (4, 1, 8), (4, 1, -2)):
         lin = C.CudaLinear(nk, dev, (r, u, s), act=act)
         x = torch.randn(1, w.k, device=dev).half()
-        g, up = (x.float() @ ref.t()).half().chunk(2, -1)
-        a = F.silu(g.float()) if act == "silu" else F.gelu(g.float(), approximate="tanh")
-        want = (a.half().float() * up.float()).half()
+        want = gate_up_act((x.float() @ ref.t()).half(), act)
         got = lin(x)
         assert got.shape == (1, 160)
         assert float((got.float() - want.float()).norm() / want.float().norm()) < 3e-3, (r, u)
@@ -275,8 +272,6 @@ def test_the_gemv_source_computes_the_reference_on_the_cpu(layout):
     """kernels/w4a16.cu's GEMV itself on the CPU emulation of CUDA (quantdeploy/testing/cuda_emu.py), every kernel
     kind: a warp per rows, K split over 4 and 8 warps, persistent blocks striding over the rows (2 multiprocessors),
     gate|up with SiLU and GELU-tanh; and the prompts' dequantization into the original row order."""
-    import torch.nn.functional as F
-
     from quantdeploy.testing import cuda_emu
 
     ok, why = cuda_emu.available()
@@ -290,9 +285,7 @@ def test_the_gemv_source_computes_the_reference_on_the_cpu(layout):
         nk = L.repack(w, interleave=act is not None)
         want = x.float() @ ref.t()
         if act:
-            g, up = want.half().chunk(2)
-            want = (F.silu(g.float()) if act == "silu" else F.gelu(g.float(), approximate="tanh")).half().float() * \
-                up.float()
+            want = gate_up_act(want.half(), act).float()
         variants = ((4, 1, 1), (2, 4, 1), (8, 2, 1), (8, 1, 4), (4, 1, 8), (4, 1, -2)) if act is None else \
             ((2, 4, 1), (4, 1, -2)) if act == "silu" else ((8, 1, 4),)
         for v in variants:

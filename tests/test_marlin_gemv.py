@@ -15,6 +15,7 @@ import torch
 from quantdeploy.engine import cuda_gemv as C
 from quantdeploy.engine import marlin
 from quantdeploy.engine import marlin_gemv as M
+from quantdeploy.engine.arch_ops import gate_up_act
 from quantdeploy.testing import cuda_emu
 
 from test_cuda_gemv import _nvrtc_or_skip, _weight
@@ -141,9 +142,7 @@ def test_the_kernel_source_computes_the_reference_on_the_cpu(k, n, g, split, act
     x = torch.randn(k, generator=torch.Generator().manual_seed(1)).half()
     want = x.float() @ M.reference(mq, ms, None if sym else mz, k, n, g)
     if act:
-        gate, up = want[: n // 2].half().float(), want[n // 2:].half().float()
-        f = torch.nn.functional
-        want = (f.silu(gate) if act == "silu" else f.gelu(gate, approximate="tanh")).half().float() * up
+        want = gate_up_act(want.half(), act).float()
     name = M.kernel_name(g, split, M.ACTS.get(act, 0), 8 if sym else M.MARLIN_ZP, ks)
     tiles = n // 64 // (2 if act else 1)
     y, _, counters = cuda_emu.run(M.SOURCE, name, grid=tiles * ks, threads=32 * split,
@@ -167,12 +166,9 @@ def _gpu_marlin_or_skip():
 def test_our_packing_is_gptq_marlin_repack():
     dev = _gpu_marlin_or_skip()
     w, _ = _weight("gptq", k=1024, n=2048, g=128)
-    from quantdeploy.engine.quant import unpack_rows
-
-    q = unpack_rows(w.qweight.t().contiguous()).t()  # [K, N]
     got = gm.gptq_marlin_repack(w.qweight.to(dev), perm=torch.empty(0, dtype=torch.int, device=dev), size_k=w.k,
                                 size_n=w.n, num_bits=4, dtype=torch.float16)
-    assert torch.equal(got.cpu(), M.repack_reference(q))
+    assert torch.equal(got.cpu(), M.repack_qweight(w.qweight))
 
 
 @pytest.mark.gpu
@@ -191,9 +187,7 @@ def test_the_gemv_matches_the_reference_on_the_gpu(layout):
             x = torch.randn(1, k, device=dev).half()
             y = x.float() @ dense
             if act:
-                gate, up = y[:, : n // 2].half().float(), y[:, n // 2:].half().float()
-                a = torch.nn.functional.silu(gate) if act == "silu" else torch.nn.functional.gelu(gate, approximate="tanh")
-                y = a.half().float() * up
+                y = gate_up_act(y.half(), act).float()
             for ks in (1, 2, 4):
                 for split in M.legal_splits(k, g, ks):
                     gemv = M.MarlinGemv(ml, g, dev, act, split=split, ks=ks, pdl_launch=False)
@@ -221,8 +215,7 @@ def test_one_copy_runs_every_token_count_from_marlins_copy():
             x = torch.randn(m, k, device=dev).half()
             want = x.float() @ ref.t()
             if m == 1 and act:
-                want = torch.nn.functional.silu(want[:, : n // 2].half().float()).half().float() * \
-                    want[:, n // 2:].half().float()
+                want = gate_up_act(want.half(), act).float()
             err = float((lin(x).float() - want).norm() / want.norm())
             assert err < 3e-3, (k, n, m, err)
     assert "one copy of those weights" in maker.batched_note()

@@ -25,40 +25,17 @@ import time
 import torch
 
 from quantdeploy.engine import cuda_gemv, marlin, marlin_gemv, nk_layout
+from quantdeploy.engine.arch_ops import gate_up_act
 
 from gemm_ab import weight
 from gemv_tune import bench, rel, rotating
-
-
-class PackedCopy:
-    """Marlin's layout of a QuantWeight without gptqmodel's kernels: what MarlinLinear holds (q, s, zp)."""
-
-    def __init__(self, w):
-        from gptqmodel.utils import marlin as gm
-
-        from quantdeploy.engine.quant import unpack_rows
-
-        self.k, self.n = w.k, w.n
-        q = unpack_rows(w.qweight.t().contiguous()).t()  # [K, N]
-        self.q = marlin_gemv.repack_reference(q)
-        self.s = gm.marlin_permute_scales(w.scales.half(), size_k=w.k, size_n=w.n, group_size=w.group_size)
-        zeros = nk_layout.unpack_zeros(w.qzeros, w.n)
-        sym = bool((zeros == 8).all())
-        self.zp = w.qzeros[:0, :0] if sym else \
-            gm.marlin_zero_points(zeros.cpu(), w.k // w.group_size, w.n, 4).to(w.qweight.device)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.q, self.s, self.zp))
 
 SHAPES = {"gate_up": (4096, 28672, "silu"), "down": (14336, 4096, None)}
 
 
 def reference_y(w, x, act):
     y = x.float() @ nk_layout.reference(nk_layout.repack(w)).t()
-    if not act:
-        return y
-    n = y.shape[1]
-    return torch.nn.functional.silu(y[:, : n // 2].half().float()).half().float() * y[:, n // 2:].half().float()
+    return gate_up_act(y.half(), act).float() if act else y
 
 
 def main():
@@ -85,7 +62,8 @@ def main():
             ws = [w0] + [weight(k, n, dev, sym) for _ in range(count - 1)]
             nk_lins = [cuda_gemv.CudaLinear(nk_layout.repack(w, interleave=act is not None), dev, act=act,
                                             pdl_launch=False) for w in ws]
-            mls = [PackedCopy(w) if args.no_marlin else marlin.MarlinLinear(w, dev) for w in ws]
+            mls = [marlin.MarlinLinear(w, dev, marlin_gemv.repack_qweight(w.qweight) if args.no_marlin else None)
+                   for w in ws]
             x = torch.randn(1, k, device=dev).half()
             want = reference_y(w0, x, act)
             wanted = [int(s) for s in args.splits.split(",")] if args.splits else None

@@ -20,6 +20,13 @@ def act(g: torch.Tensor, kind: str) -> torch.Tensor:
     return F.gelu(g, approximate="tanh") if kind == "gelu_tanh" else F.silu(g)
 
 
+def gate_up_act(gate_up: torch.Tensor, kind: str) -> torch.Tensor:
+    """act(gate) * up of a [gate | up] projection, in its dtype: in fp16 it rounds as the GEMVs that fuse the
+    activation do (the projections, act and the product each to fp16)."""
+    g, u = gate_up.chunk(2, -1)
+    return act(g, kind) * u
+
+
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Gemma-2's soft-capping: cap * tanh(x / cap)."""
     return x if cap is None else torch.tanh(x / cap) * cap

@@ -98,7 +98,8 @@ class MarlinLinear:
     [gate | up], as the batched kernel returns it). Zero points all 8 (GPTQ's symmetric form): uint4b8, the scales
     alone; else uint4 with the zero points."""
 
-    def __init__(self, w: QuantWeight, device):
+    def __init__(self, w: QuantWeight, device, q: torch.Tensor | None = None):
+        """q: the weights already in Marlin's layout (marlin_gemv.repack_qweight: no gptqmodel kernel compiled)."""
         from gptqmodel.utils import marlin as gm
         from gptqmodel.utils.marlin_scalar_type import scalar_types
 
@@ -107,8 +108,8 @@ class MarlinLinear:
         group = -1 if w.group_size == w.k else w.group_size
         groups = w.k // w.group_size
         self.empty = torch.empty(0, dtype=torch.int, device=device)
-        self.q = gm.gptq_marlin_repack(w.qweight.to(device), perm=self.empty, size_k=w.k, size_n=w.n, num_bits=4,
-                                       dtype=torch.float16)
+        self.q = q if q is not None else gm.gptq_marlin_repack(w.qweight.to(device), perm=self.empty, size_k=w.k,
+                                                               size_n=w.n, num_bits=4, dtype=torch.float16)
         self.s = gm.marlin_permute_scales(w.scales.to(device, torch.float16), size_k=w.k, size_n=w.n,
                                           group_size=group)
         self.workspace = gm.marlin_make_workspace_new(device)

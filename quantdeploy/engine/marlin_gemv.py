@@ -54,6 +54,13 @@ def repack_reference(qint: torch.Tensor) -> torch.Tensor:
     return words.reshape(k // TILE_K, 2 * n)
 
 
+def repack_qweight(qweight: torch.Tensor) -> torch.Tensor:
+    """A QuantWeight's qweight (int32 [K/8, N], packed along K) in Marlin's layout, by repack_reference."""
+    from .quant import unpack_rows
+
+    return repack_reference(unpack_rows(qweight.t().contiguous()).t())
+
+
 def reference(q: torch.Tensor, s: torch.Tensor, zp: torch.Tensor | None, k: int, n: int,
               group_size: int) -> torch.Tensor:
     """Dense fp32 [K, N] from Marlin's layout (zp None: every zero point 8), read the way the kernel reads it."""

@@ -18,7 +18,7 @@ from ..errors import BackendUnavailable
 from ..settings import EngineConfig
 from . import head
 from .arch import SUPPORTED, DecoderConfig, Unsupported, long_prompt_threshold, rope_table
-from .arch_ops import act, rms_norm, softcap
+from .arch_ops import gate_up_act, rms_norm, softcap
 from .attention import StaticCache
 from .quant import QuantWeight, concat_n, dequantize, dequantize_gptq, from_awq, from_awq_gemv, from_gptq
 
@@ -228,9 +228,6 @@ class Decoder:
     def norm(self, x, w):
         return rms_norm(x, w, self.cfg.eps, self.cfg.gemma)
 
-    def act(self, g):
-        return act(g, self.cfg.act)
-
     def rope_for(self, i: int, m: int, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer i's (cos, sin) tables: longrope's long ones for a whole single prompt past its original length."""
         key = self.cfg.rope_key[i]
@@ -302,8 +299,7 @@ class Decoder:
             if m == 1 and L.gate_up.act_fused:
                 y = L.down(L.gate_up(y))
             else:
-                g, u = L.gate_up(y).chunk(2, -1)
-                y = L.down(self.act(g) * u)
+                y = L.down(gate_up_act(L.gate_up(y), self.cfg.act))
             if "post_feedforward_layernorm" in n:
                 y = self.norm(y, n["post_feedforward_layernorm"])
             x = res + y

@@ -37,6 +37,23 @@ __device__ __forceinline__ void zero_consts(unsigned z, half2 &zlo, half2 &zhi) 
     zhi = as_h2((0xd400u + (z << 4)) * 0x10001u);
 }
 
+// The 8 nibbles of a word, (q - zero) exact in fp16, as 4 half2: nibbles (0, 4), (1, 5) with the first zero point's
+// constants, (2, 6), (3, 7) with the second's (zero_consts). In the NK layout both are the row's, and the pairs are
+// k = 0..7 in order; in Marlin's, the two are two columns' (marlin_gemv.cu).
+__device__ __forceinline__ void dequant8(unsigned w, half2 zlo0, half2 zhi0, half2 zlo1, half2 zhi1, half2 out[4]) {
+    const half2 sixteenth = as_h2(0x2c002c00u);  // 1/16
+    out[0] = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), zlo0);
+    out[1] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi0);
+    w >>= 8;
+    out[2] = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), zlo1);
+    out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi1);
+}
+
+// One zero point for all 8.
+__device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2 out[4]) {
+    dequant8(w, zlo, zhi, zlo, zhi, out);
+}
+
 // act(gate) * up for the MLP's gate|up projection (ACT 1: SiLU, 2: GELU-tanh), rounded like the separate kernels:
 // the projections to fp16, act to fp16, the product to fp16.
 template <int ACT>

@@ -34,19 +34,14 @@ __device__ __forceinline__ void group_consts(uint4 sv, unsigned zw, GroupConsts 
 // One tile's 32 weights of the lane (4 words) times x at its rows: xa = (x[r0], x[r0 + 1]), xb = (x[r0 + 8],
 // x[r0 + 9]), into the columns' half2 partial sums.
 __device__ __forceinline__ void tile_dot(uint4 wv, unsigned xa, unsigned xb, const GroupConsts &k, half2 (&part)[8]) {
-    const half2 sixteenth = as_h2(0x2c002c00u);  // 1/16
     const unsigned words[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        unsigned w = words[j];
         const int m0 = 2 * j, m1 = 2 * j + 1;
-        const half2 a0 = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), k.zlo[m0]);  // column m0, rows r0, +1
-        const half2 b0 = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, k.zhi[m0]);  // r0 + 8, + 9
-        w >>= 8;
-        const half2 a1 = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), k.zlo[m1]);
-        const half2 b1 = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, k.zhi[m1]);
-        part[m0] = __hfma2(b0, as_h2(xb), __hfma2(a0, as_h2(xa), part[m0]));
-        part[m1] = __hfma2(b1, as_h2(xb), __hfma2(a1, as_h2(xa), part[m1]));
+        half2 d[4];  // column m0 at rows (r0, r0 + 1) and (r0 + 8, r0 + 9), then column m1
+        dequant8(words[j], k.zlo[m0], k.zhi[m0], k.zlo[m1], k.zhi[m1], d);
+        part[m0] = __hfma2(d[1], as_h2(xb), __hfma2(d[0], as_h2(xa), part[m0]));
+        part[m1] = __hfma2(d[3], as_h2(xb), __hfma2(d[2], as_h2(xa), part[m1]));
     }
 }
 

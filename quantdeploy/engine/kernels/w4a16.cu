@@ -21,16 +21,6 @@
 // MetaForm.SCALES_ONLY, Z the weight's one zero point.
 enum MetaForm : int { META_WORDS = -1, META_ZERO_BYTES = -5 };
 
-// 8 weights (q - zero) of one word, in k order, as 4 half2.
-__device__ __forceinline__ void dequant8(unsigned w, half2 zlo, half2 zhi, half2 out[4]) {
-    const half2 sixteenth = as_h2(0x2c002c00u);  // 1/16
-    out[0] = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), zlo);
-    out[1] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
-    w >>= 8;
-    out[2] = __hsub2(as_h2(and_or(w, 0x000f000fu, 0x64006400u)), zlo);
-    out[3] = __hfma2(as_h2(and_or(w, 0x00f000f0u, 0x64006400u)), sixteenth, zhi);
-}
-
 // A batch's meta for R rows: w[r] holds row r's fp16 scale, Z == META_WORDS: as a word with the scale in the low
 // half and the zero point in the high half; Z == META_ZERO_BYTES: in the low half, the zero point in z[r]; Z >= 0:
 // the two scales of rows r & ~1 and r | 1, row r's in half r & 1.
