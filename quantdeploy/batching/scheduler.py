@@ -244,7 +244,7 @@ class Scheduler:
                 if decodes or prefills:
                     inflight.append((self.stepper.launch(decodes, prefills), decodes + prefills))
                     self.steps += 1
-                    self.step_tokens += sum(w.n for w in decodes + prefills)
+                    self.step_tokens += len(decodes) + sum(len(w.tokens) for w in prefills)
                 # read the previous step back while this one runs; with nothing new launched, drain
                 while inflight and (len(inflight) > 1 or not (decodes or prefills)):
                     handle, works = inflight.popleft()
@@ -266,10 +266,11 @@ class Scheduler:
 
     def _plan(self) -> tuple[list[Work], list[Work]]:
         decodes: list[Work] = []
+        bs = self.pool.block_size
         for seq in list(self.running):
-            if seq.state != RUNNING or seq.prefilling or not seq.can_sample():
+            if seq.state != RUNNING or seq.pos < seq.prefill_end or not seq.can_sample():
                 continue
-            if not self._reserve(seq, seq.pos + 1):
+            if seq.pos >= len(seq.blocks) * bs and not self._reserve(seq, seq.pos + 1):
                 continue  # seq itself was preempted
             decodes.append(Work(seq, seq.pos, epoch=seq.epoch))
             seq.pos += 1

@@ -6,6 +6,12 @@ a power of two with rows that write into a scratch block and a scratch slot. Pro
 slot's last sampled token stays on the device (`self.last`): a decode reads its input from there, so the host
 never waits for a token before launching the next step; the sampled ids are copied to pinned memory behind the
 step and read by collect().
+
+The host's share of a decode step is kept to a few CUDA calls, because at 64 sequences it, not the GPU, set the
+pace: the rows' slots, positions and KV slots go over in one copy from a pinned staging buffer; the block tables
+live on the device (a row is copied when its sequence gains a block) and the graph gathers the rows' tables; the
+graph also takes each row's greedy token and writes it into `self.last`, so a step whose sequences all decode
+greedily (no logprobs, no grammar) samples nothing outside the graph and only copies the tokens back.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ BLOCK_SIZE = 32
 GREEDY = SimpleNamespace(temperature=0.0, top_p=1.0, top_k=0, logprobs=None)  # a sequence submitted without params
 MAX_GRAPH_BATCH = 256
 CPU_POOL_SHARE = 0.25  # of the RAM available at load: the KV pool's cap off the GPU
+RING = 3  # pinned staging buffers per kind, in turn: a step's are reused three steps later (the scheduler has read
+# that step back by then: it keeps one step in flight)
 
 
 def pool_blocks(dec, max_seqs: int, max_len: int, block_size: int, memory_fraction: float | None) -> int:
@@ -92,10 +100,25 @@ class FastStepper:
         self.scratch_block, self.scratch_slot = self.num_blocks, max_seqs
         self.max_blocks = -(-max_len // block_size)
         self.last = torch.zeros(max_seqs + 1, dtype=torch.long, device=self.device)
+        cuda = self.device.type == "cuda"
         # block tables of every slot, kept up to date as sequences gain blocks (the scheduler only appends while a
-        # sequence holds its slot); a decode step gathers its rows from here
-        self.tables = np.full((max_seqs + 1, self.max_blocks), self.scratch_block, dtype=np.int32)
-        self.table_len = np.zeros(max_seqs + 1, dtype=np.int64)
+        # sequence holds its slot); the host writes `tables` (pinned on CUDA), and a changed row is copied to
+        # d_tables, where a decode step gathers its rows (off CUDA they are one tensor). A copy reads the host row
+        # when it runs, perhaps after the host appended more blocks for a later step: the blocks a step uses are
+        # never changed while their sequence holds the slot. A row rewritten for a new sequence can only reach a
+        # stale row of the step in flight (the old sequence's last decode), whose result is dropped.
+        host = torch.full((max_seqs + 1, self.max_blocks), self.scratch_block, dtype=torch.int32, pin_memory=cuda)
+        self.tables = host.numpy()
+        self._h_tables = host
+        self.d_tables = host.to(self.device) if cuda else host
+        self.table_len = [0] * (max_seqs + 1)
+        self._dirty: set[int] = set()
+        self.plain: dict[int, bool] = {}  # slot -> its sequence decodes greedily, without logprobs or a grammar
+        rows = max(max_seqs, self.row_bucket(min(max_seqs, MAX_GRAPH_BATCH)))
+        self._inputs = torch.zeros((RING, 3 * rows), dtype=torch.long, pin_memory=cuda)  # slots, positions, KV slots
+        self._tokens = torch.zeros((RING, rows), dtype=torch.long, pin_memory=cuda)  # the sampled ids, read back
+        self._events = [torch.cuda.Event() for _ in range(RING)] if cuda else []
+        self._turn = 0
         self.gens: dict[int, Any] = {}
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[tuple[int, int], tuple] = {}
@@ -109,11 +132,15 @@ class FastStepper:
     def begin(self, seq: Sequence) -> None:
         self.tables[seq.slot] = self.scratch_block
         self.table_len[seq.slot] = 0
-        seed = getattr(seq.params, "seed", None)
+        self._dirty.add(seq.slot)
+        p = seq.params or GREEDY
+        seed = getattr(p, "seed", None)
         self.gens[seq.slot] = make_generator(self.device, seed) if seed is not None else None
+        self.plain[seq.slot] = p.temperature <= 0 and getattr(p, "logprobs", None) is None and seq.constraint is None
 
     def end(self, seq: Sequence) -> None:
         self.gens.pop(seq.slot, None)
+        self.plain.pop(seq.slot, None)
 
     def reset(self) -> None:
         self.graphs.clear()
@@ -122,35 +149,45 @@ class FastStepper:
     # --- one step -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def launch(self, decodes: list[Work], prefills: list[Work]) -> _Step:
-        logits_parts = []
-        if decodes:
-            logits_parts.append(self._decode(decodes))
-        if prefills:
-            lg = self._prefill(prefills)
-            if lg is not None:
-                logits_parts.append(lg)
-        works_sampled = [w for w in decodes + prefills if w.sample]  # decodes always sample
+        turn = self._turn
+        self._turn = (turn + 1) % RING
+        if self._events:
+            self._events[turn].synchronize()  # the step that last used this turn's buffers (read back already)
+        works = decodes + prefills
+        works_sampled = [w for w in works if w.sample]  # decodes always sample
         rows, r = [], 0  # each work item's row among the sampled ones
-        for w in decodes + prefills:
+        for w in works:
             rows.append(r if w.sample else None)
             r += w.sample
-        if not works_sampled:
-            return _Step(None, None, rows, [])
-        logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
-        out = self._sample(logits, works_sampled)
-        slots = to_device([w.seq.slot for w in works_sampled], torch.long, self.device)
-        self.last.index_copy_(0, slots, out.tokens)
-        extra = () if out.logprobs is None else (out.logprobs, out.top_ids, out.top_logprobs)
+        if decodes and not prefills and all(self.plain[w.seq.slot] for w in decodes):
+            tokens = self._decode(decodes, turn)[1]  # the graph's greedy tokens, already in self.last
+            out = None
+        else:
+            logits_parts = [self._decode(decodes, turn)[0]] if decodes else []
+            if prefills:
+                lg = self._prefill(prefills)
+                if lg is not None:
+                    logits_parts.append(lg)
+            if not works_sampled:
+                return _Step(None, None, rows, [])
+            logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
+            out = self._sample(logits, works_sampled)
+            tokens = out.tokens
+            slots = to_device([w.seq.slot for w in works_sampled], torch.long, self.device)
+            self.last.index_copy_(0, slots, tokens)
+        extra = () if out is None or out.logprobs is None else (out.logprobs, out.top_ids, out.top_logprobs)
         if self.device.type == "cuda":  # read back behind the step, into pinned memory
             def host(t):
                 return None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
                     t, non_blocking=True)
 
-            toks, extra = host(out.tokens), tuple(host(t) for t in extra)
-            event = torch.cuda.Event()
+            toks = self._tokens[turn, :tokens.shape[0]]
+            toks.copy_(tokens, non_blocking=True)
+            extra = tuple(host(t) for t in extra)
+            event = self._events[turn]
             event.record()
             return _Step(event, toks, rows, works_sampled, extra or None)
-        return _Step(None, out.tokens, rows, works_sampled, extra or None)
+        return _Step(None, tokens, rows, works_sampled, extra or None)
 
     def collect(self, step: _Step) -> list[Sampled | None]:
         if step.event is not None:
@@ -175,14 +212,18 @@ class FastStepper:
         return [sampled[r] if r is not None else None for r in step.rows]
 
     # --- decode rows ----------------------------------------------------------------------------------------
-    def _table_rows(self, seqs: list[Sequence], slots: np.ndarray) -> torch.Tensor:
-        """The block tables of `slots` ([rows]; padded rows name the scratch slot), brought up to date first."""
+    def _sync_tables(self, seqs: list[Sequence]) -> None:
+        """Bring the block tables of seqs up to date on the host, and every changed row on the device."""
         for s in seqs:
             have, n = self.table_len[s.slot], len(s.blocks)
             if have < n:
                 self.tables[s.slot, have:n] = s.blocks[have:n]
                 self.table_len[s.slot] = n
-        return torch.from_numpy(self.tables[slots])
+                self._dirty.add(s.slot)
+        if self.d_tables is not self._h_tables:
+            for slot in self._dirty:
+                self.d_tables[slot].copy_(self._h_tables[slot], non_blocking=True)
+        self._dirty.clear()
 
     def _kv_slot(self, seq: Sequence, pos: int) -> int:
         bs = self.block_size
@@ -267,49 +308,63 @@ class FastStepper:
                          [Chunk(0, m, start, table)], 0)
         return self.dec.run(torch.zeros(m, dtype=torch.long, device=dev), pos, ctx, rows=pos[-1:] - start)
 
-    def _decode_inputs(self, decodes: list[Work], rows: int):
-        pad = rows - len(decodes)
-        slots = np.array([w.seq.slot for w in decodes] + [self.scratch_slot] * pad, dtype=np.int64)
-        pos = [w.start for w in decodes] + [0] * pad
-        kvs = [self._kv_slot(w.seq, w.start) for w in decodes] + [self.scratch_block * self.block_size] * pad
-        tables = self._table_rows([w.seq for w in decodes], slots)
-        return torch.from_numpy(slots), torch.tensor(pos, dtype=torch.long), torch.tensor(kvs, dtype=torch.long), tables
+    def _stage(self, decodes: list[Work], rows: int, turn: int) -> torch.Tensor:
+        """The rows' slots, positions and KV slots [3, rows] in this turn's staging buffer; padded rows name the
+        scratch slot and write into the scratch block."""
+        n = len(decodes)
+        buf = self._inputs[turn, :3 * rows].view(3, rows)
+        a = buf.numpy()
+        a[0, :n] = [w.seq.slot for w in decodes]
+        a[1, :n] = [w.start for w in decodes]
+        bs = self.block_size
+        a[2, :n] = [w.seq.blocks[w.start // bs] * bs + w.start % bs for w in decodes]
+        a[:, n:] = ((self.scratch_slot,), (0,), (self.scratch_block * bs,))
+        return buf
 
-    def _decode(self, decodes: list[Work]) -> torch.Tensor:
+    def _decode(self, decodes: list[Work], turn: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [n, vocab], greedy tokens [n]) of the decode rows; their greedy tokens are in self.last."""
         n = len(decodes)
         kv_len = self.kv_bucket(max(w.start for w in decodes) + 1)
+        self._sync_tables([w.seq for w in decodes])
         if self.use_graph and n <= MAX_GRAPH_BATCH:
             rows = self.row_bucket(n)
             g = self.graphs.get((rows, kv_len)) or self._capture(rows, kv_len)
             if g is not None:
-                graph, inputs, out = g
-                for dst, src in zip(inputs, self._decode_inputs(decodes, rows)):
-                    dst.copy_(src.pin_memory(), non_blocking=True)  # pageable memory could make the host wait
+                graph, inputs, logits, greedy = g
+                inputs.copy_(self._stage(decodes, rows, turn), non_blocking=True)
                 graph.replay()
-                return out[:n]
-        slots, pos, kvs, tables = (to_device(t, t.dtype, self.device) for t in self._decode_inputs(decodes, n))
-        return self._decode_body(slots, pos, kvs, tables, kv_len)
+                return logits[:n], greedy[:n]
+        inputs = self._stage(decodes, n, turn).to(self.device, non_blocking=True)
+        return self._decode_body(inputs, kv_len)
 
-    def _decode_body(self, slots, pos, kvs, tables, kv_len: int) -> torch.Tensor:
-        ctx = PagedBatch(self.dec, self.kv, pos, kvs, len(pos), tables, [], kv_len)
-        return self.dec.run(self.last.index_select(0, slots), pos, ctx, all_rows=True)
+    def _decode_body(self, inputs: torch.Tensor, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        slots, pos, kvs = inputs[0], inputs[1], inputs[2]
+        ctx = PagedBatch(self.dec, self.kv, pos, kvs, len(pos), self.d_tables.index_select(0, slots), [], kv_len)
+        logits = self.dec.run(self.last.index_select(0, slots), pos, ctx, all_rows=True)
+        greedy = torch.argmax(logits, -1)
+        self.last.index_copy_(0, slots, greedy)  # padded rows all write the scratch slot
+        return logits, greedy
 
     def _capture(self, rows: int, kv_len: int):
         from .runner import _capture_checked
 
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        inputs = [torch.full((rows,), self.scratch_slot, dtype=torch.long, device=self.device),
-                  torch.zeros(rows, dtype=torch.long, device=self.device),
-                  torch.full((rows,), self.scratch_block * self.block_size, dtype=torch.long, device=self.device),
-                  torch.full((rows, self.max_blocks), self.scratch_block, dtype=torch.int32, device=self.device)]
-        g, out, err = _capture_checked(self.device, lambda: self._decode_body(*inputs, kv_len), self._pool)
+        inputs = torch.tensor([[self.scratch_slot], [0], [self.scratch_block * self.block_size]],
+                              dtype=torch.long, device=self.device).expand(3, rows).contiguous()
+        made = {}
+
+        def body():
+            made["logits"], made["greedy"] = self._decode_body(inputs, kv_len)
+            return made["logits"]
+
+        g, out, err = _capture_checked(self.device, body, self._pool)
         if not err < 1e-2:
             log.warning("the batched decode graph does not reproduce the eager step (rel err %.3g); decoding "
                         "batches eagerly", err)
             self.use_graph = False
             return None
-        self.graphs[(rows, kv_len)] = (g, inputs, out)
+        self.graphs[(rows, kv_len)] = (g, inputs, out, made["greedy"])  # the capture's tensors (body's last run)
         return self.graphs[(rows, kv_len)]
 
     # --- prompt chunks ----------------------------------------------------------------------------------------
