@@ -10,7 +10,10 @@ The model side is a `Stepper` (engine/stepper.py for the torch engine, backends/
 Steps are pipelined: step i+1 is launched before step i's tokens are read back, so the host's bookkeeping runs
 while the accelerator computes. A stepper keeps each slot's last sampled token on its side (on the device) and
 feeds it to the slot's next decode, so planning never waits for a token. The price is one step of lag: a
-sequence that stopped at step i was already planned into step i+1, whose result for it is dropped.
+sequence that stopped at step i was already planned into step i+1, whose result for it is dropped. What a step
+read back reaches the callers only after the next step is launched: their threads wake and take the GIL while the
+accelerator computes, not while the host prepares the next step (at 64 sequences the host's share of a step, not
+the GPU's, set the pace).
 
 When a decode needs a block and none is free, the most recently admitted sequence is preempted: its blocks are
 freed and it goes back to the head of the queue, to be recomputed from its tokens later (nothing it already
@@ -168,6 +171,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
         self._cancels: list[Sequence] = []
+        self._outbox: list[tuple[Sequence, Any]] = []  # (sequence, token / error / end) not yet handed out
         self._closed = False
         self.steps = 0
         self.step_tokens = 0
@@ -245,6 +249,7 @@ class Scheduler:
                     inflight.append((self.stepper.launch(decodes, prefills), decodes + prefills))
                     self.steps += 1
                     self.step_tokens += len(decodes) + sum(len(w.tokens) for w in prefills)
+                self._deliver()  # the last step's tokens, now that this one is queued
                 # read the previous step back while this one runs; with nothing new launched, drain
                 while inflight and (len(inflight) > 1 or not (decodes or prefills)):
                     handle, works = inflight.popleft()
@@ -252,10 +257,13 @@ class Scheduler:
                     sampled = self.stepper.collect(handle)  # waits for the device: not host time
                     t0 += time.perf_counter() - t1
                     self._absorb(works, sampled)
+                if not (decodes or prefills):
+                    self._deliver()
             except Exception as e:  # a failed step fails the sequences in it, not the server
                 log.exception("a batched step failed")
                 inflight.clear()
                 self._fail_all(e)
+                self._deliver()
             spent = time.perf_counter() - t0
             self.host_s += spent
             if prefills:
@@ -263,6 +271,7 @@ class Scheduler:
                 self.prompt_steps += 1
         for seq in list(self.running) + list(self.waiting) + self._inbox:
             self._finish(seq, "cancelled")
+        self._deliver()
 
     def _plan(self) -> tuple[list[Work], list[Work]]:
         decodes: list[Work] = []
@@ -360,13 +369,13 @@ class Scheduler:
             if r is None or seq.state != RUNNING or w.epoch != seq.epoch:
                 continue
             if r.error is not None:
-                seq.out.put(RuntimeError(r.error))
+                self._outbox.append((seq, RuntimeError(r.error)))
                 self._finish(seq, "error")
                 continue
             seq.pending -= 1
             seq.tokens.append(r.token)
             seq.generated += 1
-            seq.out.put(r)
+            self._outbox.append((seq, r))
             if r.token in seq.stop_ids or r.final:
                 self._finish(seq, "stop")
             elif seq.generated >= seq.max_new or len(seq.tokens) >= seq.max_len:
@@ -379,11 +388,16 @@ class Scheduler:
             self.waiting.remove(seq)
         self._leave(seq)
         seq.state, seq.finish_reason = FINISHED, reason
-        seq.out.put(_END)
+        self._outbox.append((seq, _END))
+
+    def _deliver(self) -> None:
+        out, self._outbox = self._outbox, []
+        for seq, item in out:
+            seq.out.put(item)
 
     def _fail_all(self, error: Exception) -> None:
         for seq in list(self.running):
-            seq.out.put(RuntimeError(f"the batched step failed: {type(error).__name__}: {error}"))
+            self._outbox.append((seq, RuntimeError(f"the batched step failed: {type(error).__name__}: {error}")))
             self._finish(seq, "error")
         self.pool = BlockPool(self.pool.num_blocks, self.pool.block_size, self.pool.prefix_caching)
         reset = getattr(self.stepper, "reset", None)
