@@ -35,8 +35,8 @@ BLOCK_SIZE = 32
 GREEDY = SimpleNamespace(temperature=0.0, top_p=1.0, top_k=0, logprobs=None)  # a sequence submitted without params
 MAX_GRAPH_BATCH = 256
 CPU_POOL_SHARE = 0.25  # of the RAM available at load: the KV pool's cap off the GPU
-RING = 3  # pinned staging buffers per kind, in turn: a step's are reused three steps later (the scheduler has read
-# that step back by then: it keeps one step in flight)
+RING = 3  # pinned staging buffers per kind, in turn: a step's are reused three steps later; the scheduler reads each
+# step back before it launches the second after it, so no copy of that step is pending by then
 
 
 def pool_blocks(dec, max_seqs: int, max_len: int, block_size: int, memory_fraction: float | None) -> int:
@@ -143,16 +143,21 @@ class FastStepper:
         self.plain.pop(seq.slot, None)
 
     def reset(self) -> None:
+        """After a failed step (the scheduler read nothing back): wait for the device, so that no copy of a dropped
+        step still reads the staging buffers, and drop the graphs."""
+        if self.device.type == "cuda":
+            try:
+                torch.cuda.synchronize(self.device)
+            except RuntimeError:  # the device itself failed: its next step says so
+                pass
         self.graphs.clear()
         self._pool = None
 
     # --- one step -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def launch(self, decodes: list[Work], prefills: list[Work]) -> _Step:
-        turn = self._turn
+        turn = self._turn  # this turn's buffers were last used RING steps ago, a step the scheduler has read back
         self._turn = (turn + 1) % RING
-        if self._events:
-            self._events[turn].synchronize()  # the step that last used this turn's buffers (read back already)
         works = decodes + prefills
         works_sampled = [w for w in works if w.sample]  # decodes always sample
         rows, r = [], 0  # each work item's row among the sampled ones
