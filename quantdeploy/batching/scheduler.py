@@ -13,7 +13,9 @@ feeds it to the slot's next decode, so planning never waits for a token. The pri
 sequence that stopped at step i was already planned into step i+1, whose result for it is dropped. What a step
 read back reaches the callers only after the next step is launched: their threads wake and take the GIL while the
 accelerator computes, not while the host prepares the next step (at 64 sequences the host's share of a step, not
-the GPU's, set the pace).
+the GPU's, set the pace). With many sequences running, a sequence's tokens go out every few steps together (one
+wake-up of its caller for several tokens; at most MAX_STREAM_STEPS steps apart, one step per SEQS_PER_STREAM_STEP
+running sequences); a sequence's first token and its end go out at once.
 
 When a decode needs a block and none is free, the most recently admitted sequence is preempted: its blocks are
 freed and it goes back to the head of the queue, to be recomputed from its tokens later (nothing it already
@@ -37,6 +39,8 @@ log = logging.getLogger("quantdeploy.batching")
 
 WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
 _END = object()
+SEQS_PER_STREAM_STEP = 16  # running sequences per step between two hand-outs of a sequence's tokens
+MAX_STREAM_STEPS = 4
 
 
 @dataclass
@@ -76,7 +80,8 @@ class Sequence:
         self.epoch = 0  # bumped on preemption: results of steps launched before it are dropped
         self.finish_reason: str | None = None
         self.cancelled = False
-        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.out: queue.SimpleQueue = queue.SimpleQueue()  # lists of tokens (Sampled), errors, _END
+        self.streamed = False  # a token of it was handed out
         self.t_submit = time.perf_counter()
 
     @property
@@ -147,12 +152,12 @@ class Handle:
 
     def __iter__(self) -> Iterator[Sampled]:
         while True:
-            item = self._seq.out.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            for item in self._seq.out.get():
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
 
     def cancel(self) -> None:
         if self._seq.state != FINISHED:
@@ -171,7 +176,8 @@ class Scheduler:
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
         self._cancels: list[Sequence] = []
-        self._outbox: list[tuple[Sequence, Any]] = []  # (sequence, token / error / end) not yet handed out
+        self._outbox: dict[Sequence, list] = {}  # tokens / errors / ends not yet handed out, per sequence
+        self._hand_outs = 0
         self._closed = False
         self.steps = 0
         self.step_tokens = 0
@@ -258,12 +264,12 @@ class Scheduler:
                     t0 += time.perf_counter() - t1
                     self._absorb(works, sampled)
                 if not (decodes or prefills):
-                    self._deliver()
+                    self._deliver(everything=True)
             except Exception as e:  # a failed step fails the sequences in it, not the server
                 log.exception("a batched step failed")
                 inflight.clear()
                 self._fail_all(e)
-                self._deliver()
+                self._deliver(everything=True)
             spent = time.perf_counter() - t0
             self.host_s += spent
             if prefills:
@@ -271,7 +277,7 @@ class Scheduler:
                 self.prompt_steps += 1
         for seq in list(self.running) + list(self.waiting) + self._inbox:
             self._finish(seq, "cancelled")
-        self._deliver()
+        self._deliver(everything=True)
 
     def _plan(self) -> tuple[list[Work], list[Work]]:
         decodes: list[Work] = []
@@ -369,13 +375,13 @@ class Scheduler:
             if r is None or seq.state != RUNNING or w.epoch != seq.epoch:
                 continue
             if r.error is not None:
-                self._outbox.append((seq, RuntimeError(r.error)))
+                self._send(seq, RuntimeError(r.error))
                 self._finish(seq, "error")
                 continue
             seq.pending -= 1
             seq.tokens.append(r.token)
             seq.generated += 1
-            self._outbox.append((seq, r))
+            self._send(seq, r)
             if r.token in seq.stop_ids or r.final:
                 self._finish(seq, "stop")
             elif seq.generated >= seq.max_new or len(seq.tokens) >= seq.max_len:
@@ -388,16 +394,29 @@ class Scheduler:
             self.waiting.remove(seq)
         self._leave(seq)
         seq.state, seq.finish_reason = FINISHED, reason
-        self._outbox.append((seq, _END))
+        self._send(seq, _END)
 
-    def _deliver(self) -> None:
-        out, self._outbox = self._outbox, []
-        for seq, item in out:
-            seq.out.put(item)
+    def _send(self, seq: Sequence, item: Any) -> None:
+        self._outbox.setdefault(seq, []).append(item)
+
+    def _deliver(self, everything: bool = False) -> None:
+        """Hand out what the sequences got: every few steps when many run (see the module's docstring), a first
+        token and an end at once."""
+        self._hand_outs += 1
+        every = max(1, min(MAX_STREAM_STEPS, len(self.running) // SEQS_PER_STREAM_STEP))
+        turn = self._hand_outs % every
+        out, keep = self._outbox, {}
+        for seq, items in out.items():  # a sequence's turn comes every `every` hand-outs, the sequences' staggered
+            if everything or seq.id % every == turn or not seq.streamed or seq.state == FINISHED:
+                seq.streamed = True
+                seq.out.put(items)
+            else:
+                keep[seq] = items
+        self._outbox = keep
 
     def _fail_all(self, error: Exception) -> None:
         for seq in list(self.running):
-            self._outbox.append((seq, RuntimeError(f"the batched step failed: {type(error).__name__}: {error}")))
+            self._send(seq, RuntimeError(f"the batched step failed: {type(error).__name__}: {error}"))
             self._finish(seq, "error")
         self.pool = BlockPool(self.pool.num_blocks, self.pool.block_size, self.pool.prefix_caching)
         reset = getattr(self.stepper, "reset", None)
