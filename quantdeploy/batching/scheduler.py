@@ -9,13 +9,14 @@ max_tokens or the context, or are cancelled; their blocks go back to the pool at
 The model side is a `Stepper` (engine/stepper.py for the torch engine, backends/gguf_batch.py for llama.cpp).
 Steps are pipelined: step i+1 is launched before step i's tokens are read back, so the host's bookkeeping runs
 while the accelerator computes. A stepper keeps each slot's last sampled token on its side (on the device) and
-feeds it to the slot's next decode, so planning never waits for a token. The price is one step of lag: a
-sequence that stopped at step i was already planned into step i+1, whose result for it is dropped. What a step
-read back reaches the callers only after the next step is launched: their threads wake and take the GIL while the
-accelerator computes, not while the host prepares the next step (at 64 sequences the host's share of a step, not
-the GPU's, set the pace). With many sequences running, a sequence's tokens go out every few steps together (one
-wake-up of its caller for several tokens; at most MAX_STREAM_STEPS steps apart, one step per SEQS_PER_STREAM_STEP
-running sequences); a sequence's first token and its end go out at once.
+feeds it to the slot's next decode, so planning never waits for a token. The price is one step of lag: a sequence
+that stopped at step i was already planned into step i+1, whose result for it is dropped. What a step read back
+reaches the callers only after the next step is launched (unless that step carries prompt chunks, whose eager
+launch takes a while): their threads wake and take the GIL while the accelerator computes, not while the host
+prepares the next step (at 64 sequences the host's share of a step, not the GPU's, set the pace). With many
+sequences running, a sequence's tokens go out every few steps together (one wake-up of its caller for several
+tokens; at most MAX_STREAM_STEPS steps apart, one step per SEQS_PER_STREAM_STEP running sequences); a sequence's
+first token and its end go out at once.
 
 When a decode needs a block and none is free, the most recently admitted sequence is preempted: its blocks are
 freed and it goes back to the head of the queue, to be recomputed from its tokens later (nothing it already
@@ -251,6 +252,8 @@ class Scheduler:
             decodes, prefills = [], []
             try:
                 decodes, prefills = self._plan()
+                if prefills:  # a step with prompt chunks launches them eagerly, a while: hand the last step out first
+                    self._deliver()
                 if decodes or prefills:
                     inflight.append((self.stepper.launch(decodes, prefills), decodes + prefills))
                     self.steps += 1

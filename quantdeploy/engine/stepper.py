@@ -363,7 +363,10 @@ class FastStepper:
             made["logits"], made["greedy"] = self._decode_body(inputs, kv_len)
             return made["logits"]
 
-        g, out, err = _capture_checked(self.device, body, self._pool)
+        def reset():  # the step writes its greedy token into the slot it reads: each run must read the same one
+            self.last[self.scratch_slot] = 0
+
+        g, out, err = _capture_checked(self.device, body, self._pool, reset=reset)
         if not err < 1e-2:
             log.warning("the batched decode graph does not reproduce the eager step (rel err %.3g); decoding "
                         "batches eagerly", err)
