@@ -184,3 +184,31 @@ def test_a_constrained_sequence_decodes_one_token_at_a_time_across_blocks(sched_
     h = sched.submit([1, 2, 3], None, max_new=50, constraint=g)
     assert collect(h) == solo([1, 2, 3], 11) == g.seen
     assert h.finish_reason == "stop"
+
+
+def test_with_many_sequences_running_tokens_go_out_a_few_at_a_time(sched_factory, monkeypatch):
+    """32 running sequences: a caller wakes every 2 steps for 2 tokens (32 // SEQS_PER_STREAM_STEP), its first
+    token and its end at once; every sequence still gets exactly its tokens alone."""
+    import queue
+
+    from quantdeploy.batching import scheduler as S
+
+    puts: dict[int, list[list]] = {}
+
+    class Recorded(queue.SimpleQueue):
+        def put(self, items, *a, **kw):
+            puts.setdefault(id(self), []).append(list(items))
+            super().put(items, *a, **kw)
+
+    monkeypatch.setattr(S.queue, "SimpleQueue", Recorded)
+    sched = sched_factory(max_seqs=32, num_blocks=32 * 8, chunk_tokens=32 * 4)
+    jobs = [([i + 1] * 4, 12, frozenset()) for i in range(32)]
+    got = run_all(sched, jobs)
+    assert got == [solo(p, n) for p, n, _ in jobs]
+    assert len(puts) == 32
+    for batches in puts.values():
+        assert len(batches[0]) == 1 and isinstance(batches[0][0], S.Sampled)  # the first token alone, at once
+        assert batches[-1][-1] is S._END
+        assert max(len(b) for b in batches) <= S.MAX_STREAM_STEPS + 1  # tokens of a few steps (and the end)
+        assert sum(isinstance(x, S.Sampled) for b in batches for x in b) == 12
+    assert sum(len(batches) for batches in puts.values()) < 32 * 12  # fewer wake-ups than tokens
