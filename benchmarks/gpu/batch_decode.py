@@ -1,6 +1,7 @@
 """The batching engine's throughput at each batch size, driven in-process (no HTTP): N threads each generate
 from a P-token prompt for O tokens (ignore_eos), all at once; aggregate output tok/s, the decode phase's tok/s,
-the scheduler's host time per step and the weights' GB/s per step. MODEL: a GPTQ / AWQ checkpoint (the fast
+the scheduler's host time per step, the GPU's own time per step (the step's CUDA graph replayed alone) and the
+weights' GB/s per step. MODEL: a GPTQ / AWQ checkpoint (the fast
 engine) or a .gguf file (llama.cpp's batched decode behind the same scheduler). Also checks that each sequence's greedy
 tokens in a batch equal the same sequence decoded alone.
 
@@ -86,6 +87,31 @@ def run_batch(model, prompts: list[list[int]], out_tokens: int) -> dict:
             "host_ms_per_decode_step": ms(host_s - prompt_host_s, steps - prompt_steps)}
 
 
+def graph_ms(model, batch: int, kv_tokens: int, replays: int = 20) -> float | None:
+    """The GPU's own time per decode step at this batch size: the step's CUDA graph (its row bucket, the context
+    bucket of `kv_tokens`) replayed back to back between two events, with no host work between replays. The
+    replays repeat the last step's inputs (sequences that have finished: they write only their own freed blocks).
+    None where there is no such graph (GGUF, the CPU, a batch above the graphs)."""
+    stepper = getattr(model, "stepper", None)
+    if stepper is None or not getattr(stepper, "graphs", None):
+        return None
+    import torch
+
+    key = (stepper.row_bucket(batch), stepper.kv_bucket(kv_tokens))
+    if key not in stepper.graphs:
+        return None
+    graph = stepper.graphs[key][0]
+    torch.cuda.synchronize()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return round(start.elapsed_time(end) / replays, 3)
+
+
 def kernel_profile(model, prompts: list[list[int]], window: int = 16) -> dict | None:
     """GPU kernels per decode step at this batch size, and the GPU time per step by kernel: a profiler window of
     `window` steps in the middle of the decode phase (every sequence past its prompt). None where torch sees no
@@ -161,7 +187,7 @@ def main() -> None:
     model = quantdeploy.load(str(path), max_seqs=max(batches), prompt_chunk=a.prompt_chunk, **engine)
     vocab = vocab_size(model)
     rng = random.Random(0)
-    prompts = [[rng.randrange(1000, min(vocab, 30000)) for _ in range(a.prompt)] for _ in range(max(batches))]
+    prompts = [[rng.randrange(min(1000, vocab // 2), min(vocab, 30000)) for _ in range(a.prompt)] for _ in range(max(batches))]
     wbytes = weight_bytes(path)
     rows = []
     run_batch(model, prompts[:2], 8)  # warm-up: graph captures for the small buckets, Triton compiles
@@ -170,6 +196,8 @@ def main() -> None:
         r = run_batch(model, prompts[:b], a.out)
         if r["decode_tok_s"]:
             r["weight_gb_s"] = round(wbytes * r["decode_tok_s"] / b / 1e9, 1)
+        if not gguf:  # the GPU's own step (the graph alone) beside the host's: which of the two sets the pace
+            r["gpu_ms_per_step"] = graph_ms(model, b, a.prompt + a.out)
         if a.profile and not gguf:
             r["profile"] = kernel_profile(model, prompts[:b])
         rows.append(r)
