@@ -193,18 +193,29 @@ def test_with_many_sequences_running_tokens_go_out_a_few_at_a_time(sched_factory
 
     from quantdeploy.batching import scheduler as S
 
-    puts: dict[int, list[list]] = {}
+    puts: dict[queue.SimpleQueue, list[list]] = {}  # keyed by the queue itself (an id could be reused)
 
     class Recorded(queue.SimpleQueue):
         def put(self, items, *a, **kw):
-            puts.setdefault(id(self), []).append(list(items))
+            puts.setdefault(self, []).append(list(items))
             super().put(items, *a, **kw)
 
     monkeypatch.setattr(S.queue, "SimpleQueue", Recorded)
-    sched = sched_factory(max_seqs=32, num_blocks=32 * 8, chunk_tokens=32 * 4)
-    jobs = [([i + 1] * 4, 12, frozenset()) for i in range(32)]
-    got = run_all(sched, jobs)
-    assert got == [solo(p, n) for p, n, _ in jobs]
+    sched = sched_factory(max_seqs=32, num_blocks=32 * 8, chunk_tokens=32 * 4, delay=0.005)
+    prompts = [[i + 1] * 4 for i in range(32)]
+    handles = [sched.submit(p, None, max_new=12) for p in prompts]  # at once: all 32 run together
+    got: list = [None] * 32
+
+    def one(i):
+        got[i] = collect(handles[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == [solo(p, 12) for p in prompts]
+    assert max(d for d, _ in sched.stepper.steps) == 32
     assert len(puts) == 32
     for batches in puts.values():
         assert len(batches[0]) == 1 and isinstance(batches[0][0], S.Sampled)  # the first token alone, at once

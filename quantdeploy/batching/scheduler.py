@@ -177,7 +177,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
         self._cancels: list[Sequence] = []
-        self._outbox: dict[Sequence, list] = {}  # tokens / errors / ends not yet handed out, per sequence
+        self._outbox: dict[Sequence, list] = {}  # per sequence: [hand-out count when held, tokens / errors / end..]
         self._hand_outs = 0
         self._closed = False
         self.steps = 0
@@ -400,7 +400,9 @@ class Scheduler:
         self._send(seq, _END)
 
     def _send(self, seq: Sequence, item: Any) -> None:
-        self._outbox.setdefault(seq, []).append(item)
+        if seq not in self._outbox:
+            self._outbox[seq] = [self._hand_outs]  # when its oldest item came, then the items
+        self._outbox[seq].append(item)
 
     def _deliver(self, everything: bool = False) -> None:
         """Hand out what the sequences got: every few steps when many run (see the module's docstring), a first
@@ -409,12 +411,13 @@ class Scheduler:
         every = max(1, min(MAX_STREAM_STEPS, len(self.running) // SEQS_PER_STREAM_STEP))
         turn = self._hand_outs % every
         out, keep = self._outbox, {}
-        for seq, items in out.items():  # a sequence's turn comes every `every` hand-outs, the sequences' staggered
-            if everything or seq.id % every == turn or not seq.streamed or seq.state == FINISHED:
+        for seq, held in out.items():  # a sequence's turn comes every `every` hand-outs, the sequences' staggered
+            if (everything or seq.id % every == turn or not seq.streamed or seq.state == FINISHED
+                    or self._hand_outs - held[0] >= MAX_STREAM_STEPS):  # (`every` changed: at most that late)
                 seq.streamed = True
-                seq.out.put(items)
+                seq.out.put(held[1:])
             else:
-                keep[seq] = items
+                keep[seq] = held
         self._outbox = keep
 
     def _fail_all(self, error: Exception) -> None:
