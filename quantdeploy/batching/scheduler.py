@@ -257,7 +257,7 @@ class Scheduler:
                 if decodes or prefills:
                     inflight.append((self.stepper.launch(decodes, prefills), decodes + prefills))
                     self.steps += 1
-                    self.step_tokens += len(decodes) + sum(len(w.tokens) for w in prefills)
+                    self.step_tokens += sum(w.n for w in decodes + prefills)
                 self._deliver()  # the last step's tokens, now that this one is queued
                 # read the previous step back while this one runs; with nothing new launched, drain
                 while inflight and (len(inflight) > 1 or not (decodes or prefills)):
@@ -284,11 +284,10 @@ class Scheduler:
 
     def _plan(self) -> tuple[list[Work], list[Work]]:
         decodes: list[Work] = []
-        bs = self.pool.block_size
         for seq in list(self.running):
-            if seq.state != RUNNING or seq.pos < seq.prefill_end or not seq.can_sample():
+            if seq.state != RUNNING or seq.prefilling or not seq.can_sample():
                 continue
-            if seq.pos >= len(seq.blocks) * bs and not self._reserve(seq, seq.pos + 1):
+            if not self._reserve(seq, seq.pos + 1):
                 continue  # seq itself was preempted
             decodes.append(Work(seq, seq.pos, epoch=seq.epoch))
             seq.pos += 1

@@ -321,9 +321,8 @@ class FastStepper:
         a = buf.numpy()
         a[0, :n] = [w.seq.slot for w in decodes]
         a[1, :n] = [w.start for w in decodes]
-        bs = self.block_size
-        a[2, :n] = [w.seq.blocks[w.start // bs] * bs + w.start % bs for w in decodes]
-        a[:, n:] = ((self.scratch_slot,), (0,), (self.scratch_block * bs,))
+        a[2, :n] = [self._kv_slot(w.seq, w.start) for w in decodes]
+        a[:, n:] = ((self.scratch_slot,), (0,), (self.scratch_block * self.block_size,))
         return buf
 
     def _decode(self, decodes: list[Work], turn: int) -> tuple[torch.Tensor, torch.Tensor]:
