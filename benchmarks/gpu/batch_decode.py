@@ -1,9 +1,9 @@
-"""The batching engine's throughput at each batch size, driven in-process (no HTTP): N threads each generate
-from a P-token prompt for O tokens (ignore_eos), all at once; aggregate output tok/s, the decode phase's tok/s,
-the scheduler's host time per step, the GPU's own time per step (the step's CUDA graph replayed alone) and the
-weights' GB/s per step. MODEL: a GPTQ / AWQ checkpoint (the fast
-engine) or a .gguf file (llama.cpp's batched decode behind the same scheduler). Also checks that each sequence's greedy
-tokens in a batch equal the same sequence decoded alone.
+"""The batching engine's throughput at each batch size, driven in-process (no HTTP): N threads each generate from a
+P-token prompt for O tokens (ignore_eos), all at once; aggregate output tok/s, the decode phase's tok/s, the
+scheduler's host time per step, the GPU's own time per step (the step's CUDA graph replayed alone) and the weights'
+GB/s per step. MODEL: a GPTQ / AWQ checkpoint (the fast engine) or a .gguf file (llama.cpp's batched decode behind
+the same scheduler). Also checks that each sequence's greedy tokens in a batch equal the same sequence decoded
+alone.
 
     python benchmarks/gpu/batch_decode.py MODEL [--batches 1,8,32,64] [--prompt 128] [--out 256] [--json F]
         [--prompt-chunk N] [--check 32] [--check-seqs 8]
@@ -187,7 +187,8 @@ def main() -> None:
     model = quantdeploy.load(str(path), max_seqs=max(batches), prompt_chunk=a.prompt_chunk, **engine)
     vocab = vocab_size(model)
     rng = random.Random(0)
-    prompts = [[rng.randrange(min(1000, vocab // 2), min(vocab, 30000)) for _ in range(a.prompt)] for _ in range(max(batches))]
+    low, high = min(1000, vocab // 2), min(vocab, 30000)
+    prompts = [[rng.randrange(low, high) for _ in range(a.prompt)] for _ in range(max(batches))]
     wbytes = weight_bytes(path)
     rows = []
     run_batch(model, prompts[:2], 8)  # warm-up: graph captures for the small buckets, Triton compiles

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 def backend_decode(tokenizer):
     """The `tokenizers` decode behind a transformers fast tokenizer, where transformers' decode adds nothing to it
-    (its own `_decode`, no clean-up of spaces): a quarter of the cost per call, which every streamed token pays
-    twice. None otherwise (the tokenizer's own decode is used)."""
+    (its own `_decode`, no clean-up of spaces): it skips transformers' per-call overhead, which every streamed
+    token pays twice (benchmarks/stream_cost.py). None otherwise (the tokenizer's own decode is used)."""
     try:
         from transformers import PreTrainedTokenizerFast
     except ImportError:
